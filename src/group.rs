@@ -1,0 +1,658 @@
+//! [`SpawnedGroup`]: a process group that lives exactly as long as the value.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use procfs::process::Process;
+
+use crate::{safe_killpg, sys, Delivery, Pgid, Signal};
+
+/// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
+///
+/// Teardown sends SIGTERM, then waits for the group to exit, and only the wait for a process
+/// that does not exit costs the full period: the wait ends the moment the leader and the
+/// descendants it can see are gone, so a well-behaved child (one that exits within
+/// milliseconds of SIGTERM, as servers and CLIs do) costs no more than its own shutdown.
+/// Two seconds lets a server flush logs and remove its socket or pid file, which is what
+/// SIGTERM is for; it also bounds what a stubborn child costs a suite of thousands of tests.
+/// Set [`Builder::grace_period`] to zero to go straight to SIGKILL.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(2);
+
+/// How long teardown waits for the leader to die after SIGKILL before it gives up. Only a
+/// process stuck in uninterruptible sleep (D state) takes this long; it is then left
+/// unreaped, so its group id stays reserved and is never signalled again.
+pub const KILL_WAIT_BOUND: Duration = Duration::from_secs(5);
+
+/// Teardown tracks at most this many descendants of the leader with a pidfd of their own.
+const MAX_TRACKED_DESCENDANTS: usize = 1024;
+
+/// Options for spawning a [`SpawnedGroup`].
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use std::time::Duration;
+/// use pgroup::Builder;
+///
+/// let group = Builder::new()
+///     .grace_period(Duration::from_millis(500))
+///     .spawn(&mut Command::new("sleep").arg("30"))?;
+/// let report = group.shutdown()?;
+/// assert!(report.elapsed < Duration::from_secs(1));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Builder {
+    grace: Duration,
+    new_session: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder::new()
+    }
+}
+
+impl Builder {
+    /// The defaults: a grace period of [`DEFAULT_GRACE_PERIOD`], and a new process group in
+    /// the caller's session.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let builder = pgroup::Builder::new();
+    /// # let _ = builder;
+    /// ```
+    #[must_use]
+    pub fn new() -> Self {
+        Builder {
+            grace: DEFAULT_GRACE_PERIOD,
+            new_session: false,
+        }
+    }
+
+    /// How long teardown waits, after SIGTERM, for the group to exit before it sends SIGKILL.
+    /// Zero skips SIGTERM and goes straight to SIGKILL.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let mut builder = pgroup::Builder::new();
+    /// builder.grace_period(Duration::ZERO);
+    /// ```
+    pub fn grace_period(&mut self, grace: Duration) -> &mut Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Starts the leader in a new session (`setsid(2)`) instead of only a new process group.
+    /// It then has no controlling terminal, as a daemon would, and is the leader of both the
+    /// session and the group, whose ids equal its pid. Teardown is the same. This uses a
+    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`, and it
+    /// fails with `EPERM` if the `Command` was also given a [`process_group`] of its own.
+    ///
+    /// [`process_group`]: std::os::unix::process::CommandExt::process_group
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let group = pgroup::Builder::new()
+    ///     .new_session(true)
+    ///     .spawn(&mut Command::new("sleep").arg("30"))?;
+    /// drop(group); // TERM, then reaped
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new_session(&mut self, new_session: bool) -> &mut Self {
+        self.new_session = new_session;
+        self
+    }
+
+    /// Spawns `cmd` as the leader of a new process group.
+    ///
+    /// The `Command` is changed: it is given [`process_group(0)`] (or, with
+    /// [`new_session`](Builder::new_session), a `setsid` hook). Its stdio settings are kept,
+    /// and the pipes they create are in the returned group's `stdin`, `stdout` and `stderr`.
+    ///
+    /// [`process_group(0)`]: std::os::unix::process::CommandExt::process_group
+    ///
+    /// # Errors
+    ///
+    /// - The spawn fails (the program does not exist, is not executable, ...): the error has
+    ///   the kind of the OS error and names the program. Nothing is left running.
+    /// - The kernel lacks `pidfd_open` (Linux before 5.3), so the group cannot be pinned: the
+    ///   leader that was just started is killed and reaped before the error is returned.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let err = pgroup::Builder::new()
+    ///     .spawn(&mut Command::new("/no/such/program"))
+    ///     .unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    /// assert!(err.to_string().contains("/no/such/program"));
+    /// ```
+    pub fn spawn(&self, cmd: &mut Command) -> io::Result<SpawnedGroup> {
+        if self.new_session {
+            sys::set_new_session(cmd);
+        } else {
+            cmd.process_group(0);
+        }
+        let program = cmd.get_program().to_owned();
+        let mut child = cmd.spawn().map_err(|e| {
+            io::Error::new(e.kind(), format!("pgroup: cannot spawn {program:?}: {e}"))
+        })?;
+        let pid = child.id();
+        let context = format!("pgroup::SpawnedGroup of {program:?} (leader pid {pid})");
+        let pinned = Pgid::try_from(pid)
+            .map_err(io::Error::from)
+            .and_then(|pgid| Ok((pgid, sys::pidfd_open(pid)?)));
+        let (pgid, pidfd) = match pinned {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                // The leader is our unreaped child, so its pid cannot have been recycled.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("pgroup: {context} cannot be tracked, so it was killed: {e}"),
+                ));
+            }
+        };
+        tracing::debug!(name: "group_spawned", pgid = pgid.as_raw(), program = ?program, "group_spawned");
+        Ok(SpawnedGroup {
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+            child: Some(child),
+            pidfd,
+            pgid,
+            pid,
+            status: None,
+            grace: self.grace,
+            program,
+            context,
+        })
+    }
+}
+
+/// A command running as the leader of its own process group, torn down with its whole group
+/// when dropped.
+///
+/// # Lifecycle
+///
+/// [`spawn`](SpawnedGroup::spawn) starts the command in a new process group, whose id is the
+/// leader's pid, and opens a pidfd on the leader. From then on:
+///
+/// - [`signal`](SpawnedGroup::signal) signals the whole group, always through
+///   [`safe_killpg`] and its guard.
+/// - [`try_wait`](SpawnedGroup::try_wait), [`wait`](SpawnedGroup::wait) and
+///   [`wait_timeout`](SpawnedGroup::wait_timeout) report the leader's exit status. They look
+///   at it with `waitid(WNOWAIT)` and do **not** reap it: the leader's zombie stays until
+///   teardown, which keeps the group id reserved (see *Pinning*). Repeated calls return the
+///   same status.
+/// - [`shutdown`](SpawnedGroup::shutdown), or dropping the value, tears the group down:
+///   SIGTERM and SIGCONT to the group; a wait of up to the grace period for the leader and
+///   the descendants teardown can see (driven by pidfd events, never by sleeping); SIGKILL to
+///   the group, whether or not the leader already exited, so that grandchildren still in the
+///   group die too; and finally the leader is reaped.
+///
+/// # Pinning
+///
+/// The crate never signals a group id after it has reaped that group's leader. The kernel
+/// does not reuse a number while any process uses it as a pid, pgid or session id, and that
+/// includes an unreaped zombie; so as long as the leader is unreaped, the group id names
+/// this group and no other, even if every member has exited. Reaping is the last step of
+/// teardown, after the final SIGKILL; a reaped id may be handed to an unrelated process at
+/// once, which is why std's `Child::kill` also refuses to signal a reaped child.
+///
+/// # Waiting
+///
+/// Waits use the leader's pidfd with `ppoll`, so they wake the moment the leader exits. The
+/// crate never calls `waitpid(-1)` or `waitpid(-pgid)`, which in a test binary would steal
+/// the exit statuses of other tests' children: the only reap is `waitpid` on the leader's
+/// own pid. Teardown's waits are bounded by the grace period and by [`KILL_WAIT_BOUND`].
+///
+/// # What teardown cannot reach
+///
+/// A process that leaves the group (`setsid`, `setpgid`, a daemon's double fork) is not a
+/// member any more and is not signalled. See the crate documentation for what Drop can and
+/// cannot guarantee.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::{Command, Stdio};
+/// use std::io::Read;
+/// use pgroup::SpawnedGroup;
+///
+/// let mut group = SpawnedGroup::spawn(
+///     Command::new("sh").args(["-c", "echo ready; sleep 30 & sleep 30"]).stdout(Stdio::piped()),
+/// )?;
+/// let mut stdout = group.stdout.take().expect("piped");
+/// let mut first = [0_u8; 6];
+/// stdout.read_exact(&mut first)?;
+/// assert_eq!(&first, b"ready\n");
+///
+/// let report = group.shutdown()?; // both sleeps and the shell are gone
+/// assert!(!report.status.success());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct SpawnedGroup {
+    /// The leader's stdin, if the `Command` piped it. Take it out to write to it; teardown
+    /// and [`wait`](SpawnedGroup::wait) close it if it is still here.
+    pub stdin: Option<ChildStdin>,
+    /// The leader's stdout, if the `Command` piped it.
+    pub stdout: Option<ChildStdout>,
+    /// The leader's stderr, if the `Command` piped it.
+    pub stderr: Option<ChildStderr>,
+    /// `None` once the leader is reaped: after that nothing may be signalled.
+    child: Option<Child>,
+    pidfd: OwnedFd,
+    pgid: Pgid,
+    pid: u32,
+    status: Option<ExitStatus>,
+    grace: Duration,
+    program: OsString,
+    context: String,
+}
+
+/// What a teardown did, from [`SpawnedGroup::shutdown`].
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+///
+/// let group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+/// let report = group.shutdown()?;
+/// println!("{report:?}");
+/// assert!(!report.sigkill_needed); // sleep exits on SIGTERM
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Teardown {
+    /// The leader's exit status.
+    pub status: ExitStatus,
+    /// Whether the leader had already exited when teardown began.
+    pub exited_before_teardown: bool,
+    /// Whether the leader, or a descendant teardown could see, was still running when the
+    /// grace period ended (always the case for a running leader when the grace period is
+    /// zero). The group receives a final SIGKILL either way.
+    pub sigkill_needed: bool,
+    /// How many of the leader's descendants teardown saw and waited for.
+    pub descendants_seen: usize,
+    /// How long teardown took, from its start to the reap of the leader.
+    pub elapsed: Duration,
+}
+
+impl SpawnedGroup {
+    /// Spawns `cmd` as the leader of a new process group, with the defaults of
+    /// [`Builder::new`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Builder::spawn`]: the spawn failed, or the kernel cannot pin the group.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// assert_eq!(u32::try_from(group.pgid().as_raw()).unwrap(), group.id());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn spawn(cmd: &mut Command) -> io::Result<SpawnedGroup> {
+        Builder::new().spawn(cmd)
+    }
+
+    /// The group's id, which is the leader's pid.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let group = pgroup::SpawnedGroup::spawn(&mut std::process::Command::new("true"))?;
+    /// println!("group {}", group.pgid());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn pgid(&self) -> Pgid {
+        self.pgid
+    }
+
+    /// The leader's pid, as [`std::process::Child::id`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let group = pgroup::SpawnedGroup::spawn(&mut std::process::Command::new("true"))?;
+    /// assert!(group.id() > 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends `signal` to every process in the group, through [`safe_killpg`].
+    ///
+    /// The leader is never reaped before teardown, so the group id cannot have been
+    /// recycled: this reaches this group even after the leader exited (grandchildren that
+    /// are still members get the signal; if none is left, the leader's zombie still counts as
+    /// a member and the result is [`Delivery::Sent`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`safe_killpg`]: an OS error other than `ESRCH`, naming the group and the signal.
+    /// A refusal of the guard is not an error but [`Delivery::Refused`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use pgroup::{Signal, SpawnedGroup};
+    ///
+    /// let mut group = SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// assert!(group.signal(Signal::SIGKILL)?.is_sent());
+    /// assert_eq!(group.wait()?.to_string(), "signal: 9 (SIGKILL)");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn signal(&self, signal: Signal) -> io::Result<Delivery> {
+        safe_killpg(self.pgid.as_raw(), signal, &self.context)
+    }
+
+    /// The leader's exit status if it has exited, without blocking and without reaping.
+    ///
+    /// # Errors
+    ///
+    /// The `waitid(2)` call failed, which does not happen for a leader this value owns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let mut group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// assert_eq!(group.try_wait()?, None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            self.status = sys::peek_exit(self.pidfd.as_fd())?;
+        }
+        Ok(self.status)
+    }
+
+    /// Waits for the leader to exit and returns its status; the group stays pinned until
+    /// teardown. Like std's `Child::wait`, it first closes the leader's stdin if it is still
+    /// in `self.stdin`, so that a leader reading its input sees end of file. Other members of
+    /// the group may still be running when it returns.
+    ///
+    /// This wait has no bound, as std's; use [`wait_timeout`](SpawnedGroup::wait_timeout) for
+    /// one.
+    ///
+    /// # Errors
+    ///
+    /// `ppoll(2)` or `waitid(2)` failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let mut group = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 3"]))?;
+    /// assert_eq!(group.wait()?.code(), Some(3));
+    /// assert_eq!(group.wait()?.code(), Some(3)); // the same answer again
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        drop(self.stdin.take());
+        loop {
+            if let Some(status) = self.wait_until(None)? {
+                return Ok(status);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for the leader to exit. `Ok(None)` means it is still running.
+    ///
+    /// # Errors
+    ///
+    /// `ppoll(2)` or `waitid(2)` failed.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    ///
+    /// let mut group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// assert_eq!(group.wait_timeout(Duration::from_millis(10))?, None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        self.wait_until(Instant::now().checked_add(timeout))
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(None),
+                },
+            };
+            sys::poll_readable(&[self.pidfd.as_fd()], left)?;
+        }
+    }
+
+    /// Tears the group down and reports what happened: the checked form of Drop.
+    ///
+    /// SIGTERM and SIGCONT go to the group; teardown waits up to the grace period for the
+    /// leader and its visible descendants to exit; SIGKILL goes to the group while the leader
+    /// is still unreaped; then the leader is reaped. Pipes still in `stdout` and `stderr` are
+    /// closed: take them out first to read what is left in them.
+    ///
+    /// # Errors
+    ///
+    /// - A signal could not be delivered (`EPERM`, or a guard refusal, which is reported as
+    ///   an error here because teardown cannot then do its job; the leader is still killed
+    ///   by pid and reaped).
+    /// - The leader did not die within [`KILL_WAIT_BOUND`] of SIGKILL (uninterruptible
+    ///   sleep). It is left unreaped, so its group id stays reserved.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    ///
+    /// // A leader that ignores SIGTERM costs the grace period, then SIGKILL.
+    /// let group = pgroup::Builder::new()
+    ///     .grace_period(Duration::from_millis(100))
+    ///     .spawn(Command::new("sh").args(["-c", "trap '' TERM; sleep 30; :"]))?;
+    /// std::thread::sleep(Duration::from_millis(100)); // let the shell install its trap
+    /// let report = group.shutdown()?;
+    /// assert!(report.sigkill_needed);
+    /// assert!(report.elapsed >= Duration::from_millis(100));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn shutdown(mut self) -> io::Result<Teardown> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> io::Result<Teardown> {
+        let started = Instant::now();
+        drop(self.stdin.take());
+        let mut errors: Vec<String> = Vec::new();
+        let exited_before_teardown = self.try_wait()?.is_some();
+        let mut descendants_seen = 0;
+        let sigkill_needed = if self.grace.is_zero() {
+            !exited_before_teardown
+        } else {
+            // Look at the tree before SIGTERM: once the leader exits, its children are
+            // re-parented and out of sight.
+            let descendants = visible_descendants(self.pid);
+            descendants_seen = descendants.len();
+            for signal in [Signal::SIGTERM, Signal::SIGCONT] {
+                self.signal_in_teardown(signal, &mut errors);
+            }
+            let mut watched: Vec<BorrowedFd<'_>> = vec![self.pidfd.as_fd()];
+            watched.extend(descendants.iter().map(AsFd::as_fd));
+            !wait_all_exit(&watched, started.checked_add(self.grace))?
+        };
+        // The leader is unreaped, so this id is still this group: the final sweep is safe
+        // and catches members teardown could not see.
+        self.signal_in_teardown(Signal::SIGKILL, &mut errors);
+        let deadline = Instant::now().checked_add(KILL_WAIT_BOUND);
+        let Some(status) = self.wait_until(deadline)? else {
+            // Leave the leader unreaped: its id stays reserved, and we never signal again.
+            self.child = None;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{}: the leader did not die within {KILL_WAIT_BOUND:?} of SIGKILL \
+                     (uninterruptible sleep?); it was left unreaped",
+                    self.context
+                ),
+            ));
+        };
+        if let Some(mut child) = self.child.take() {
+            // waitpid on the leader's own pid: the only reap the crate does.
+            child.wait()?;
+        }
+        let report = Teardown {
+            status,
+            exited_before_teardown,
+            sigkill_needed,
+            descendants_seen,
+            elapsed: started.elapsed(),
+        };
+        tracing::debug!(
+            name: "group_torn_down",
+            pgid = self.pgid.as_raw(),
+            report = ?report,
+            "group_torn_down"
+        );
+        if errors.is_empty() {
+            Ok(report)
+        } else {
+            Err(io::Error::other(format!(
+                "{}: teardown finished with errors: {}",
+                self.context,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// Signals the group during teardown. If the guard refuses (it should not, for a group
+    /// this value created), the leader is still killed by its pid, which is safe because it
+    /// is our unreaped child.
+    fn signal_in_teardown(&mut self, signal: Signal, errors: &mut Vec<String>) {
+        match self.signal(signal) {
+            Ok(Delivery::Sent | Delivery::NoSuchGroup) => {}
+            Ok(Delivery::Refused(refusal)) => {
+                errors.push(format!("{signal} refused by the guard: {refusal}"));
+                if let (Signal::SIGKILL, Some(child)) = (signal, self.child.as_mut()) {
+                    let _ = child.kill();
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+}
+
+impl Drop for SpawnedGroup {
+    /// Best-effort teardown, as [`SpawnedGroup::shutdown`] but silent: errors go to a WARN
+    /// tracing event named `group_teardown_failed`. It does not panic, also not while the
+    /// thread unwinds from a failed assertion, and it blocks for at most the grace period
+    /// plus [`KILL_WAIT_BOUND`].
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        if let Err(error) = self.teardown() {
+            tracing::warn!(
+                name: "group_teardown_failed",
+                pgid = self.pgid.as_raw(),
+                error = %error,
+                "group_teardown_failed"
+            );
+        }
+    }
+}
+
+impl fmt::Debug for SpawnedGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpawnedGroup")
+            .field("program", &self.program)
+            .field("pgid", &self.pgid)
+            .field("status", &self.status)
+            .field("grace", &self.grace)
+            .field("reaped", &self.child.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits until every process behind `pidfds` has exited, or `deadline` passes. Returns
+/// whether all exited.
+fn wait_all_exit(pidfds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<bool> {
+    let mut pending: Vec<BorrowedFd<'_>> = pidfds.to_vec();
+    while !pending.is_empty() {
+        let left = match deadline {
+            None => None,
+            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(false),
+            },
+        };
+        let readable = sys::poll_readable(&pending, left)?;
+        let mut readable = readable.into_iter();
+        pending.retain(|_| !readable.next().unwrap_or(false));
+    }
+    Ok(true)
+}
+
+/// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The
+/// cost grows with the size of the tree, never with the number of processes on the machine.
+/// Processes that exit while we look are simply missed: the final SIGKILL to the group
+/// catches those that are still members.
+fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
+    let mut found = Vec::new();
+    let mut queue = vec![leader];
+    while let Some(pid) = queue.pop() {
+        let Ok(process) = i32::try_from(pid).map_err(drop).and_then(|p| Process::new(p).map_err(drop)) else {
+            continue;
+        };
+        let Ok(tasks) = process.tasks() else { continue };
+        for task in tasks.flatten() {
+            for child in task.children().unwrap_or_default() {
+                if found.len() >= MAX_TRACKED_DESCENDANTS {
+                    return found;
+                }
+                if let Ok(fd) = sys::pidfd_open(child) {
+                    found.push(fd);
+                    queue.push(child);
+                }
+            }
+        }
+    }
+    found
+}

@@ -1,0 +1,451 @@
+//! The guard in front of every `killpg(2)` the crate makes.
+
+use std::fmt;
+use std::io;
+use std::sync::{Mutex, PoisonError};
+
+use nix::errno::Errno;
+use procfs::process::Process;
+
+use crate::{sys, Pgid, Signal};
+
+/// One rule of the guard: what it refuses, the `reason` it reports, and why it exists.
+///
+/// The full list is [`GUARD_RULES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuardRule {
+    /// The `reason` field of the `killpg_guard_refused` event and [`Refusal::reason`].
+    pub reason: &'static str,
+    /// What the rule refuses.
+    pub refuses: &'static str,
+    /// Why: the harm the rule prevents.
+    pub why: &'static str,
+}
+
+/// Every rule [`safe_killpg`] applies, in the order it applies them. The first rule that
+/// matches decides the [`Refusal`].
+///
+/// Like `signal-hook`'s list of forbidden signals, this is public so that a caller can show
+/// it, test against it, or check that a newer version of the crate did not drop a rule.
+/// Each rule is checked at call time: the caller's group, session and parent can change
+/// during a run, so none of them is cached. (The crate caches only the *pids* of the
+/// ancestors above the parent, which is sound because a process never gains an ancestor:
+/// an orphan is re-parented to a subreaper or init it already descended from. Their
+/// *groups* are read again on every call.)
+///
+/// # Examples
+///
+/// ```
+/// let reasons: Vec<&str> = pgroup::GUARD_RULES.iter().map(|r| r.reason).collect();
+/// assert_eq!(
+///     reasons,
+///     [
+///         "pgid_le_1",
+///         "pgid_out_of_range",
+///         "own_pgroup",
+///         "session_pgroup",
+///         "parent_pgroup",
+///         "ancestor_pgroup",
+///         "guard_unverifiable",
+///     ]
+/// );
+/// ```
+pub const GUARD_RULES: &[GuardRule] = &[
+    GuardRule {
+        reason: "pgid_le_1",
+        refuses: "0, 1 and every negative pgid",
+        why: "killpg(0) signals the caller's own group; killpg(1) becomes kill(-1), which \
+              signals every process the caller may signal (for root: the whole PID namespace); \
+              negative values come from wrapped `u32 as i32` conversions",
+    },
+    GuardRule {
+        reason: "pgid_out_of_range",
+        refuses: "pgids at or above PID_MAX_LIMIT (4194304)",
+        why: "no process can have such an id, so the number is garbage (an uninitialised \
+              field, a wrapped or mixed-up value) and whatever it was meant to name is unknown",
+    },
+    GuardRule {
+        reason: "own_pgroup",
+        refuses: "the caller's own process group (getpgrp)",
+        why: "signalling it kills the caller itself and every process started with it: under \
+              cargo test that is the test binary and, in a terminal, the cargo command line",
+    },
+    GuardRule {
+        reason: "session_pgroup",
+        refuses: "the group of the caller's session leader (getsid)",
+        why: "in a terminal the session leader is the login shell; killing its group closes \
+              the terminal and everything running in it",
+    },
+    GuardRule {
+        reason: "parent_pgroup",
+        refuses: "the group of the caller's parent process",
+        why: "the parent is the test runner: cargo, or the nextest runner, which puts each test \
+              process in a group of its own, so the own-group rule alone would let a test kill \
+              its runner",
+    },
+    GuardRule {
+        reason: "ancestor_pgroup",
+        refuses: "the group of any ancestor process up to init (Linux, through /proc)",
+        why: "ancestors are the shells, multiplexers, editors and terminal emulators the run \
+              was started from; none of them is ever a group a test created",
+    },
+    GuardRule {
+        reason: "guard_unverifiable",
+        refuses: "every pgid, whenever a rule above cannot be checked",
+        why: "the guard fails closed: when /proc is missing or belongs to another PID \
+              namespace, or the parent vanished mid-check, it cannot prove the target is \
+              safe, so it does not signal",
+    },
+];
+
+/// Why [`safe_killpg`] refused to signal a group. Each variant corresponds to one entry of
+/// [`GUARD_RULES`], whose `reason` [`Refusal::reason`] returns.
+///
+/// # Examples
+///
+/// ```
+/// use pgroup::{safe_killpg, Delivery, Refusal, Signal};
+///
+/// let delivery = safe_killpg(1, Signal::SIGKILL, "doc example")?;
+/// assert_eq!(delivery, Delivery::Refused(Refusal::PgidLe1));
+/// assert_eq!(Refusal::PgidLe1.reason(), "pgid_le_1");
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The pgid was 0, 1 or negative.
+    PgidLe1,
+    /// The pgid was at or above [`PID_MAX_LIMIT`](crate::PID_MAX_LIMIT).
+    PgidOutOfRange,
+    /// The pgid is the caller's own process group.
+    OwnPgroup,
+    /// The pgid is the group of the caller's session leader.
+    SessionPgroup,
+    /// The pgid is the group of the caller's parent, whose pid is given.
+    ParentPgroup {
+        /// The parent's pid.
+        parent: i32,
+    },
+    /// The pgid is the group of one of the caller's ancestors, whose pid is given.
+    AncestorPgroup {
+        /// The pid of the first ancestor (nearest the caller) found in that group.
+        ancestor: i32,
+    },
+    /// A rule could not be checked, so the guard refused everything.
+    Unverifiable {
+        /// What could not be read.
+        what: &'static str,
+        /// The errno of the failure, 0 when there was none.
+        errno: i32,
+    },
+}
+
+impl Refusal {
+    /// The rule's name, as in [`GUARD_RULES`] and in the `reason` field of the
+    /// `killpg_guard_refused` tracing event.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert_eq!(pgroup::Refusal::OwnPgroup.reason(), "own_pgroup");
+    /// ```
+    #[must_use]
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Refusal::PgidLe1 => "pgid_le_1",
+            Refusal::PgidOutOfRange => "pgid_out_of_range",
+            Refusal::OwnPgroup => "own_pgroup",
+            Refusal::SessionPgroup => "session_pgroup",
+            Refusal::ParentPgroup { .. } => "parent_pgroup",
+            Refusal::AncestorPgroup { .. } => "ancestor_pgroup",
+            Refusal::Unverifiable { .. } => "guard_unverifiable",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::PgidLe1 => f.write_str("the pgid is 1 or less"),
+            Refusal::PgidOutOfRange => f.write_str("the pgid is beyond any possible pid"),
+            Refusal::OwnPgroup => f.write_str("the pgid is the caller's own process group"),
+            Refusal::SessionPgroup => f.write_str("the pgid is the caller's session leader's group"),
+            Refusal::ParentPgroup { parent } => {
+                write!(f, "the pgid is the group of the caller's parent (pid {parent})")
+            }
+            Refusal::AncestorPgroup { ancestor } => {
+                write!(f, "the pgid is the group of the caller's ancestor pid {ancestor}")
+            }
+            Refusal::Unverifiable { what, errno } => {
+                write!(f, "the guard could not check {what}")?;
+                if *errno != 0 {
+                    write!(f, ": {}", Errno::from_raw(*errno).desc())?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// What [`safe_killpg`] did.
+///
+/// # Examples
+///
+/// ```
+/// use pgroup::{safe_killpg, Delivery, Signal};
+///
+/// match safe_killpg(0, Signal::SIGTERM, "doc example")? {
+///     Delivery::Sent => println!("signalled"),
+///     Delivery::NoSuchGroup => println!("nothing left in that group"),
+///     Delivery::Refused(why) => println!("refused: {} ({why})", why.reason()),
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[must_use = "a refused or undelivered signal usually needs handling"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// The kernel accepted the signal for at least one member of the group.
+    Sent,
+    /// `ESRCH`: the group has no members left. The usual, benign case during cleanup.
+    NoSuchGroup,
+    /// The guard refused; nothing was signalled.
+    Refused(Refusal),
+}
+
+impl Delivery {
+    /// Whether the signal was delivered to at least one process.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// assert!(pgroup::Delivery::Sent.is_sent());
+    /// assert!(!pgroup::Delivery::NoSuchGroup.is_sent());
+    /// ```
+    #[must_use]
+    pub const fn is_sent(&self) -> bool {
+        matches!(self, Delivery::Sent)
+    }
+}
+
+/// Applies every rule of [`GUARD_RULES`] to `pgid`, without signalling anything.
+///
+/// [`safe_killpg`] calls this first; it is public so that a caller can ask before acting,
+/// and for tests.
+///
+/// # Errors
+///
+/// The [`Refusal`] of the first rule that matches.
+///
+/// # Examples
+///
+/// ```
+/// use pgroup::{check_pgid, Refusal};
+///
+/// assert_eq!(check_pgid(0), Err(Refusal::PgidLe1));
+/// assert_eq!(check_pgid(-1), Err(Refusal::PgidLe1));
+/// assert_eq!(check_pgid(i32::MAX), Err(Refusal::PgidOutOfRange));
+/// let own = nix::unistd::getpgrp().as_raw();
+/// assert_eq!(check_pgid(own), Err(Refusal::OwnPgroup));
+/// ```
+pub fn check_pgid(pgid: i32) -> Result<Pgid, Refusal> {
+    let checked = Pgid::try_from(pgid).map_err(|e| {
+        if e.is_at_most_one() {
+            Refusal::PgidLe1
+        } else {
+            Refusal::PgidOutOfRange
+        }
+    })?;
+    if sys::getpgrp() == pgid {
+        return Err(Refusal::OwnPgroup);
+    }
+    match sys::getsid() {
+        Ok(sid) if sid == pgid => return Err(Refusal::SessionPgroup),
+        Ok(_) => {}
+        Err(e) => return Err(unverifiable("the caller's session", e)),
+    }
+    let parent = sys::getppid();
+    if parent > 0 {
+        match sys::getpgid(parent) {
+            Ok(group) if group == pgid => return Err(Refusal::ParentPgroup { parent }),
+            Ok(_) => {}
+            Err(e) => return Err(unverifiable("the parent's process group", e)),
+        }
+    }
+    check_ancestors(pgid)?;
+    Ok(checked)
+}
+
+fn unverifiable(what: &'static str, errno: Errno) -> Refusal {
+    Refusal::Unverifiable {
+        what,
+        errno: errno as i32,
+    }
+}
+
+/// The pids of the caller's ancestors above its parent, for one pid of the caller (a forked
+/// child walks its own chain).
+struct AncestorCache {
+    for_pid: i32,
+    ancestors: Vec<i32>,
+}
+
+static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
+
+/// The deepest ancestor chain the guard follows before it gives up (and refuses).
+const MAX_DEPTH: usize = 4096;
+
+fn check_ancestors(pgid: i32) -> Result<(), Refusal> {
+    let me = sys::getpid();
+    let mut cache = ANCESTORS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(cached) = cache.as_ref().filter(|c| c.for_pid == me) {
+        if first_in_group(&cached.ancestors, pgid)?.is_none() {
+            return Ok(());
+        }
+        // A hit on a cached pid may be a dead ancestor's recycled number: walk again.
+    }
+    let ancestors = walk_ancestors(me)?;
+    let hit = first_in_group(&ancestors, pgid)?;
+    *cache = Some(AncestorCache {
+        for_pid: me,
+        ancestors,
+    });
+    match hit {
+        Some(ancestor) => Err(Refusal::AncestorPgroup { ancestor }),
+        None => Ok(()),
+    }
+}
+
+fn first_in_group(ancestors: &[i32], pgid: i32) -> Result<Option<i32>, Refusal> {
+    for &ancestor in ancestors {
+        match sys::getpgid(ancestor) {
+            Ok(group) if group == pgid => return Ok(Some(ancestor)),
+            // ESRCH: that ancestor has died since, and a dead process is in no group.
+            Ok(_) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(unverifiable("an ancestor's process group", e)),
+        }
+    }
+    Ok(None)
+}
+
+/// Reads the chain of ancestors above the parent from /proc, checking first that /proc
+/// belongs to the caller's PID namespace.
+fn walk_ancestors(me: i32) -> Result<Vec<i32>, Refusal> {
+    let proc_err = |what: &'static str| {
+        move |e: procfs::ProcError| {
+            let errno = match e {
+                procfs::ProcError::NotFound(_) => Errno::ESRCH,
+                procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
+                _ => Errno::EIO,
+            };
+            unverifiable(what, errno)
+        }
+    };
+    let own = Process::new(me)
+        .and_then(|p| p.stat())
+        .map_err(proc_err("/proc (is it mounted?)"))?;
+    if own.pid != me || own.ppid != sys::getppid() {
+        return Err(Refusal::Unverifiable {
+            what: "ancestors: /proc belongs to another PID namespace",
+            errno: 0,
+        });
+    }
+    let mut ancestors = Vec::new();
+    let mut current = own.ppid;
+    while current > 1 {
+        if ancestors.len() >= MAX_DEPTH {
+            return Err(Refusal::Unverifiable {
+                what: "ancestors: the chain is deeper than the guard follows",
+                errno: 0,
+            });
+        }
+        let stat = Process::new(current)
+            .and_then(|p| p.stat())
+            .map_err(proc_err("an ancestor in /proc"))?;
+        if stat.ppid <= 0 {
+            break;
+        }
+        ancestors.push(stat.ppid);
+        current = stat.ppid;
+    }
+    Ok(ancestors)
+}
+
+/// Sends `signal` to the process group `pgid`, unless the guard refuses.
+///
+/// This is `killpg(2)` ([POSIX]) behind every rule in [`GUARD_RULES`]. The rules are checked
+/// on each call, and the guard fails closed: if it cannot tell whether the target is safe,
+/// it refuses. `context` says who is asking (a test name, "teardown of server X"); it goes
+/// into the tracing events and the error messages.
+///
+/// Observability: every refusal emits a WARN event named `killpg_guard_refused` with the
+/// fields `reason`, `pgid`, `signal` and `context`; every call that reaches the kernel emits a
+/// DEBUG event named `killpg_delivered` with `pgid`, `signal`, `context` and `outcome`.
+///
+/// [POSIX]: https://pubs.opengroup.org/onlinepubs/9799919799/functions/killpg.html
+///
+/// # Errors
+///
+/// Refusals and `ESRCH` are not errors: they come back as [`Delivery::Refused`] and
+/// [`Delivery::NoSuchGroup`]. Any other failure of `killpg` (`EPERM`: no member may be
+/// signalled by the caller) is an [`io::Error`] of the matching kind whose message names the
+/// pgid, the signal and `context`.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use std::os::unix::process::CommandExt;
+/// use pgroup::{safe_killpg, Delivery, Refusal, Signal};
+///
+/// // The dangerous numbers are refused, and say why.
+/// assert_eq!(safe_killpg(0, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::PgidLe1));
+/// assert_eq!(safe_killpg(1, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::PgidLe1));
+/// let own = nix::unistd::getpgrp().as_raw();
+/// assert_eq!(safe_killpg(own, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::OwnPgroup));
+///
+/// // A group this code created is signalled.
+/// let mut child = Command::new("sleep").arg("30").process_group(0).spawn()?;
+/// let pgid = i32::try_from(child.id()).expect("pids fit in i32");
+/// assert_eq!(safe_killpg(pgid, Signal::SIGKILL, "doc")?, Delivery::Sent);
+/// child.wait()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn safe_killpg(pgid: i32, signal: Signal, context: &str) -> io::Result<Delivery> {
+    let target = match check_pgid(pgid) {
+        Ok(target) => target,
+        Err(refusal) => {
+            tracing::warn!(
+                name: "killpg_guard_refused",
+                reason = refusal.reason(),
+                pgid,
+                signal = %signal,
+                context,
+                detail = %refusal,
+                "killpg_guard_refused"
+            );
+            return Ok(Delivery::Refused(refusal));
+        }
+    };
+    let (delivery, outcome) = match sys::killpg(target, signal) {
+        Ok(()) => (Delivery::Sent, "sent"),
+        Err(Errno::ESRCH) => (Delivery::NoSuchGroup, "no_such_group"),
+        Err(errno) => {
+            let err = io::Error::from(errno);
+            return Err(io::Error::new(
+                err.kind(),
+                format!("killpg(pgid {pgid}, {signal}) for {context:?} failed: {err}"),
+            ));
+        }
+    };
+    tracing::debug!(
+        name: "killpg_delivered",
+        pgid,
+        signal = %signal,
+        context,
+        outcome,
+        "killpg_delivered"
+    );
+    Ok(delivery)
+}

@@ -1,0 +1,119 @@
+//! Process groups for tests that spawn subprocesses: a guarded `killpg`, and a group that is
+//! torn down and reaped when it goes out of scope.
+//!
+//! # The goal
+//!
+//! Integration tests start servers, CLIs and daemons, and those start children of their own.
+//! Cleaning up means signalling a whole process group, and `killpg(2)` is one wrong number
+//! away from disaster: 0 (a default, an unset field) is the caller's own group, 1 (a mock, a
+//! recycled or sentinel pid) turns into `kill(-1)`, every process the user owns, and a
+//! `u32 as i32` that wrapped is negative. A test run that gets this wrong kills the terminal,
+//! the desktop session and the test runner. And the code that does clean up often reaps the
+//! leader first and then signals its group id, which by then may belong to someone else.
+//!
+//! `pgroup` makes both mistakes hard to make:
+//!
+//! - [`safe_killpg`] is `killpg` behind a guard that refuses every dangerous target, listed
+//!   in [`GUARD_RULES`]: ids at or below 1, the caller's own group, its session, its parent's
+//!   group and (on Linux) every ancestor's group. It fails closed: when it cannot tell, it
+//!   refuses. [`Pgid`] is an id that is greater than 1 by construction.
+//! - [`SpawnedGroup`] spawns a command as the leader of a new process group and, when
+//!   dropped (also while a failed assertion unwinds), tears the whole group down: SIGTERM,
+//!   a grace period, SIGKILL, and the reap of the leader. It never signals a group id after
+//!   reaping its leader.
+//!
+//! ```
+//! use std::process::Command;
+//! use pgroup::{safe_killpg, Delivery, Refusal, Signal, SpawnedGroup};
+//!
+//! // A server and its workers, in a group of their own.
+//! let server = SpawnedGroup::spawn(Command::new("sh").args(["-c", "sleep 60 & sleep 60"]))?;
+//!
+//! // The guard lets the group through, and refuses what would hit the test itself.
+//! assert!(server.signal(Signal::SIGCONT)?.is_sent());
+//! assert_eq!(safe_killpg(1, Signal::SIGKILL, "oops")?, Delivery::Refused(Refusal::PgidLe1));
+//!
+//! // Dropping the value (or, checked, `shutdown`) kills the shell and both sleeps.
+//! let report = server.shutdown()?;
+//! assert!(!report.sigkill_needed);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! # Anatomy
+//!
+//! - [`Pgid`], [`InvalidPgid`]: the id type; [`TryFrom<i32>`] and [`TryFrom<u32>`] refuse
+//!   what is not a possible group (at or below 1, at or above [`PID_MAX_LIMIT`]).
+//! - [`check_pgid`], [`safe_killpg`], [`Delivery`], [`Refusal`], [`GUARD_RULES`]: the guard.
+//!   Every refusal emits a WARN tracing event `killpg_guard_refused` with the fields
+//!   `reason`, `pgid`, `signal` and `context`; every delivery a DEBUG event
+//!   `killpg_delivered`.
+//! - [`SpawnedGroup`], [`Builder`], [`Teardown`]: the RAII group. Waiting is driven by the
+//!   leader's pidfd; the leader is observed with `waitid(WNOWAIT)` and reaped only at the end
+//!   of teardown, with `waitpid` on its own pid, never `waitpid(-1)`.
+//! - All unsafe code and raw syscalls live in one private module of about a hundred lines.
+//!
+//! # What Drop guarantees, and what it cannot
+//!
+//! Like `tempfile`'s temporary files, a [`SpawnedGroup`] is cleaned up by its destructor, and
+//! destructors do not always run. When the value is dropped, normally or while a panic
+//! unwinds, every process still in the group is sent SIGTERM, then SIGKILL after the grace
+//! period, and the leader is reaped; Drop does not panic and blocks for at most the grace
+//! period plus [`KILL_WAIT_BOUND`]. Its errors are reported as tracing events;
+//! [`SpawnedGroup::shutdown`] is the checked form that returns them.
+//!
+//! Drop cannot help when it does not run:
+//!
+//! - the test binary is killed with SIGKILL (a nextest timeout, a cancelled CI job), or
+//!   aborts (`panic = "abort"`, `std::process::exit`);
+//! - the value lives in a `static`, or is leaked with `std::mem::forget`: statics are never
+//!   dropped.
+//!
+//! Nor can a process group hold a process that leaves it: a child that calls `setsid()` or
+//! `setpgid()`, or a daemon's double fork, is no longer a member and is not signalled.
+//!
+//! # Platform
+//!
+//! Linux 5.3 or later (`pidfd_open`), with `/proc` mounted for the caller's PID namespace
+//! (the ancestor rule reads it; without it the guard refuses everything). Other platforms
+//! fail to compile with a message saying so. The minimum supported Rust version is 1.74.
+//!
+//! # Terminals
+//!
+//! A group started by this crate is not the terminal's foreground group: a child that reads
+//! from the terminal is stopped by SIGTTIN, and Ctrl-C in the terminal does not reach it
+//! (the test binary gets it, and Drop then tears the group down). For a test harness that
+//! is usually what you want.
+
+#![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "pgroup supports Linux only: it relies on pidfds (Linux 5.3) and on /proc to pin process \
+     groups and to check the ancestors of the caller"
+);
+
+mod group;
+mod guard;
+mod pgid;
+mod sys;
+
+pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
+pub use guard::{check_pgid, safe_killpg, Delivery, GuardRule, Refusal, GUARD_RULES};
+pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
+
+/// The signals the crate sends: nix's [`Signal`](nix::sys::signal::Signal), re-exported.
+///
+/// Every variant exists on the platform it was compiled for, so a signal the platform lacks
+/// cannot be named; a raw number converts with [`Signal::try_from`], which fails with
+/// `EINVAL` for numbers that are not a signal here.
+///
+/// # Examples
+///
+/// ```
+/// use pgroup::Signal;
+///
+/// assert_eq!(Signal::SIGTERM.to_string(), "SIGTERM");
+/// assert_eq!(Signal::try_from(9), Ok(Signal::SIGKILL));
+/// assert!(Signal::try_from(12345).is_err());
+/// ```
+pub use nix::sys::signal::Signal;

@@ -1,0 +1,124 @@
+//! The crate's only door to the kernel.
+//!
+//! Every raw syscall and every `unsafe` block of `pgroup` lives in this module, each with a
+//! `// SAFETY:` comment. The rest of the crate sees small, typed, safe functions. Keeping them
+//! here makes the part of the crate that can do harm small enough to read in one sitting.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::signal::{self, Signal};
+use nix::sys::time::TimeSpec;
+use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::{self, Pid};
+
+use crate::Pgid;
+
+/// `killpg(2)` of a group whose id is already known to be greater than 1.
+///
+/// Only the guard calls this: [`crate::safe_killpg`] is the one public way to signal a group.
+pub(crate) fn killpg(pgid: Pgid, signal: Signal) -> Result<(), Errno> {
+    signal::killpg(Pid::from_raw(pgid.as_raw()), signal)
+}
+
+/// `getpid(2)`.
+pub(crate) fn getpid() -> i32 {
+    unistd::getpid().as_raw()
+}
+
+/// `getppid(2)`; 0 when the parent is outside the caller's PID namespace.
+pub(crate) fn getppid() -> i32 {
+    unistd::getppid().as_raw()
+}
+
+/// `getpgrp(2)`: the caller's own process group (0 when it lies outside the PID namespace).
+pub(crate) fn getpgrp() -> i32 {
+    unistd::getpgrp().as_raw()
+}
+
+/// `getsid(0)`: the caller's session id, which is the pid and pgid of the session leader.
+pub(crate) fn getsid() -> Result<i32, Errno> {
+    unistd::getsid(None).map(Pid::as_raw)
+}
+
+/// `getpgid(pid)` of any process in the caller's PID namespace.
+pub(crate) fn getpgid(pid: i32) -> Result<i32, Errno> {
+    unistd::getpgid(Some(Pid::from_raw(pid))).map(Pid::as_raw)
+}
+
+/// `pidfd_open(2)` (Linux 5.3): a file descriptor that refers to this process and no other,
+/// even after its number is recycled. It becomes readable when the process exits.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid above i32::MAX"))?;
+    let flags: libc::c_uint = 0;
+    // SAFETY: pidfd_open takes a pid and a flags word by value and returns a new descriptor
+    // or -1 with errno set. No memory is shared with the kernel.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(ret)
+        .map_err(|_| io::Error::other("pidfd_open returned a descriptor out of range"))?;
+    // SAFETY: the kernel has just handed us this descriptor; nothing else in the process owns
+    // it, so OwnedFd may take ownership and close it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Waits until at least one of `fds` is readable or `timeout` passes (`None`: no bound).
+/// Returns, for each descriptor, whether it is readable. EINTR is retried with the time left
+/// by the caller, which loops on its own deadline.
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+    let mut pollfds: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+        .collect();
+    let timespec = timeout.map(TimeSpec::from_duration);
+    match nix::poll::ppoll(&mut pollfds, timespec, None) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(pollfds
+        .iter()
+        .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
+}
+
+/// The exit status of the process behind `pidfd`, without reaping it (`waitid` with
+/// `WEXITED | WNOWAIT | WNOHANG`). The zombie stays, and so its pid and group id stay reserved.
+/// `Ok(None)` while it runs. Only valid for the caller's own children.
+pub(crate) fn peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    loop {
+        return match wait::waitid(Id::PIDFd(pidfd), flags) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
+            Ok(WaitStatus::Signaled(_, sig, core)) => {
+                let core_bit = if core { 0x80 } else { 0 };
+                Ok(Some(ExitStatus::from_raw((sig as i32) | core_bit)))
+            }
+            Ok(_) => Ok(None),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+/// Makes `cmd` call `setsid(2)` in the child before exec: a new session whose leader is the
+/// child, and so also a new process group with the child as leader.
+pub(crate) fn set_new_session(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child between fork and exec. It calls only
+    // setsid(2), which is async-signal-safe, and builds the error from a raw errno without
+    // allocating; it takes no lock and touches no state shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| match unistd::setsid() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+        });
+    }
+}
