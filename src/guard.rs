@@ -105,12 +105,13 @@ pub const GUARD_RULES: &[GuardRule] = &[
 /// # Examples
 ///
 /// ```
-/// use pgroup::{safe_killpg, Delivery, Refusal, Signal};
+/// use pgroup::{check_pgid, Refusal};
 ///
-/// let delivery = safe_killpg(1, Signal::SIGKILL, "doc example")?;
-/// assert_eq!(delivery, Delivery::Refused(Refusal::PgidLe1));
-/// assert_eq!(Refusal::PgidLe1.reason(), "pgid_le_1");
-/// # Ok::<(), std::io::Error>(())
+/// // check_pgid applies the rules without signalling; safe_killpg returns the same
+/// // refusal inside `Delivery::Refused`.
+/// let refusal = check_pgid(1).unwrap_err();
+/// assert_eq!(refusal, Refusal::PgidLe1);
+/// assert_eq!(refusal.reason(), "pgid_le_1");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -194,13 +195,18 @@ impl fmt::Display for Refusal {
 /// # Examples
 ///
 /// ```
+/// use std::os::unix::process::CommandExt;
+/// use std::process::Command;
 /// use pgroup::{safe_killpg, Delivery, Signal};
 ///
-/// match safe_killpg(0, Signal::SIGTERM, "doc example")? {
+/// let mut child = Command::new("sleep").arg("30").process_group(0).spawn()?;
+/// let pgid = i32::try_from(child.id()).expect("pids fit in i32");
+/// match safe_killpg(pgid, Signal::SIGTERM, "doc example")? {
 ///     Delivery::Sent => println!("signalled"),
 ///     Delivery::NoSuchGroup => println!("nothing left in that group"),
 ///     Delivery::Refused(why) => println!("refused: {} ({why})", why.reason()),
 /// }
+/// child.wait()?;
 /// # Ok::<(), std::io::Error>(())
 /// ```
 #[must_use = "a refused or undelivered signal usually needs handling"]
@@ -395,21 +401,32 @@ fn walk_ancestors(me: i32) -> Result<Vec<i32>, Refusal> {
 /// # Examples
 ///
 /// ```
-/// use std::process::Command;
 /// use std::os::unix::process::CommandExt;
-/// use pgroup::{safe_killpg, Delivery, Refusal, Signal};
-///
-/// // The dangerous numbers are refused, and say why.
-/// assert_eq!(safe_killpg(0, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::PgidLe1));
-/// assert_eq!(safe_killpg(1, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::PgidLe1));
-/// let own = nix::unistd::getpgrp().as_raw();
-/// assert_eq!(safe_killpg(own, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::OwnPgroup));
+/// use std::process::Command;
+/// use pgroup::{safe_killpg, Delivery, Signal};
 ///
 /// // A group this code created is signalled.
 /// let mut child = Command::new("sleep").arg("30").process_group(0).spawn()?;
 /// let pgid = i32::try_from(child.id()).expect("pids fit in i32");
 /// assert_eq!(safe_killpg(pgid, Signal::SIGKILL, "doc")?, Delivery::Sent);
 /// child.wait()?;
+/// // Once reaped, its id may be recycled at any moment: never signal it again. (This is
+/// // why `SpawnedGroup` keeps its leader unreaped until the final SIGKILL.)
+/// # Ok::<(), std::io::Error>(())
+/// ```
+///
+/// The dangerous numbers are refused, each with its reason. (This example is not run: a
+/// doctest runs in the test process itself, and a test that hands 1 to a broken guard
+/// would send SIGKILL to every process the user owns. The crate's own tests probe these
+/// values inside a PID-namespace sandbox.)
+///
+/// ```no_run
+/// use pgroup::{safe_killpg, Delivery, Refusal, Signal};
+///
+/// assert_eq!(safe_killpg(0, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::PgidLe1));
+/// assert_eq!(safe_killpg(1, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::PgidLe1));
+/// let own = nix::unistd::getpgrp().as_raw();
+/// assert_eq!(safe_killpg(own, Signal::SIGKILL, "doc")?, Delivery::Refused(Refusal::OwnPgroup));
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn safe_killpg(pgid: i32, signal: Signal, context: &str) -> io::Result<Delivery> {

@@ -24,14 +24,14 @@
 //!
 //! ```
 //! use std::process::Command;
-//! use pgroup::{safe_killpg, Delivery, Refusal, Signal, SpawnedGroup};
+//! use pgroup::{check_pgid, Refusal, Signal, SpawnedGroup};
 //!
 //! // A server and its workers, in a group of their own.
 //! let server = SpawnedGroup::spawn(Command::new("sh").args(["-c", "sleep 60 & sleep 60"]))?;
 //!
 //! // The guard lets the group through, and refuses what would hit the test itself.
 //! assert!(server.signal(Signal::SIGCONT)?.is_sent());
-//! assert_eq!(safe_killpg(1, Signal::SIGKILL, "oops")?, Delivery::Refused(Refusal::PgidLe1));
+//! assert_eq!(check_pgid(1), Err(Refusal::PgidLe1)); // asks, without signalling
 //!
 //! // Dropping the value (or, checked, `shutdown`) kills the shell and both sleeps.
 //! let report = server.shutdown()?;
