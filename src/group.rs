@@ -638,7 +638,10 @@ fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
     let mut found = Vec::new();
     let mut queue = vec![leader];
     while let Some(pid) = queue.pop() {
-        let Ok(process) = i32::try_from(pid).map_err(drop).and_then(|p| Process::new(p).map_err(drop)) else {
+        let Ok(process) = i32::try_from(pid)
+            .map_err(drop)
+            .and_then(|p| Process::new(p).map_err(drop))
+        else {
             continue;
         };
         let Ok(tasks) = process.tasks() else { continue };

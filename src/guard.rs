@@ -172,12 +172,20 @@ impl fmt::Display for Refusal {
             Refusal::PgidLe1 => f.write_str("the pgid is 1 or less"),
             Refusal::PgidOutOfRange => f.write_str("the pgid is beyond any possible pid"),
             Refusal::OwnPgroup => f.write_str("the pgid is the caller's own process group"),
-            Refusal::SessionPgroup => f.write_str("the pgid is the caller's session leader's group"),
+            Refusal::SessionPgroup => {
+                f.write_str("the pgid is the caller's session leader's group")
+            }
             Refusal::ParentPgroup { parent } => {
-                write!(f, "the pgid is the group of the caller's parent (pid {parent})")
+                write!(
+                    f,
+                    "the pgid is the group of the caller's parent (pid {parent})"
+                )
             }
             Refusal::AncestorPgroup { ancestor } => {
-                write!(f, "the pgid is the group of the caller's ancestor pid {ancestor}")
+                write!(
+                    f,
+                    "the pgid is the group of the caller's ancestor pid {ancestor}"
+                )
             }
             Refusal::Unverifiable { what, errno } => {
                 write!(f, "the guard could not check {what}")?;

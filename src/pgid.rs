@@ -175,7 +175,10 @@ impl fmt::Display for InvalidPgid {
                     1 => "killpg(1) becomes kill(-1), which signals every process the caller may signal",
                     _ => "negative ids are never process groups",
                 };
-                write!(f, "invalid process-group id {value}: it must be greater than 1 ({meaning})")
+                write!(
+                    f,
+                    "invalid process-group id {value}: it must be greater than 1 ({meaning})"
+                )
             }
             InvalidPgidKind::AbovePidMax => write!(
                 f,

@@ -74,7 +74,10 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
 /// Waits until at least one of `fds` is readable or `timeout` passes (`None`: no bound).
 /// Returns, for each descriptor, whether it is readable. EINTR is retried with the time left
 /// by the caller, which loops on its own deadline.
-pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> io::Result<Vec<bool>> {
+pub(crate) fn poll_readable(
+    fds: &[BorrowedFd<'_>],
+    timeout: Option<Duration>,
+) -> io::Result<Vec<bool>> {
     let mut pollfds: Vec<PollFd<'_>> = fds
         .iter()
         .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))

@@ -1,0 +1,453 @@
+//! Support code shared by the integration tests: leak markers, the re-exec machinery that
+//! runs a test binary again as a helper process (a "role"), and the PID-namespace sandbox.
+//!
+//! Safety rule of this test suite: the test process itself never hands a computed or
+//! dangerous id (0, 1, negatives, its own or its parents' groups) to `killpg`, guarded or
+//! not. Such probes run in a re-executed copy of the test binary, inside a fresh PID
+//! namespace, where even `kill(-1, SIGKILL)` reaches only processes the test made.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::env;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pgroup::SpawnedGroup;
+use procfs::process::Process;
+
+/// The variable every process the tests start carries, so leaks can be found in /proc.
+pub const MARKER_VAR: &str = "PGROUP_LEAK_MARKER";
+/// Names the role a re-executed test binary plays.
+pub const ROLE_VAR: &str = "PGROUP_TEST_ROLE";
+/// Set to 1 to make reduced mode (no PID namespace available) a failure.
+pub const REQUIRE_SANDBOX_VAR: &str = "PGROUP_REQUIRE_SANDBOX";
+
+/// A marker value unique to one test in this run: `<name>.<pid>.<n>`.
+pub fn marker(name: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{name}.{}.{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `program args...`, carrying the marker.
+pub fn marked(marker: &str, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args).env(MARKER_VAR, marker);
+    cmd
+}
+
+/// A shell fixture from fixtures/, carrying the marker.
+pub fn fixture(marker: &str, name: &str, args: &[&str]) -> Command {
+    let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let mut cmd = Command::new("sh");
+    cmd.arg(path).args(args).env(MARKER_VAR, marker);
+    cmd
+}
+
+/// Pids of the processes that carry `PGROUP_LEAK_MARKER=<marker>` and have not exited
+/// (zombies are dead: only their parent's reap is missing).
+pub fn marked_alive(marker: &str) -> Vec<i32> {
+    let wanted = format!("{MARKER_VAR}={marker}");
+    let Ok(all) = procfs::process::all_processes() else {
+        panic!("cannot read /proc to look for leaked processes");
+    };
+    all.flatten()
+        .filter(|p| {
+            let Ok(environ) = std::fs::read(format!("/proc/{}/environ", p.pid)) else {
+                return false;
+            };
+            environ.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes())
+        })
+        .filter(|p| !is_dead_or_dying(p.pid))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Fails the test if any process carrying `marker` is still alive. SIGKILL is delivered
+/// asynchronously and orphans are reaped by init a moment later, so this waits up to five
+/// seconds for the last ones to finish dying: a process that is really leaked stays.
+pub fn assert_no_leaks(marker: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let alive = marked_alive(marker);
+        if alive.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let described: Vec<String> = alive.iter().map(|pid| describe(*pid)).collect();
+            panic!("leaked processes carrying {MARKER_VAR}={marker}: {described:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `pid (comm) state pgid` for messages.
+pub fn describe(pid: i32) -> String {
+    match Process::new(pid).and_then(|p| p.stat()) {
+        Ok(s) => format!("{pid} ({}) state {} pgrp {}", s.comm, s.state, s.pgrp),
+        Err(_) => format!("{pid} (gone)"),
+    }
+}
+
+/// Whether `pid` is gone, a zombie, exiting, or has a SIGKILL pending: everything that
+/// means a SIGKILL reached it. Deterministic right after `kill(2)` returns, because the
+/// kernel queues SIGKILL (or marks the process exiting) before the call returns.
+pub fn is_dead_or_dying(pid: i32) -> bool {
+    const PF_EXITING: u32 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << 8;
+    let Ok(process) = Process::new(pid) else {
+        return true;
+    };
+    let Ok(stat) = process.stat() else {
+        return true;
+    };
+    if matches!(stat.state, 'Z' | 'X' | 'x') || stat.flags & PF_EXITING != 0 {
+        return true;
+    }
+    match process.status() {
+        Ok(status) => (status.shdpnd | status.sigpnd) & SIGKILL_BIT != 0,
+        Err(_) => true,
+    }
+}
+
+/// A command that runs this test binary again, as `role`, with the output of the role on
+/// stdout. The role runs in the ignored test `role_entry` each test binary defines.
+pub fn role_command(role: &str) -> Command {
+    let exe = env::current_exe().expect("the test binary knows its own path");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--exact",
+        "role_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env(ROLE_VAR, role);
+    cmd
+}
+
+/// What a role printed: lines `KEY value`, collected by key.
+#[derive(Debug, Default)]
+pub struct RoleOutput {
+    pub lines: Vec<String>,
+    pub values: BTreeMap<String, Vec<String>>,
+    pub status: Option<std::process::ExitStatus>,
+}
+
+impl RoleOutput {
+    fn parse(text: &str) -> RoleOutput {
+        let mut out = RoleOutput::default();
+        for line in text.lines() {
+            out.lines.push(line.to_owned());
+            if let Some((key, value)) = line.split_once(' ') {
+                if key.chars().all(|c| c.is_ascii_uppercase() || c == '_') && !key.is_empty() {
+                    out.values
+                        .entry(key.to_owned())
+                        .or_default()
+                        .push(value.to_owned());
+                }
+            }
+        }
+        out
+    }
+
+    /// The single value printed for `key`; panics with the whole output otherwise.
+    pub fn one(&self, key: &str) -> &str {
+        match self.values.get(key).map(Vec::as_slice) {
+            Some([value]) => value,
+            _ => panic!(
+                "expected exactly one {key} line in the role's output:\n{}",
+                self.lines.join("\n")
+            ),
+        }
+    }
+
+    pub fn all(&self, key: &str) -> &[String] {
+        self.values.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+/// How the sandbox was entered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// A new PID namespace (plus a user namespace when not root) with its own /proc.
+    Full,
+    /// No namespace could be made here; only harmless probes may run.
+    Reduced,
+}
+
+/// The `unshare(1)` arguments that enter a PID namespace here (without `--mount-proc`), or
+/// `None` (reduced mode). As root a PID namespace suffices; otherwise a user namespace comes
+/// first.
+fn unshare_args() -> Option<&'static [&'static str]> {
+    static ARGS: OnceLock<Option<&'static [&'static str]>> = OnceLock::new();
+    *ARGS.get_or_init(|| {
+        let candidates: [&'static [&'static str]; 2] = [
+            &["--pid", "--fork", "--kill-child"],
+            &[
+                "--user",
+                "--map-root-user",
+                "--pid",
+                "--fork",
+                "--kill-child",
+            ],
+        ];
+        candidates.into_iter().find(|args| {
+            Command::new("unshare")
+                .args(*args)
+                .args(["--mount-proc", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+    })
+}
+
+/// The sandbox this machine supports. Reduced mode is announced on stderr every time, and is
+/// a test failure when `PGROUP_REQUIRE_SANDBOX=1` (CI sets it).
+pub fn sandbox_mode() -> SandboxMode {
+    if unshare_args().is_some() {
+        return SandboxMode::Full;
+    }
+    let msg = "REDUCED MODE: no PID namespace can be created on this machine (unshare --pid \
+               failed, also with a user namespace); tests that send real signals to computed \
+               pgids run only their harmless probes";
+    if env::var(REQUIRE_SANDBOX_VAR).as_deref() == Ok("1") {
+        panic!("{msg}, and {REQUIRE_SANDBOX_VAR}=1 makes that a failure");
+    }
+    eprintln!("\n*** {msg} ***\n");
+    SandboxMode::Reduced
+}
+
+/// Runs this test binary again as `role`, as PID 1 of a fresh PID namespace with its own
+/// /proc, and returns what it printed. The sandbox itself is a `SpawnedGroup` (unshare and
+/// the namespace's init), so it is torn down even if the test fails, and when its init dies
+/// the kernel kills everything left in the namespace. `None` in reduced mode.
+pub fn run_sandboxed(
+    marker: &str,
+    role: &str,
+    env_vars: &[(&str, String)],
+    limit: Duration,
+) -> Option<RoleOutput> {
+    sandboxed(marker, role, env_vars, limit, true)
+}
+
+/// As [`run_sandboxed`], but the namespace keeps the host's /proc, which then describes
+/// processes of another PID namespace.
+pub fn run_sandboxed_without_own_proc(
+    marker: &str,
+    role: &str,
+    limit: Duration,
+) -> Option<RoleOutput> {
+    sandboxed(marker, role, &[], limit, false)
+}
+
+fn sandboxed(
+    marker: &str,
+    role: &str,
+    env_vars: &[(&str, String)],
+    limit: Duration,
+    own_proc: bool,
+) -> Option<RoleOutput> {
+    let args = unshare_args()?;
+    let role_cmd = role_command(role);
+    let mut cmd = Command::new("unshare");
+    cmd.args(args);
+    if own_proc {
+        cmd.arg("--mount-proc");
+    }
+    cmd.arg(role_cmd.get_program())
+        .args(role_cmd.get_args())
+        .env(ROLE_VAR, role)
+        .env(MARKER_VAR, marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    for (key, value) in env_vars {
+        cmd.env(key, value);
+    }
+    Some(run_collecting(cmd, limit))
+}
+
+/// Runs `cmd` (which pipes stdout) in a `SpawnedGroup`, collects its stdout, and tears it
+/// down. Panics with what it printed if it outlives `limit`.
+pub fn run_collecting(mut cmd: Command, limit: Duration) -> RoleOutput {
+    let mut group = pgroup::Builder::new()
+        .grace_period(Duration::from_millis(200))
+        .spawn(&mut cmd)
+        .expect("spawn the role");
+    let mut stdout = group.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let status = group.wait_timeout(limit).expect("wait for the role");
+    let teardown = group.shutdown();
+    let text = reader.join().expect("reader thread");
+    let mut out = RoleOutput::parse(&text);
+    out.status = status;
+    assert!(
+        status.is_some(),
+        "the role did not finish within {limit:?}; it printed:\n{text}"
+    );
+    teardown.expect("teardown of the role");
+    out
+}
+
+/// The entry point of every role; `role_entry` in each test binary calls it. `logs` is
+/// tracing-test's `logs_contain` of that test, so roles can check the events they caused.
+pub fn role_main(logs: &dyn Fn(&str) -> bool, roles: &[(&str, fn(&dyn Fn(&str) -> bool) -> i32)]) {
+    let Ok(role) = env::var(ROLE_VAR) else {
+        println!("role_entry: not re-executed by a test; nothing to do");
+        return;
+    };
+    let code = match roles.iter().find(|(name, _)| *name == role) {
+        Some((_, run)) => run(logs),
+        None => {
+            println!("ERROR unknown role {role}");
+            2
+        }
+    };
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+/// The process-tree "harness" roles, from PID 1 of the sandbox down to the caller:
+///
+/// ```text
+/// PID 1 (this binary)  ->  session leader S (setsid)  ->  ancestor A (own group)
+///                      ->  parent P (own group)       ->  caller C (own group)
+/// ```
+///
+/// Each link starts a canary (`sleep`) in its own group and passes its pid and group down
+/// in `PGROUP_CANARY_<LINK>` and `PGROUP_GROUP_<LINK>`; the caller starts one in its own group
+/// too, then runs the scenario named by `PGROUP_SCENARIO`, which prints its results.
+pub const CHAIN: [&str; 4] = ["session", "ancestor", "parent", "caller"];
+
+/// A role for the start of the chain (PID 1 of the sandbox) and each link in it.
+pub fn chain_link(
+    scenario: fn(&Harness, &dyn Fn(&str) -> bool) -> i32,
+    logs: &dyn Fn(&str) -> bool,
+) -> i32 {
+    let level = env::var("PGROUP_CHAIN_LEVEL").unwrap_or_default();
+    let next_index = match CHAIN.iter().position(|l| *l == level) {
+        Some(i) => i + 1,
+        None => 0, // PID 1
+    };
+    let marker = env::var(MARKER_VAR).unwrap_or_default();
+    let mut canary_env: Vec<(String, String)> = Vec::new();
+    if !level.is_empty() {
+        let canary = marked(&marker, "sleep", &["1000"])
+            .spawn()
+            .expect("spawn canary");
+        canary_env.push((
+            format!("PGROUP_CANARY_{}", level.to_uppercase()),
+            canary.id().to_string(),
+        ));
+        canary_env.push((
+            format!("PGROUP_GROUP_{}", level.to_uppercase()),
+            nix::unistd::getpgrp().to_string(),
+        ));
+        std::mem::forget(canary); // reaped by PID 1 of the namespace, or killed with it
+    }
+    if level == "caller" {
+        let harness = Harness::from_env(&canary_env);
+        return scenario(&harness, logs);
+    }
+    let next = CHAIN[next_index];
+    let mut cmd = role_command(&env::var(ROLE_VAR).unwrap_or_default());
+    cmd.env("PGROUP_CHAIN_LEVEL", next).envs(canary_env);
+    let group_of_next = if next == "session" {
+        pgroup::Builder::new().new_session(true).spawn(&mut cmd)
+    } else {
+        pgroup::Builder::new().spawn(&mut cmd)
+    };
+    let mut next_link = group_of_next.expect("spawn the next link");
+    // The caller reports through stdout, which every link inherits.
+    let status = next_link.wait().expect("wait for the next link");
+    if level.is_empty() {
+        wait_for_other_links();
+    }
+    status.code().unwrap_or(3)
+}
+
+/// PID 1 of the sandbox: a link killed by a negative control ends the chain early, while the
+/// orphaned caller may still be reporting. Wait until this is the last copy of the test
+/// binary alive in the namespace (bounded), since everything dies with PID 1.
+fn wait_for_other_links() {
+    let me = std::process::id();
+    let exe = env::current_exe().expect("own path");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let others = procfs::process::all_processes()
+            .map(|all| {
+                all.flatten()
+                    .filter(|p| u32::try_from(p.pid).ok() != Some(me))
+                    .filter(|p| p.exe().is_ok_and(|e| e == exe))
+                    .any(|p| !is_dead_or_dying(p.pid))
+            })
+            .unwrap_or(false);
+        if !others {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What the caller knows about the processes around it.
+#[derive(Debug)]
+pub struct Harness {
+    /// Canary pid by link name ("session", "ancestor", "parent", "caller").
+    pub canaries: BTreeMap<String, i32>,
+    /// Process group by link name.
+    pub groups: BTreeMap<String, i32>,
+}
+
+impl Harness {
+    fn from_env(own: &[(String, String)]) -> Harness {
+        let mut canaries = BTreeMap::new();
+        let mut groups = BTreeMap::new();
+        let vars = env::vars().chain(own.iter().cloned());
+        for (key, value) in vars {
+            if let Some(link) = key.strip_prefix("PGROUP_CANARY_") {
+                canaries.insert(link.to_lowercase(), value.parse().expect("canary pid"));
+            } else if let Some(link) = key.strip_prefix("PGROUP_GROUP_") {
+                groups.insert(link.to_lowercase(), value.parse().expect("group id"));
+            }
+        }
+        Harness { canaries, groups }
+    }
+
+    /// Canaries that a SIGKILL has reached.
+    pub fn dead_canaries(&self) -> Vec<String> {
+        self.canaries
+            .iter()
+            .filter(|(_, pid)| is_dead_or_dying(**pid))
+            .map(|(link, pid)| format!("{link}:{pid}"))
+            .collect()
+    }
+}
+
+/// Spawns `sleep 1000` as the leader of a new group with std alone (so the test of the guard
+/// does not depend on `SpawnedGroup`), returning the child.
+pub fn raw_target_group(marker: &str) -> std::process::Child {
+    marked(marker, "sleep", &["1000"])
+        .process_group(0)
+        .spawn()
+        .expect("spawn a target group")
+}
+
+/// Keeps `SpawnedGroup` in scope for the binaries that only use the support module.
+pub fn _uses(_: Option<SpawnedGroup>) {}
