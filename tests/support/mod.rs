@@ -307,7 +307,14 @@ pub fn run_collecting(mut cmd: Command, limit: Duration) -> RoleOutput {
 
 /// The entry point of every role; `role_entry` in each test binary calls it. `logs` is
 /// tracing-test's `logs_contain` of that test, so roles can check the events they caused.
-pub fn role_main(logs: &dyn Fn(&str) -> bool, roles: &[(&str, fn(&dyn Fn(&str) -> bool) -> i32)]) {
+/// tracing-test's `logs_contain` of the running role.
+pub type Logs<'a> = &'a dyn Fn(&str) -> bool;
+/// A role: what a re-executed test binary does, returning its exit code.
+pub type Role = fn(Logs<'_>) -> i32;
+/// What the caller at the bottom of the chain runs.
+pub type Scenario = fn(&Harness, Logs<'_>) -> i32;
+
+pub fn role_main(logs: Logs<'_>, roles: &[(&str, Role)]) {
     let Ok(role) = env::var(ROLE_VAR) else {
         println!("role_entry: not re-executed by a test; nothing to do");
         return;
@@ -337,10 +344,7 @@ pub fn role_main(logs: &dyn Fn(&str) -> bool, roles: &[(&str, fn(&dyn Fn(&str) -
 pub const CHAIN: [&str; 4] = ["session", "ancestor", "parent", "caller"];
 
 /// A role for the start of the chain (PID 1 of the sandbox) and each link in it.
-pub fn chain_link(
-    scenario: fn(&Harness, &dyn Fn(&str) -> bool) -> i32,
-    logs: &dyn Fn(&str) -> bool,
-) -> i32 {
+pub fn chain_link(scenario: Scenario, logs: &dyn Fn(&str) -> bool) -> i32 {
     let level = env::var("PGROUP_CHAIN_LEVEL").unwrap_or_default();
     let next_index = match CHAIN.iter().position(|l| *l == level) {
         Some(i) => i + 1,
