@@ -535,8 +535,10 @@ impl SpawnedGroup {
             ));
         };
         if let Some(mut child) = self.child.take() {
-            // waitpid on the leader's own pid: the only reap the crate does.
+            // waitpid on the leader's own pid: the only reap the crate does. From here on the
+            // id may be recycled, and `self.child` is `None`, so nothing signals it again.
             child.wait()?;
+            tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
         }
         let report = Teardown {
             status,

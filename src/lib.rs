@@ -117,3 +117,8 @@ pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
 /// assert!(Signal::try_from(12345).is_err());
 /// ```
 pub use nix::sys::signal::Signal;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
