@@ -1,0 +1,348 @@
+//! The figures of issue 6 as a markdown table for the README:
+//! `cargo run --release --example report`.
+//!
+//! It measures under the same conditions as `cargo bench` (at least 300 unrelated idle
+//! processes alive, 5 nested shells above it) and with the same cycles, which live in
+//! `benches/support`. Each comparison is measured interleaved with ours, pair by pair and
+//! in alternating order, so that a burst of load on the machine hits both sides alike.
+//! Every figure is a median.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use pgroup::{safe_killpg, Signal};
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+/// Signals per sample of the guard row: one sample is the mean of this many calls.
+const GUARD_BATCH: u32 = 64;
+const GUARD_SAMPLES: usize = 201;
+const SPAWN_PAIRS: usize = 301;
+const GRACE_RUNS: usize = 11;
+const TREE_RUNS: usize = 21;
+const MANY_RUNS: usize = 5;
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    samples[samples.len() / 2]
+}
+
+fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns < 10_000 {
+        format!("{:.2} µs", d.as_secs_f64() * 1e6)
+    } else if ns < 10_000_000 {
+        format!("{:.0} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "**no**"
+    }
+}
+
+/// Medians of `ours` and `theirs`, run in `pairs` interleaved pairs whose order alternates,
+/// and the median of the per-pair ratios (robust to the load drifting during the run).
+fn paired(
+    pairs: usize,
+    mut ours: impl FnMut() -> io::Result<()>,
+    mut theirs: impl FnMut() -> io::Result<()>,
+) -> io::Result<Paired> {
+    // One of each first, unmeasured: page cache, lazy symbol binding.
+    ours()?;
+    theirs()?;
+    let mut a = Vec::with_capacity(pairs);
+    let mut b = Vec::with_capacity(pairs);
+    for i in 0..pairs {
+        for side in [i % 2, 1 - i % 2] {
+            let started = Instant::now();
+            if side == 0 {
+                ours()?;
+                a.push(started.elapsed());
+            } else {
+                theirs()?;
+                b.push(started.elapsed());
+            }
+        }
+    }
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+        .collect();
+    ratios.sort_unstable_by(f64::total_cmp);
+    Ok(Paired {
+        ours: median(a),
+        theirs: median(b),
+        ratio: ratios[ratios.len() / 2],
+    })
+}
+
+struct Paired {
+    ours: Duration,
+    theirs: Duration,
+    ratio: f64,
+}
+
+struct Row {
+    name: &'static str,
+    ours: String,
+    comparison: String,
+    ratio: String,
+    met: &'static str,
+}
+
+fn ratio_row(name: &'static str, comparison: &str, measured: &Paired, target: f64) -> Row {
+    Row {
+        name,
+        ours: fmt(measured.ours),
+        comparison: format!("{}: {}", comparison, fmt(measured.theirs)),
+        ratio: format!("{:.3} (target ≤ {target:.2})", measured.ratio),
+        met: met(measured.ratio <= target),
+    }
+}
+
+fn guard_row() -> io::Result<Row> {
+    let target = support::SignalTarget::spawn()?;
+    let pgid = target.pgid;
+    let batch = |f: &mut dyn FnMut() -> io::Result<()>| -> io::Result<Duration> {
+        let started = Instant::now();
+        for _ in 0..GUARD_BATCH {
+            f()?;
+        }
+        Ok(started.elapsed() / GUARD_BATCH)
+    };
+    let mut ours = || -> io::Result<()> {
+        let delivery = safe_killpg(pgid, Signal::SIGCONT, "report")?;
+        assert!(delivery.is_sent(), "{delivery:?}");
+        Ok(())
+    };
+    let mut bare = || -> io::Result<()> { Ok(target.bare_killpg_cont()?) };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    batch(&mut ours)?;
+    batch(&mut bare)?;
+    for i in 0..GUARD_SAMPLES {
+        if i % 2 == 0 {
+            a.push(batch(&mut ours)?);
+            b.push(batch(&mut bare)?);
+        } else {
+            b.push(batch(&mut bare)?);
+            a.push(batch(&mut ours)?);
+        }
+    }
+    drop(target);
+    let (ours, bare) = (median(a), median(b));
+    Ok(Row {
+        name: "guard decision (allowed) + signal",
+        ours: fmt(ours),
+        comparison: format!("bare killpg: {}", fmt(bare)),
+        ratio: format!(
+            "{:.1}× bare; guard adds {} (target ≤ 2 µs in all)",
+            ours.as_secs_f64() / bare.as_secs_f64(),
+            fmt(ours.saturating_sub(bare))
+        ),
+        met: met(ours <= Duration::from_micros(2)),
+    })
+}
+
+fn grace_row() -> io::Result<Row> {
+    let grace = Duration::from_millis(200);
+    support::ignored_term_teardown(grace)?;
+    let runs: Vec<Duration> = (0..GRACE_RUNS)
+        .map(|_| support::ignored_term_teardown(grace))
+        .collect::<io::Result<_>>()?;
+    let worst = runs.iter().max().copied().unwrap_or_default();
+    let ours = median(runs);
+    let bound = grace + Duration::from_millis(1);
+    Ok(Row {
+        name: "teardown, child ignores SIGTERM, grace 200 ms",
+        ours: fmt(ours),
+        comparison: "grace: 200.0 ms".to_owned(),
+        ratio: format!(
+            "overshoot {} (worst of {GRACE_RUNS}: {}; target ≤ 1 ms)",
+            fmt(ours.saturating_sub(grace)),
+            fmt(worst.saturating_sub(grace))
+        ),
+        met: met(ours <= bound),
+    })
+}
+
+fn tree_row() -> io::Result<Row> {
+    let (mut ours, mut floor) = (Vec::new(), Vec::new());
+    support::tree_teardown()?;
+    support::tree_raw_floor()?;
+    for i in 0..TREE_RUNS {
+        if i % 2 == 0 {
+            ours.push(support::tree_teardown()?);
+            floor.push(support::tree_raw_floor()?);
+        } else {
+            floor.push(support::tree_raw_floor()?);
+            ours.push(support::tree_teardown()?);
+        }
+    }
+    let worst = ours.iter().max().copied().unwrap_or_default();
+    let (ours, floor) = (median(ours), median(floor));
+    Ok(Row {
+        name: "teardown, 100-process tree, exits on SIGTERM",
+        ours: fmt(ours),
+        comparison: format!("floor, raw killpg(TERM) until all gone: {}", fmt(floor)),
+        ratio: format!(
+            "{:.2}× floor; worst of {TREE_RUNS}: {} (target ≤ 10 ms)",
+            ours.as_secs_f64() / floor.as_secs_f64(),
+            fmt(worst)
+        ),
+        met: met(ours <= Duration::from_millis(10)),
+    })
+}
+
+/// The many-groups row and its own table, one line per group count.
+fn many_rows() -> io::Result<(Row, Vec<String>)> {
+    support::many_groups(8, support::MANY_THREADS)?;
+    let mut lines = Vec::new();
+    let mut per_group = Vec::new();
+    let mut threads_ok = true;
+    let mut rss_per_group = Vec::new();
+    for n in support::MANY_GROUPS {
+        let runs: Vec<support::ManyGroups> = (0..MANY_RUNS)
+            .map(|_| support::many_groups(n, support::MANY_THREADS))
+            .collect::<io::Result<_>>()?;
+        let spawn = median(runs.iter().map(|r| r.spawn).collect());
+        let teardown = median(runs.iter().map(|r| r.teardown).collect());
+        let count = u32::try_from(n).map_err(io::Error::other)?;
+        let mut rss: Vec<i64> = runs.iter().map(|r| r.rss_growth_kib).collect();
+        rss.sort_unstable();
+        let rss = rss[rss.len() / 2];
+        let last = runs[runs.len() - 1];
+        threads_ok &= runs.iter().all(|r| r.threads_alive <= r.threads_before);
+        per_group.push((spawn + teardown) / count);
+        rss_per_group.push(rss);
+        lines.push(format!(
+            "| {n} | {} | {} | {} | {} KiB | {} | {} → {} |",
+            fmt(spawn),
+            fmt(spawn / count),
+            fmt(teardown / count),
+            rss,
+            last.fds_growth,
+            last.threads_before,
+            last.threads_alive,
+        ));
+    }
+    let first = per_group[0].as_secs_f64();
+    let last = per_group[per_group.len() - 1].as_secs_f64();
+    let growth = last / first;
+    // Linear in time: the cost per group at 256 is within 1.5× of that at 32. No thread per
+    // group: with every group alive, the process has no more threads than before (the
+    // spawning threads of the previous run may still be counted before).
+    let ok = growth <= 1.5 && threads_ok;
+    let row = Row {
+        name: "256 groups alive at once, 4 threads",
+        ours: format!("{} per group", fmt(per_group[per_group.len() - 1])),
+        comparison: format!("32 groups: {} per group", fmt(per_group[0])),
+        ratio: format!(
+            "per-group time ×{growth:.2} from 32 to 256; threads while alive {} \
+             (target: linear, no thread per group)",
+            if threads_ok { "unchanged" } else { "grew" }
+        ),
+        met: met(ok),
+    };
+    Ok((row, lines))
+}
+
+fn main() -> io::Result<()> {
+    support::reexec_under_nested_shells();
+    let depth = support::verify_depth();
+    let idle = support::IdleProcesses::start()?;
+    let alive = support::processes_alive();
+    let load = support::load_average();
+    eprintln!("measuring (about ten seconds)...");
+
+    let mut rows = vec![guard_row()?];
+    let raw = support::raw_cycle;
+    let pairs = paired(SPAWN_PAIRS, || support::ours_grace_zero().map(drop), raw)?;
+    rows.push(ratio_row(
+        "spawn `sleep` + teardown, grace 0",
+        "std process_group(0), killpg(KILL), wait",
+        &pairs,
+        1.05,
+    ));
+    let pairs = paired(SPAWN_PAIRS, || support::ours_default_grace().map(drop), raw)?;
+    rows.push(ratio_row(
+        "spawn `sleep` + teardown, default grace, exits on TERM",
+        "the same raw cycle",
+        &pairs,
+        1.2,
+    ));
+    let pairs = paired(
+        SPAWN_PAIRS,
+        || support::ours_grace_zero().map(drop),
+        support::process_wrap_cycle,
+    )?;
+    rows.push(ratio_row(
+        "spawn `sleep` + teardown, grace 0",
+        "process-wrap ProcessGroup, kill, wait",
+        &pairs,
+        1.0,
+    ));
+    rows.push(grace_row()?);
+    rows.push(tree_row()?);
+    let (many, many_lines) = many_rows()?;
+    rows.push(many);
+    let load_after = support::load_average();
+
+    let idle_count = idle.len();
+    drop(idle);
+    let leaked = support::leaked_processes();
+
+    println!(
+        "Machine: {}. {alive} processes alive ({} idle ones started by the report), \
+         {depth} ancestors ({} nested `sh`). Load average {load} before, {load_after} after.",
+        support::machine_line(),
+        idle_count,
+        support::MIN_DEPTH,
+    );
+    println!();
+    println!("| what | ours (median) | comparison (median) | ratio / target | met? |");
+    println!("| --- | --- | --- | --- | --- |");
+    for row in &rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            row.name, row.ours, row.comparison, row.ratio, row.met
+        );
+    }
+    println!();
+    println!(
+        "Many groups, spawned and dropped by {} threads (median of {MANY_RUNS} runs; spawn \
+         is until all are alive, teardown is dropping all with the default grace):",
+        support::MANY_THREADS
+    );
+    println!();
+    println!(
+        "| groups | spawn all | spawn, wall time per group | teardown, wall time per group \
+         | RSS growth | fds growth | threads before → all alive |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for line in many_lines {
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "pgroup {}. Medians of {GUARD_SAMPLES} samples of {GUARD_BATCH} signals (guard), \
+         {SPAWN_PAIRS} interleaved pairs (spawn rows; the ratio is the median of the \
+         per-pair ratios), {GRACE_RUNS} runs (grace), {TREE_RUNS} interleaved pairs (tree).",
+        env!("CARGO_PKG_VERSION")
+    );
+    if leaked.is_empty() {
+        println!("Leak check: no process carrying this run's PGROUP_LEAK_MARKER is left alive.");
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "processes leaked by the report: {leaked:?}"
+        )))
+    }
+}
