@@ -4,13 +4,13 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
-use crate::{safe_killpg, sys, Delivery, Pgid, Signal};
+use crate::leader::Leader;
+use crate::{safe_killpg, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
 ///
@@ -51,6 +51,7 @@ const MAX_TRACKED_DESCENDANTS: usize = 1024;
 pub struct Builder {
     grace: Duration,
     new_session: bool,
+    containment: Containment,
 }
 
 impl Default for Builder {
@@ -74,6 +75,7 @@ impl Builder {
         Builder {
             grace: DEFAULT_GRACE_PERIOD,
             new_session: false,
+            containment: Containment::default(),
         }
     }
 
@@ -117,6 +119,22 @@ impl Builder {
         self
     }
 
+    /// How tightly the group is held: a plain process group, a supervisor, or a PID
+    /// namespace. See [`Containment`] for what each tier catches and costs.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pgroup::{Builder, Containment};
+    ///
+    /// let mut builder = Builder::new();
+    /// builder.containment(Containment::Supervised);
+    /// ```
+    pub fn containment(&mut self, containment: Containment) -> &mut Self {
+        self.containment = containment;
+        self
+    }
+
     /// Spawns `cmd` as the leader of a new process group.
     ///
     /// The `Command` is changed: it is given [`process_group(0)`] (or, with
@@ -144,46 +162,37 @@ impl Builder {
     /// assert!(err.to_string().contains("/no/such/program"));
     /// ```
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<SpawnedGroup> {
-        if self.new_session {
-            sys::set_new_session(cmd);
-        } else {
-            cmd.process_group(0);
-        }
         let program = cmd.get_program().to_owned();
-        let mut child = cmd.spawn().map_err(|e| {
-            io::Error::new(e.kind(), format!("pgroup: cannot spawn {program:?}: {e}"))
-        })?;
-        let pid = child.id();
-        let context = format!("pgroup::SpawnedGroup of {program:?} (leader pid {pid})");
-        let pinned = Pgid::try_from(pid)
-            .map_err(io::Error::from)
-            .and_then(|pgid| Ok((pgid, sys::pidfd_open(pid)?)));
-        let (pgid, pidfd) = match pinned {
-            Ok(pinned) => pinned,
-            Err(e) => {
-                // The leader is our unreaped child, so its pid cannot have been recycled.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(io::Error::new(
-                    e.kind(),
-                    format!("pgroup: {context} cannot be tracked, so it was killed: {e}"),
-                ));
-            }
-        };
-        tracing::debug!(name: "group_spawned", pgid = pgid.as_raw(), program = ?program, "group_spawned");
-        Ok(SpawnedGroup {
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-            child: Some(child),
-            pidfd,
-            pgid,
+        let what = format!("{program:?}");
+        let spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
+        let pid = spawned.pid;
+        let context = format!("pgroup::SpawnedGroup of {what} (leader pid {pid})");
+        let mut group = SpawnedGroup {
+            stdin: spawned.stdin,
+            stdout: spawned.stdout,
+            stderr: spawned.stderr,
+            leader: spawned.leader,
+            // Replaced below; a leader pid is always above 1.
+            pgid: Pgid::try_from(2_i32).map_err(io::Error::from)?,
             pid,
-            status: None,
             grace: self.grace,
+            containment: self.containment,
             program,
             context,
-        })
+            torn_down: false,
+        };
+        match Pgid::try_from(pid) {
+            Ok(pgid) => group.pgid = pgid,
+            Err(e) => {
+                // Cannot happen for a real pid; tear down without ever signalling a group.
+                group.leader.kill_leader();
+                let _ = group.leader.finish();
+                group.torn_down = true;
+                return Err(e.into());
+            }
+        }
+        tracing::debug!(name: "group_spawned", pgid = pid, program = ?group.program, "group_spawned");
+        Ok(group)
     }
 }
 
@@ -257,15 +266,16 @@ pub struct SpawnedGroup {
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
     pub stderr: Option<ChildStderr>,
-    /// `None` once the leader is reaped: after that nothing may be signalled.
-    child: Option<Child>,
-    pidfd: OwnedFd,
+    /// The leader, directly or through its supervisor; unreaped until teardown's end.
+    leader: Leader,
     pgid: Pgid,
     pid: u32,
-    status: Option<ExitStatus>,
     grace: Duration,
+    containment: Containment,
     program: OsString,
     context: String,
+    /// Set once teardown has run: after that nothing may be signalled.
+    torn_down: bool,
 }
 
 /// What a teardown did, from [`SpawnedGroup::shutdown`].
@@ -296,6 +306,13 @@ pub struct Teardown {
     pub descendants_seen: usize,
     /// How long teardown took, from its start to the reap of the leader.
     pub elapsed: Duration,
+    /// The containment tier the group ran under.
+    pub containment: Containment,
+    /// Processes that had left the group (`setsid`, `setpgid`) and were found and killed by
+    /// the supervisor at teardown: their pids as the supervisor saw them (inside the PID
+    /// namespace for [`Containment::Namespace`]). Always empty for [`Containment::Group`],
+    /// which cannot see them.
+    pub escapees: Vec<u32>,
 }
 
 impl SpawnedGroup {
@@ -371,6 +388,12 @@ impl SpawnedGroup {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn signal(&self, signal: Signal) -> io::Result<Delivery> {
+        if self.torn_down || !self.leader.is_pinned() {
+            return Err(io::Error::other(format!(
+                "{}: the group id is no longer pinned (its leader was reaped), so it is not signalled",
+                self.context
+            )));
+        }
         safe_killpg(self.pgid.as_raw(), signal, &self.context)
     }
 
@@ -390,10 +413,7 @@ impl SpawnedGroup {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            self.status = sys::peek_exit(self.pidfd.as_fd())?;
-        }
-        Ok(self.status)
+        self.leader.peek_exit()
     }
 
     /// Waits for the leader to exit and returns its status; the group stays pinned until
@@ -459,7 +479,7 @@ impl SpawnedGroup {
                     _ => return Ok(None),
                 },
             };
-            sys::poll_readable(&[self.pidfd.as_fd()], left)?;
+            sys::poll_readable(&[self.leader.exit_fd()], left)?;
         }
     }
 
@@ -514,9 +534,7 @@ impl SpawnedGroup {
             for signal in [Signal::SIGTERM, Signal::SIGCONT] {
                 self.signal_in_teardown(signal, &mut errors);
             }
-            let mut watched: Vec<BorrowedFd<'_>> = vec![self.pidfd.as_fd()];
-            watched.extend(descendants.iter().map(AsFd::as_fd));
-            !wait_all_exit(&watched, started.checked_add(self.grace))?
+            !self.wait_for_exit(&descendants, started.checked_add(self.grace))?
         };
         // The leader is unreaped, so this id is still this group: the final sweep is safe
         // and catches members teardown could not see.
@@ -524,7 +542,7 @@ impl SpawnedGroup {
         let deadline = Instant::now().checked_add(KILL_WAIT_BOUND);
         let Some(status) = self.wait_until(deadline)? else {
             // Leave the leader unreaped: its id stays reserved, and we never signal again.
-            self.child = None;
+            self.torn_down = true;
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -534,18 +552,19 @@ impl SpawnedGroup {
                 ),
             ));
         };
-        if let Some(mut child) = self.child.take() {
-            // waitpid on the leader's own pid: the only reap the crate does. From here on the
-            // id may be recycled, and `self.child` is `None`, so nothing signals it again.
-            child.wait()?;
-            tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
-        }
+        // The reap: from here on the id may be recycled, and `torn_down` keeps every method
+        // from signalling it again.
+        self.torn_down = true;
+        let escapees = self.leader.finish()?;
+        tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
         let report = Teardown {
             status,
             exited_before_teardown,
             sigkill_needed,
             descendants_seen,
             elapsed: started.elapsed(),
+            containment: self.containment,
+            escapees,
         };
         tracing::debug!(
             name: "group_torn_down",
@@ -572,8 +591,8 @@ impl SpawnedGroup {
             Ok(Delivery::Sent | Delivery::NoSuchGroup) => {}
             Ok(Delivery::Refused(refusal)) => {
                 errors.push(format!("{signal} refused by the guard: {refusal}"));
-                if let (Signal::SIGKILL, Some(child)) = (signal, self.child.as_mut()) {
-                    let _ = child.kill();
+                if signal == Signal::SIGKILL {
+                    self.leader.kill_leader();
                 }
             }
             Err(e) => errors.push(e.to_string()),
@@ -587,7 +606,7 @@ impl Drop for SpawnedGroup {
     /// thread unwinds from a failed assertion, and it blocks for at most the grace period
     /// plus [`KILL_WAIT_BOUND`].
     fn drop(&mut self) {
-        if self.child.is_none() {
+        if self.torn_down {
             return;
         }
         if let Err(error) = self.teardown() {
@@ -606,30 +625,47 @@ impl fmt::Debug for SpawnedGroup {
         f.debug_struct("SpawnedGroup")
             .field("program", &self.program)
             .field("pgid", &self.pgid)
-            .field("status", &self.status)
+            .field("leader", &self.pid)
+            .field("containment", &self.containment)
             .field("grace", &self.grace)
-            .field("reaped", &self.child.is_none())
+            .field("torn_down", &self.torn_down)
             .finish_non_exhaustive()
     }
 }
 
-/// Waits until every process behind `pidfds` has exited, or `deadline` passes. Returns
-/// whether all exited.
-fn wait_all_exit(pidfds: &[BorrowedFd<'_>], deadline: Option<Instant>) -> io::Result<bool> {
-    let mut pending: Vec<BorrowedFd<'_>> = pidfds.to_vec();
-    while !pending.is_empty() {
-        let left = match deadline {
-            None => None,
-            Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                Some(left) if !left.is_zero() => Some(left),
-                _ => return Ok(false),
-            },
-        };
-        let readable = sys::poll_readable(&pending, left)?;
-        let mut readable = readable.into_iter();
-        pending.retain(|_| !readable.next().unwrap_or(false));
+impl SpawnedGroup {
+    /// Waits until the leader and every descendant behind `descendants` have exited, or
+    /// `deadline` passes. Returns whether all exited.
+    fn wait_for_exit(
+        &mut self,
+        descendants: &[OwnedFd],
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        let mut pending: Vec<BorrowedFd<'_>> = descendants.iter().map(AsFd::as_fd).collect();
+        let mut leader_exited = false;
+        loop {
+            if !leader_exited {
+                leader_exited = self.leader.peek_exit()?.is_some();
+            }
+            if leader_exited && pending.is_empty() {
+                return Ok(true);
+            }
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(false),
+                },
+            };
+            let mut watched = pending.clone();
+            if !leader_exited {
+                watched.push(self.leader.exit_fd());
+            }
+            let readable = sys::poll_readable(&watched, left)?;
+            let mut readable = readable.into_iter();
+            pending.retain(|_| !readable.next().unwrap_or(false));
+        }
     }
-    Ok(true)
 }
 
 /// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The

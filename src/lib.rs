@@ -92,11 +92,14 @@ compile_error!(
      groups and to check the ancestors of the caller"
 );
 
+mod containment;
 mod group;
 mod guard;
+mod leader;
 mod pgid;
 mod sys;
 
+pub use containment::Containment;
 pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
 pub use guard::{check_pgid, safe_killpg, Delivery, GuardRule, Refusal, GUARD_RULES};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};

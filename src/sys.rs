@@ -5,7 +5,7 @@
 //! here makes the part of the crate that can do harm small enough to read in one sitting.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
@@ -19,6 +19,94 @@ use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, Pid};
 
 use crate::Pgid;
+
+mod supervise;
+
+pub(crate) use supervise::{
+    CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS,
+};
+
+/// The pipes between the test binary and a supervisor. The test binary keeps `control`
+/// (write end) and `status` (read end, non-blocking); the other two ends are closed in the
+/// test binary as soon as the supervisor has been forked.
+#[derive(Debug)]
+pub(crate) struct SupervisorPipes {
+    pub control: OwnedFd,
+    pub status: OwnedFd,
+    pub child_ends: (OwnedFd, OwnedFd),
+}
+
+/// Makes the pipes and adds the supervisor hook to `cmd`: when std forks the command's
+/// child, that child becomes the supervisor and forks the leader, which std then execs.
+/// See `sys/supervise.rs` for the protocol and why this is async-signal-safe.
+pub(crate) fn install_supervisor(
+    cmd: &mut Command,
+    namespace: bool,
+    new_session: bool,
+) -> io::Result<SupervisorPipes> {
+    let (control_read, control_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &status_read,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let plan = supervise::Plan {
+        control_read: control_read.as_raw_fd(),
+        status_write: status_write.as_raw_fd(),
+        control_write: control_write.as_raw_fd(),
+        status_read: status_read.as_raw_fd(),
+        namespace,
+        new_session,
+    };
+    // SAFETY: the hook runs in the forked child between fork and exec. It is written for
+    // that context: only async-signal-safe syscalls on stack data, no allocation, no locks
+    // (see the module documentation of `supervise`). The descriptors it names stay open in
+    // the parent until after `spawn` returns, so they are open in the child.
+    unsafe {
+        cmd.pre_exec(move || supervise::hook(plan));
+    }
+    Ok(SupervisorPipes {
+        control: control_write,
+        status: status_read,
+        child_ends: (control_read, status_write),
+    })
+}
+
+/// Reads what is available from a non-blocking descriptor into `buf`. `Ok(None)` at end of
+/// file; `Ok(Some(0))` when nothing is there yet.
+pub(crate) fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let mut chunk = [0_u8; 512];
+    let mut total = 0;
+    loop {
+        match nix::unistd::read(fd, &mut chunk) {
+            Ok(0) => {
+                return if total == 0 {
+                    Ok(None)
+                } else {
+                    Ok(Some(total))
+                }
+            }
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                total += n;
+            }
+            Err(Errno::EAGAIN) => return Ok(Some(total)),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Writes one byte (a command to the supervisor).
+pub(crate) fn write_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
+    loop {
+        match nix::unistd::write(fd, &[byte]) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// `killpg(2)` of a group whose id is already known to be greater than 1.
 ///
@@ -91,6 +179,18 @@ pub(crate) fn poll_readable(
         .iter()
         .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
         .collect())
+}
+
+/// Whether the other end of a pipe has been closed (`POLLHUP`), without reading from it.
+pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut pollfd = [PollFd::new(fd, PollFlags::POLLIN)];
+    match nix::poll::poll(&mut pollfd, nix::poll::PollTimeout::ZERO) {
+        Ok(_) => pollfd[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
+        // Cannot tell: say it is gone, so that nothing is signalled (fail closed).
+        Err(_) => true,
+    }
 }
 
 /// The exit status of the process behind `pidfd`, without reaping it (`waitid` with

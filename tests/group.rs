@@ -173,7 +173,9 @@ fn a_grandchild_holding_stdout_does_not_block(#[values(End::Shutdown, End::Drop)
         "the leader's exit was not seen"
     );
     // The grandchild still holds the pipe (it may still be between fork and exec).
-    wait_until("the grandchild sleeps", || marked_named(&marker, "sleep") == 1);
+    wait_until("the grandchild sleeps", || {
+        marked_named(&marker, "sleep") == 1
+    });
     end(group, how);
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {

@@ -455,3 +455,187 @@ pub fn raw_target_group(marker: &str) -> std::process::Child {
 
 /// Keeps `SpawnedGroup` in scope for the binaries that only use the support module.
 pub fn _uses(_: Option<SpawnedGroup>) {}
+
+// ---- containment support -------------------------------------------------------------
+
+/// Marked processes that lead a session of their own: the ones that left their group with
+/// `setsid` (the escapees of the containment tests).
+pub fn marked_session_leaders(marker: &str) -> Vec<i32> {
+    marked_alive(marker)
+        .into_iter()
+        .filter(|pid| {
+            Process::new(*pid)
+                .and_then(|p| p.stat())
+                .is_ok_and(|s| s.session == *pid)
+        })
+        .collect()
+}
+
+/// Ends every live process carrying `marker`, by pid, with SIGKILL: the clean-up after a
+/// negative control that shows a leak. Only processes this test started carry its marker.
+pub fn kill_marked(marker: &str) {
+    for pid in marked_alive(marker).into_iter().filter(|pid| *pid > 1) {
+        // A pid found alive (not a zombie) a moment ago, carrying this test's own marker.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Added for the property suites (tests/prop_guard.rs, tests/prop_group.rs).
+// ---------------------------------------------------------------------------------------------
+
+/// As [`run_sandboxed`] (`own_proc`) or [`run_sandboxed_without_own_proc`], but the test
+/// process itself never signals a process group, not even through the crate: `unshare` is a
+/// plain std child, awaited with `try_wait`, and killed by its pid (our unreaped child) if it
+/// outlives `limit`; `--kill-child` then takes the whole namespace down with it. This is what
+/// makes it safe to run mutated copies of the crate (cargo-mutants) against these tests: a
+/// mutant can only ever signal from inside the sandbox. `None` in reduced mode.
+pub fn run_sandboxed_std(
+    marker: &str,
+    role: &str,
+    env_vars: &[(&str, String)],
+    limit: Duration,
+    own_proc: bool,
+) -> Option<RoleOutput> {
+    let args = unshare_args()?;
+    let role_cmd = role_command(role);
+    let mut cmd = Command::new("unshare");
+    cmd.args(args);
+    if own_proc {
+        cmd.arg("--mount-proc");
+    }
+    cmd.arg(role_cmd.get_program())
+        .args(role_cmd.get_args())
+        .env(ROLE_VAR, role)
+        .env(MARKER_VAR, marker)
+        .env("PGROUP_OUTER_MNT_NS", own_mount_namespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    for (key, value) in env_vars {
+        cmd.env(key, value);
+    }
+    let mut child = cmd.spawn().expect("spawn unshare");
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("try_wait on unshare") {
+            Some(status) => break Some(status),
+            None if Instant::now() >= deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    if status.is_none() {
+        // By pid, on our own unreaped child: never a group, never a computed id.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let text = reader.join().expect("reader thread");
+    let mut out = RoleOutput::parse(&text);
+    out.status = status;
+    assert!(
+        status.is_some(),
+        "the sandboxed role {role} did not finish within {limit:?}; it printed:\n{}",
+        tail(&text, 60)
+    );
+    Some(out)
+}
+
+/// The last `n` lines of `text`, for failure messages.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The mount namespace of this process (`mnt:[inode]`), so a role can check that it runs in
+/// a namespace of its own before it mounts anything.
+pub fn own_mount_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/mnt")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether this process runs as PID 1 of a PID namespace and in a mount namespace other than
+/// the test process's: the only place a role may mount over /proc.
+pub fn in_private_namespaces() -> bool {
+    let outer = env::var("PGROUP_OUTER_MNT_NS").unwrap_or_default();
+    std::process::id() == 1 && !outer.is_empty() && own_mount_namespace() != outer
+}
+
+/// Every log line tracing-test captured for the running role (`logs_assert` of the role's
+/// `role_entry`), registered by that function with [`set_log_lines`].
+static LOG_LINES: OnceLock<fn() -> Vec<String>> = OnceLock::new();
+
+/// Registers the function that copies the captured log lines; `role_entry` calls it.
+pub fn set_log_lines(lines: fn() -> Vec<String>) {
+    let _ = LOG_LINES.set(lines);
+}
+
+/// The log lines captured so far in this role (empty if none was registered).
+pub fn log_lines() -> Vec<String> {
+    LOG_LINES.get().map(|f| f()).unwrap_or_default()
+}
+
+/// Pids of the chain's links as seen from the caller: ("parent", P), ("ancestor", A),
+/// ("session", S), read from /proc. (The caller is the process itself.)
+pub fn chain_link_pids() -> Vec<(String, i32)> {
+    let mut links = Vec::new();
+    let mut pid = i32::try_from(std::os::unix::process::parent_id()).expect("pid fits");
+    for name in ["parent", "ancestor", "session"] {
+        links.push((name.to_owned(), pid));
+        pid = match Process::new(pid).and_then(|p| p.stat()) {
+            Ok(stat) => stat.ppid,
+            Err(_) => break,
+        };
+    }
+    links
+}
+
+/// The pending signals of `pid` (thread and shared sets), and its state; `None` if gone.
+pub fn pending_signals(pid: i32) -> Option<(u64, char)> {
+    let process = Process::new(pid).ok()?;
+    let stat = process.stat().ok()?;
+    let status = process.status().ok()?;
+    Some((status.sigpnd | status.shdpnd, stat.state))
+}
+
+/// `sleep 1000` with every signal blocked (the mask survives exec): any signal sent to it
+/// stays pending and shows in /proc/<pid>/status, so a stray SIGTERM or SIGCONT, not only a
+/// SIGKILL, is seen. SIGKILL and SIGSTOP cannot be blocked: they show as death or state T.
+/// `new_group`: the leader of a group of its own; otherwise it stays in the caller's group.
+pub fn blocked_sleeper(marker: &str, new_group: bool) -> std::process::Child {
+    let mut cmd = marked(marker, "sleep", &["1000"]);
+    if new_group {
+        cmd.process_group(0);
+    }
+    // SAFETY: the closure runs between fork and exec; it calls only sigprocmask(2), which is
+    // async-signal-safe, on a set built on the stack; it allocates nothing and takes no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None)
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+    cmd.spawn().expect("spawn a blocked sleeper")
+}
+
+/// Processes whose process group is `pgid`, from /proc, with their state.
+pub fn members_of(pgid: i32) -> Vec<(i32, char)> {
+    procfs::process::all_processes()
+        .map(|all| {
+            all.flatten()
+                .filter_map(|p| p.stat().ok())
+                .filter(|s| s.pgrp == pgid)
+                .map(|s| (s.pid, s.state))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,65 @@
+//! [`Containment`]: how tightly a [`SpawnedGroup`](crate::SpawnedGroup) holds its processes.
+
+/// How a [`SpawnedGroup`](crate::SpawnedGroup) keeps track of what it started, chosen with
+/// [`Builder::containment`](crate::Builder::containment).
+///
+/// A process group is only a convention: a child that calls `setsid()` or double-forks
+/// leaves it (every daemon does one or the other), and a group's teardown runs in Drop,
+/// which does not run when the test binary is SIGKILLed or the group lives in a `static`.
+/// The stronger tiers add a small supervisor process, forked from the test binary, that is
+/// the leader's parent: it holds on to what leaves the group, and it dies with the test
+/// binary, taking everything with it.
+///
+/// | tier | catches | needs | costs (spawn + teardown, grace 0, vs `Group`) |
+/// | --- | --- | --- | --- |
+/// | `Group` | the group's members, when Drop or `shutdown` runs | any Linux | 1x |
+/// | `Supervised` | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort) or the value is never dropped (`static`, `mem::forget`) | Linux 3.4 (subreaper), 5.3 (pidfd) | see the README's measured figures |
+/// | `Namespace` | also every process in the new PID namespace, which nothing can leave | root, or unprivileged user namespaces | see the README's measured figures |
+///
+/// Every row is backed by a test in `tests/containment.rs`.
+///
+/// The supervisor is forked, not exec'd: a library has no executable of its own to run. It
+/// runs only async-signal-safe code (it is forked from a multi-threaded test binary), in a
+/// process group of its own, outside every test thread; it does not use
+/// `PR_SET_PDEATHSIG`, which fires when the spawning *thread* ends (libtest runs each test
+/// on its own thread), but watches a pipe whose other end only the test binary holds, so it
+/// notices the death of the *process*. The test binary gets no subreaper attribute and never
+/// calls `waitpid(-1)`: how it waits for its other children does not change.
+///
+/// `Namespace` does not downgrade: where a PID namespace cannot be made (no root, and user
+/// namespaces forbidden, as on Ubuntu 23.10+ with AppArmor's restriction), spawning fails
+/// with an error that says so, and nothing is left running. Inside the namespace the leader
+/// is PID 2 (the supervisor is PID 1 and reaps orphans) with a `/proc` of its own.
+///
+/// With the supervised tiers, `pre_exec` hooks already registered on the `Command` run in
+/// the supervisor, before the leader is forked, not in the leader; and the `Command` gets a
+/// hook of its own, so spawn each such `Command` once.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use pgroup::{Builder, Containment};
+///
+/// // `setsid sleep` leaves the group; the supervisor still kills it.
+/// let group = Builder::new()
+///     .containment(Containment::Supervised)
+///     .spawn(Command::new("sh").args(["-c", "setsid sleep 60 & sleep 60"]))?;
+/// std::thread::sleep(std::time::Duration::from_millis(100));
+/// let report = group.shutdown()?;
+/// println!("escapees killed: {:?}", report.escapees);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Containment {
+    /// A plain POSIX process group: the leader is the test binary's child.
+    #[default]
+    Group,
+    /// A supervisor per group: the leader's parent, a child subreaper, and tied to the test
+    /// binary's life by a pipe.
+    Supervised,
+    /// The supervisor is init of a new PID namespace: nothing can escape, and the kernel kills
+    /// everything in it when the supervisor goes.
+    Namespace,
+}

@@ -1,0 +1,361 @@
+//! How a `SpawnedGroup` holds its leader: as its own child (the `Group` tier), or through a
+//! supervisor process that is the leader's parent (`Supervised`, `Namespace`).
+//!
+//! Either way the leader stays unreaped until [`Leader::finish`], which is what keeps the
+//! group id pinned while the crate may still signal it.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use procfs::process::Process;
+
+use crate::{sys, Containment};
+
+/// How long spawning waits for a supervisor to report the leader's pid.
+const SUPERVISOR_REPORT_BOUND: Duration = Duration::from_secs(5);
+
+pub(crate) enum Leader {
+    /// The leader is our own child, watched through its pidfd.
+    Direct {
+        child: Option<Child>,
+        pidfd: OwnedFd,
+        exit: Option<ExitStatus>,
+    },
+    /// The leader's parent is a supervisor, our child, which reports through a pipe.
+    Supervised(Supervised),
+}
+
+pub(crate) struct Supervised {
+    supervisor: Option<Child>,
+    control: Option<OwnedFd>,
+    status: OwnedFd,
+    buf: Vec<u8>,
+    reported_pid: Option<i32>,
+    failed: Option<i32>,
+    exit: Option<ExitStatus>,
+    escapees: Vec<u32>,
+    done: bool,
+    eof: bool,
+}
+
+/// A spawned leader and the stdio pipes std made for it.
+pub(crate) struct Spawned {
+    pub leader: Leader,
+    pub pid: u32,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+    pub stderr: Option<ChildStderr>,
+}
+
+impl Spawned {
+    fn new(leader: Leader, pid: u32, child: &mut Child) -> Spawned {
+        Spawned {
+            leader,
+            pid,
+            stdin: child.stdin.take(),
+            stdout: child.stdout.take(),
+            stderr: child.stderr.take(),
+        }
+    }
+}
+
+fn context_err(e: &io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+impl Leader {
+    /// Spawns `cmd` as a group leader with the given containment.
+    pub(crate) fn spawn(
+        cmd: &mut Command,
+        containment: Containment,
+        new_session: bool,
+        what: &str,
+    ) -> io::Result<Spawned> {
+        match containment {
+            Containment::Group => Leader::spawn_direct(cmd, new_session, what),
+            Containment::Supervised => Leader::spawn_supervised(cmd, false, new_session, what),
+            Containment::Namespace => Leader::spawn_supervised(cmd, true, new_session, what),
+        }
+    }
+
+    fn spawn_direct(cmd: &mut Command, new_session: bool, what: &str) -> io::Result<Spawned> {
+        if new_session {
+            sys::set_new_session(cmd);
+        } else {
+            cmd.process_group(0);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
+        let pid = child.id();
+        match sys::pidfd_open(pid) {
+            Ok(pidfd) => {
+                let mut spawned = Spawned::new(
+                    Leader::Direct {
+                        child: None,
+                        pidfd,
+                        exit: None,
+                    },
+                    pid,
+                    &mut child,
+                );
+                if let Leader::Direct { child: slot, .. } = &mut spawned.leader {
+                    *slot = Some(child);
+                }
+                Ok(spawned)
+            }
+            Err(e) => {
+                // Our unreaped child: its pid cannot have been recycled.
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(context_err(
+                    &e,
+                    &format!("pgroup: {what} (pid {pid}) cannot be pinned with a pidfd, so it was killed"),
+                ))
+            }
+        }
+    }
+
+    fn spawn_supervised(
+        cmd: &mut Command,
+        namespace: bool,
+        new_session: bool,
+        what: &str,
+    ) -> io::Result<Spawned> {
+        let tier = if namespace { "Namespace" } else { "Supervised" };
+        let pipes = sys::install_supervisor(cmd, namespace, new_session).map_err(|e| {
+            context_err(
+                &e,
+                &format!("pgroup: cannot set up the supervisor for {what}"),
+            )
+        })?;
+        let spawned = cmd.spawn();
+        drop(pipes.child_ends);
+        let child = spawned.map_err(|e| {
+            let hint = if namespace && e.raw_os_error() == Some(nix::libc::EPERM) {
+                " (creating a PID namespace needs root or unprivileged user namespaces, \
+                  which this system forbids; Containment::Supervised needs neither)"
+            } else {
+                ""
+            };
+            context_err(
+                &e,
+                &format!("pgroup: cannot spawn {what} with Containment::{tier}{hint}"),
+            )
+        })?;
+        let supervisor_pid = child.id();
+        let mut sup = Supervised {
+            supervisor: None,
+            control: Some(pipes.control),
+            status: pipes.status,
+            buf: Vec::new(),
+            reported_pid: None,
+            failed: None,
+            exit: None,
+            escapees: Vec::new(),
+            done: false,
+            eof: false,
+        };
+        let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
+        let pid = reported.and_then(|inner| {
+            if namespace {
+                outer_leader_pid(supervisor_pid)
+            } else {
+                u32::try_from(inner).map_err(|_| io::Error::other("negative leader pid"))
+            }
+        });
+        match pid {
+            Ok(pid) => {
+                let mut child = child;
+                let mut spawned = Spawned::new(Leader::Supervised(sup), pid, &mut child);
+                if let Leader::Supervised(sup) = &mut spawned.leader {
+                    sup.supervisor = Some(child);
+                }
+                Ok(spawned)
+            }
+            Err(e) => {
+                sup.supervisor = Some(child);
+                // Closing the control pipe makes the supervisor kill and reap everything.
+                let _ = sup.finish(true);
+                Err(context_err(
+                    &e,
+                    &format!("pgroup: Containment::{tier} for {what} failed to start"),
+                ))
+            }
+        }
+    }
+
+    /// The descriptor that becomes readable when the leader's state may have changed.
+    pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Leader::Direct { pidfd, .. } => pidfd.as_fd(),
+            Leader::Supervised(sup) => sup.status.as_fd(),
+        }
+    }
+
+    /// The leader's exit status if it has exited, without blocking or reaping.
+    pub(crate) fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
+        match self {
+            Leader::Direct { pidfd, exit, .. } => {
+                if exit.is_none() {
+                    *exit = sys::peek_exit(pidfd.as_fd())?;
+                }
+                Ok(*exit)
+            }
+            Leader::Supervised(sup) => {
+                sup.pump()?;
+                if sup.exit.is_none() && sup.eof {
+                    return Err(io::Error::other(
+                        "pgroup: the supervisor exited before the leader; the group id is no longer pinned",
+                    ));
+                }
+                Ok(sup.exit)
+            }
+        }
+    }
+
+    /// Whether the group id is still pinned, so that the group may be signalled.
+    pub(crate) fn is_pinned(&self) -> bool {
+        match self {
+            Leader::Direct { child, .. } => child.is_some(),
+            // The supervisor holds the leader unreaped for as long as it lives, and its end
+            // of the status pipe closes only when it exits.
+            Leader::Supervised(sup) => sup.control.is_some() && !sys::hung_up(sup.status.as_fd()),
+        }
+    }
+
+    /// Kills the leader by pid when the group cannot be signalled (safe: it is unreaped).
+    pub(crate) fn kill_leader(&mut self) {
+        if let Leader::Direct {
+            child: Some(child), ..
+        } = self
+        {
+            let _ = child.kill();
+        }
+        // A supervisor kills everything itself on `finish`.
+    }
+
+    /// Reaps the leader (after the final SIGKILL): from here on its id may be recycled.
+    /// Returns the escapees a supervisor found and killed.
+    pub(crate) fn finish(&mut self) -> io::Result<Vec<u32>> {
+        match self {
+            Leader::Direct { child, .. } => {
+                if let Some(mut child) = child.take() {
+                    child.wait()?;
+                }
+                Ok(Vec::new())
+            }
+            Leader::Supervised(sup) => sup.finish(false),
+        }
+    }
+}
+
+impl Supervised {
+    /// Reads and decodes whatever the supervisor has sent.
+    fn pump(&mut self) -> io::Result<()> {
+        if self.eof {
+            return Ok(());
+        }
+        if sys::read_available(self.status.as_fd(), &mut self.buf)?.is_none() {
+            self.eof = true;
+        }
+        let complete = self.buf.len() / sys::MSG_LEN * sys::MSG_LEN;
+        for msg in self.buf[..complete].chunks_exact(sys::MSG_LEN) {
+            let value = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
+            match msg[0] {
+                sys::TAG_PID => self.reported_pid = Some(value),
+                sys::TAG_STATUS => self.exit = Some(ExitStatus::from_raw(value)),
+                sys::TAG_ESCAPEE => self.escapees.extend(u32::try_from(value).ok()),
+                sys::TAG_FAILED => self.failed = Some(value),
+                sys::TAG_DONE => self.done = true,
+                _ => {}
+            }
+        }
+        self.buf.drain(..complete);
+        Ok(())
+    }
+
+    /// Waits for the supervisor's report of the leader's pid (or of a failure).
+    fn wait_for_report(&mut self, deadline: Instant) -> io::Result<i32> {
+        loop {
+            self.pump()?;
+            if let Some(errno) = self.failed {
+                return Err(io::Error::from_raw_os_error(errno));
+            }
+            if let Some(pid) = self.reported_pid {
+                return Ok(pid);
+            }
+            if self.eof {
+                return Err(io::Error::other("the supervisor exited without reporting"));
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the supervisor did not report",
+                ));
+            };
+            sys::poll_readable(&[self.status.as_fd()], Some(left))?;
+        }
+    }
+
+    /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
+    /// which it takes as the test binary's death), waits for it, and reaps it.
+    fn finish(&mut self, abandon: bool) -> io::Result<Vec<u32>> {
+        let mut result = Ok(());
+        if let Some(control) = self.control.take() {
+            if !abandon {
+                result = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN);
+            }
+        }
+        let deadline = Instant::now() + crate::KILL_WAIT_BOUND + Duration::from_secs(10);
+        while !self.eof {
+            self.pump()?;
+            if self.eof {
+                break;
+            }
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                result = Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the supervisor did not finish",
+                ));
+                break;
+            };
+            sys::poll_readable(&[self.status.as_fd()], Some(left))?;
+        }
+        if let Some(mut supervisor) = self.supervisor.take() {
+            if self.eof {
+                supervisor.wait()?;
+            }
+        }
+        result?;
+        if !self.done {
+            return Err(io::Error::other(
+                "the supervisor ended without finishing its teardown",
+            ));
+        }
+        Ok(std::mem::take(&mut self.escapees))
+    }
+}
+
+/// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;
+/// the test binary needs the one it sees: the only child of the namespace's init, which is
+/// the only child of the process std spawned.
+fn outer_leader_pid(spawned: u32) -> io::Result<u32> {
+    let only_child = |pid: u32| -> io::Result<u32> {
+        let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+        let children = Process::new(pid)
+            .and_then(|p| p.task_main_thread())
+            .and_then(|t| t.children())
+            .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))?;
+        match children.as_slice() {
+            [only] => Ok(*only),
+            other => Err(io::Error::other(format!(
+                "expected one child of pid {pid}, found {other:?}"
+            ))),
+        }
+    };
+    only_child(only_child(spawned)?)
+}

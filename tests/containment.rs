@@ -1,0 +1,333 @@
+//! Containment tiers on real processes: what each tier catches, with negative controls that
+//! show the plain `Group` tier leaking where the stronger tiers do not.
+
+mod support;
+
+use std::env;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::os::fd::AsFd;
+use std::process::Stdio;
+use std::sync::{mpsc, Mutex, MutexGuard, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, Flock, FlockArg};
+use pgroup::{Builder, Containment, Signal, SpawnedGroup};
+use rstest::rstest;
+use tracing_test::traced_test;
+
+const GRACE: Duration = Duration::from_millis(300);
+
+#[test]
+#[ignore = "entry point of the helper processes the other tests re-execute this binary as"]
+#[traced_test]
+fn role_entry() {
+    support::role_main(&|s| logs_contain(s), &[("hold", hold_role)]);
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn tier_named(name: &str) -> Containment {
+    match name {
+        "group" => Containment::Group,
+        "supervised" => Containment::Supervised,
+        "namespace" => Containment::Namespace,
+        other => panic!("unknown tier {other}"),
+    }
+}
+
+fn spawn_fixture(marker: &str, tier: Containment, fixture: &str, args: &[&str]) -> SpawnedGroup {
+    Builder::new()
+        .containment(tier)
+        .grace_period(GRACE)
+        .spawn(support::fixture(marker, fixture, args).stdout(Stdio::null()))
+        .expect("spawn")
+}
+
+/// Whether the tier is expected to catch processes that left the group.
+fn catches_escapees(tier: Containment) -> bool {
+    tier != Containment::Group
+}
+
+/// After teardown: nothing left for the strong tiers; for `Group`, the negative control:
+/// the escapees are still alive (then this test ends them by pid).
+fn check_after_teardown(marker: &str, tier: Containment, escapees: usize) {
+    if catches_escapees(tier) {
+        support::assert_no_leaks(marker);
+    } else {
+        thread::sleep(Duration::from_millis(100));
+        let alive = support::marked_session_leaders(marker);
+        assert_eq!(
+            alive.len(),
+            escapees,
+            "Group tier: the escapees outlive teardown: {alive:?}"
+        );
+        support::kill_marked(marker);
+        support::assert_no_leaks(marker);
+    }
+}
+
+#[rstest]
+fn a_setsid_escaper(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("setsid");
+    let group = spawn_fixture(&marker, tier, "setsid_escaper.sh", &[]);
+    wait_until("the escaper has its own session", || {
+        support::marked_session_leaders(&marker).len() == 1
+    });
+    let report = group.shutdown().expect("shutdown");
+    if catches_escapees(tier) {
+        assert_eq!(report.escapees.len(), 1, "{report:?}");
+    } else {
+        assert!(report.escapees.is_empty());
+    }
+    check_after_teardown(&marker, tier, 1);
+}
+
+#[rstest]
+fn a_double_fork_daemon(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("daemon");
+    let group = spawn_fixture(&marker, tier, "double_fork_daemon.sh", &[]);
+    // The daemon is orphaned inside its own session (not a session leader: it was forked by
+    // the one that called setsid, which has exited).
+    wait_until("the daemon runs and the leader sleeps", || {
+        support::marked_alive(&marker).len() == 2
+    });
+    let before: Vec<String> = support::marked_alive(&marker)
+        .iter()
+        .map(|pid| {
+            format!(
+                "{} ppid {:?}",
+                support::describe(*pid),
+                procfs::process::Process::new(*pid)
+                    .and_then(|p| p.stat())
+                    .map(|s| s.ppid)
+            )
+        })
+        .collect();
+    let report = group.shutdown().expect("shutdown");
+    if catches_escapees(tier) {
+        assert_eq!(report.escapees.len(), 1, "{report:?} {before:?}");
+        support::assert_no_leaks(&marker);
+    } else {
+        thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            support::marked_alive(&marker).len(),
+            1,
+            "Group tier: the daemon outlives teardown"
+        );
+        support::kill_marked(&marker);
+        support::assert_no_leaks(&marker);
+    }
+}
+
+#[rstest]
+fn a_bounded_fork_bomb(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("bomb");
+    let group = spawn_fixture(&marker, tier, "fork_bomb.sh", &["5"]);
+    // 63 shells and 32 setsid sleeps.
+    wait_until("the bomb is fully up", || {
+        support::marked_alive(&marker).len() == 95
+    });
+    let report = group.shutdown().expect("shutdown");
+    if catches_escapees(tier) {
+        assert_eq!(report.escapees.len(), 32, "{report:?}");
+    }
+    check_after_teardown(&marker, tier, 32);
+}
+
+/// A group moved out of the thread that spawned it keeps running after that thread ends
+/// (`PR_SET_PDEATHSIG` would have killed it: it fires on the parent *thread*'s exit).
+#[rstest]
+fn a_group_outlives_the_thread_that_spawned_it(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("thread");
+    let inner = marker.clone();
+    let mut group = thread::spawn(move || {
+        Builder::new()
+            .containment(tier)
+            .spawn(&mut support::marked(&inner, "sleep", &["1000"]))
+            .expect("spawn")
+    })
+    .join()
+    .expect("the spawning thread ended");
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        group.try_wait().expect("try_wait"),
+        None,
+        "the group died with its thread"
+    );
+    assert_eq!(support::marked_alive(&marker).len(), 1);
+    assert!(group.signal(Signal::SIGCONT).expect("signal").is_sent());
+    drop(group);
+    support::assert_no_leaks(&marker);
+}
+
+/// The shared fixture of the two tests below: a group in a `static`, never dropped.
+fn shared_group() -> MutexGuard<'static, SpawnedGroup> {
+    static SHARED: OnceLock<Mutex<SpawnedGroup>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let marker = support::marker("static");
+            let group = Builder::new()
+                .containment(Containment::Supervised)
+                .spawn(&mut support::marked(&marker, "sleep", &["1000"]))
+                .expect("spawn");
+            Mutex::new(group)
+        })
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A group held in a `static` across tests is alive and usable in each; it is never
+/// dropped, and its supervisor ends it when the test binary exits (`.ci/run`'s final scan
+/// for leaked processes, and `statics_and_sigkill_of_the_test_binary` below, check that).
+#[test]
+fn a_static_group_first_user() {
+    let mut group = shared_group();
+    assert_eq!(group.try_wait().expect("try_wait"), None);
+    assert!(group.signal(Signal::SIGCONT).expect("signal").is_sent());
+}
+
+#[test]
+fn a_static_group_second_user() {
+    let mut group = shared_group();
+    assert_eq!(group.try_wait().expect("try_wait"), None);
+    assert!(group.signal(Signal::SIGCONT).expect("signal").is_sent());
+}
+
+/// A helper test binary that spawns groups in the given tier (each holding an inherited,
+/// locked file descriptor), keeps one in a `static`, one moved out of an ended thread and
+/// one forgotten, prints READY and waits to be killed (or, with `PGROUP_HOLD_EXIT=1`,
+/// exits without dropping anything).
+fn hold_role(_logs: support::Logs<'_>) -> i32 {
+    static HELD: OnceLock<Mutex<Vec<SpawnedGroup>>> = OnceLock::new();
+    let tier = tier_named(&env::var("PGROUP_TIER").expect("PGROUP_TIER"));
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    let lock = File::options()
+        .read(true)
+        .write(true)
+        .open(env::var("PGROUP_LOCK").expect("PGROUP_LOCK"))
+        .expect("open the lock file");
+    let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock).expect("take the lock");
+    // Inheritable: every process started from here on holds the lock until it dies.
+    fcntl(lock.as_fd(), FcntlArg::F_SETFD(FdFlag::empty())).expect("clear close-on-exec");
+    let spawn = |fixture: &str| spawn_fixture(&marker, tier, fixture, &[]);
+    let in_static = spawn("setsid_escaper.sh");
+    let from_thread = thread::scope(|s| {
+        s.spawn(|| spawn("double_fork_daemon.sh"))
+            .join()
+            .expect("thread")
+    });
+    let forgotten = spawn("tree.sh");
+    HELD.get_or_init(|| Mutex::new(vec![in_static, from_thread]));
+    std::mem::forget(forgotten);
+    // setsid sleep + its leader, daemon + its leader, tree (10): 14 processes.
+    wait_until("everything runs", || {
+        support::marked_alive(&marker).len() >= 15
+    });
+    println!("READY");
+    if env::var("PGROUP_HOLD_EXIT").as_deref() == Ok("1") {
+        std::mem::forget(lock);
+        std::process::exit(0); // statics are not dropped, neither is `forgotten`
+    }
+    thread::sleep(Duration::from_secs(600));
+    1
+}
+
+/// Runs the `hold` role and ends it: with SIGKILL, or by letting it exit on its own.
+/// Returns the lock file, held by everything the role started until all of it is dead.
+fn run_hold_role(tier: &str, marker: &str, sigkill: bool) -> (tempfile::NamedTempFile, Duration) {
+    let lock = tempfile::NamedTempFile::new().expect("lock file");
+    let mut cmd = support::role_command("hold");
+    cmd.env(support::MARKER_VAR, marker)
+        .env("PGROUP_TIER", tier)
+        .env("PGROUP_LOCK", lock.path())
+        .env("PGROUP_HOLD_EXIT", if sigkill { "0" } else { "1" })
+        .stdout(Stdio::piped());
+    let mut role = cmd.spawn().expect("spawn the role");
+    let stdout = role.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line == "READY" {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the role got ready");
+    let started = Instant::now();
+    if sigkill {
+        role.kill()
+            .expect("SIGKILL our own child, the stand-in for a test binary");
+    }
+    role.wait().expect("reap the role");
+    (lock, started.elapsed())
+}
+
+/// Whether the lock can be taken within `within`: only once every process holding the
+/// inherited descriptor is dead.
+fn lock_freed(lock: &tempfile::NamedTempFile, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open(lock.path())
+            .expect("open");
+        if Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The test binary itself dies by SIGKILL (a nextest timeout, a cancelled CI job): no Drop
+/// runs. With a supervisor, everything it started dies anyway, including what was in a
+/// `static`, what a finished thread spawned, what was forgotten, and what escaped; the lock
+/// that every one of those processes holds proves it. The `Group` tier is the negative
+/// control: everything leaks.
+#[rstest]
+fn statics_and_sigkill_of_the_test_binary(
+    #[values("group", "supervised", "namespace")] tier: &str,
+    #[values(true, false)] sigkill: bool,
+) {
+    let marker = support::marker(&format!("hold-{tier}"));
+    let (lock, _) = run_hold_role(tier, &marker, sigkill);
+    if tier == "group" {
+        assert!(
+            !lock_freed(&lock, Duration::from_millis(500)),
+            "Group tier: expected the groups to leak"
+        );
+        assert!(support::marked_alive(&marker).len() >= 14);
+        support::kill_marked(&marker);
+        support::assert_no_leaks(&marker);
+    } else {
+        assert!(
+            lock_freed(&lock, Duration::from_secs(10)),
+            "a process of the {tier} tier outlived the test binary"
+        );
+        support::assert_no_leaks(&marker);
+    }
+}
