@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
+use crate::guard::safe_killpg_all;
 use crate::leader::Leader;
-use crate::{safe_killpg, sys, Containment, Delivery, Pgid, Signal};
+use crate::{sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
 ///
@@ -388,13 +389,18 @@ impl SpawnedGroup {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn signal(&self, signal: Signal) -> io::Result<Delivery> {
+        self.signal_all(&[signal])
+    }
+
+    /// Signals the group with each of `signals`, after one decision of the guard.
+    fn signal_all(&self, signals: &[Signal]) -> io::Result<Delivery> {
         if self.torn_down || !self.leader.is_pinned() {
             return Err(io::Error::other(format!(
                 "{}: the group id is no longer pinned (its leader was reaped), so it is not signalled",
                 self.context
             )));
         }
-        safe_killpg(self.pgid.as_raw(), signal, &self.context)
+        safe_killpg_all(self.pgid.as_raw(), signals, &self.context)
     }
 
     /// The leader's exit status if it has exited, without blocking and without reaping.
@@ -531,14 +537,12 @@ impl SpawnedGroup {
             // re-parented and out of sight.
             let descendants = visible_descendants(self.pid);
             descendants_seen = descendants.len();
-            for signal in [Signal::SIGTERM, Signal::SIGCONT] {
-                self.signal_in_teardown(signal, &mut errors);
-            }
+            self.signal_in_teardown(&[Signal::SIGTERM, Signal::SIGCONT], &mut errors);
             !self.wait_for_exit(&descendants, started.checked_add(self.grace))?
         };
         // The leader is unreaped, so this id is still this group: the final sweep is safe
         // and catches members teardown could not see.
-        self.signal_in_teardown(Signal::SIGKILL, &mut errors);
+        self.signal_in_teardown(&[Signal::SIGKILL], &mut errors);
         let deadline = Instant::now().checked_add(KILL_WAIT_BOUND);
         let Some(status) = self.wait_until(deadline)? else {
             // Leave the leader unreaped: its id stays reserved, and we never signal again.
@@ -586,12 +590,12 @@ impl SpawnedGroup {
     /// Signals the group during teardown. If the guard refuses (it should not, for a group
     /// this value created), the leader is still killed by its pid, which is safe because it
     /// is our unreaped child.
-    fn signal_in_teardown(&mut self, signal: Signal, errors: &mut Vec<String>) {
-        match self.signal(signal) {
+    fn signal_in_teardown(&mut self, signals: &[Signal], errors: &mut Vec<String>) {
+        match self.signal_all(signals) {
             Ok(Delivery::Sent | Delivery::NoSuchGroup) => {}
             Ok(Delivery::Refused(refusal)) => {
-                errors.push(format!("{signal} refused by the guard: {refusal}"));
-                if signal == Signal::SIGKILL {
+                errors.push(format!("{signals:?} refused by the guard: {refusal}"));
+                if signals.contains(&Signal::SIGKILL) {
                     self.leader.kill_leader();
                 }
             }

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::io;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use procfs::process::Process;
@@ -28,11 +29,16 @@ pub struct GuardRule {
 ///
 /// Like `signal-hook`'s list of forbidden signals, this is public so that a caller can show
 /// it, test against it, or check that a newer version of the crate did not drop a rule.
-/// Each rule is checked at call time: the caller's group, session and parent can change
-/// during a run, so none of them is cached. (The crate caches only the *pids* of the
-/// ancestors above the parent, which is sound because a process never gains an ancestor:
-/// an orphan is re-parented to a subreaper or init it already descended from. Their
-/// *groups* are read again on every call.)
+/// Each rule is checked at call time: the caller's own group, its session, its parent and
+/// the parent's group are read with a syscall on every call, because any of them can
+/// change during a run. The ancestors above the parent are the exception: reading them
+/// costs a /proc read each, so the guard reads the chain (pids and groups) at most every
+/// [`ANCESTOR_REFRESH`], and again whenever the parent changes (a forked child, an orphan)
+/// or a cached entry matches. Between readings it refuses each ancestor's group as read
+/// *and* any group whose id is an ancestor's pid, which is the group that ancestor leads if
+/// it has called `setsid` or `setpgid` since. A process never gains an ancestor (an orphan
+/// is re-parented to a subreaper or init it already descended from), so the chain only
+/// shrinks between readings.
 ///
 /// # Examples
 ///
@@ -287,7 +293,7 @@ pub fn check_pgid(pgid: i32) -> Result<Pgid, Refusal> {
             Err(e) => return Err(unverifiable("the parent's process group", e)),
         }
     }
-    check_ancestors(pgid)?;
+    check_ancestors(pgid, parent)?;
     Ok(checked)
 }
 
@@ -298,11 +304,14 @@ fn unverifiable(what: &'static str, errno: Errno) -> Refusal {
     }
 }
 
-/// The pids of the caller's ancestors above its parent, for one pid of the caller (a forked
-/// child walks its own chain).
+/// The caller's ancestors above its parent, with their groups, as read from /proc.
 struct AncestorCache {
-    for_pid: i32,
-    ancestors: Vec<i32>,
+    /// The caller's parent when the cache was built: a forked child, or an orphan that was
+    /// re-parented, has another one, and walks its own chain.
+    for_parent: i32,
+    built: Instant,
+    /// `(pid, pgid)` of each ancestor above the parent, nearest first.
+    ancestors: Vec<(i32, i32)>,
 }
 
 static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
@@ -310,42 +319,50 @@ static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
 /// The deepest ancestor chain the guard follows before it gives up (and refuses).
 const MAX_DEPTH: usize = 4096;
 
-fn check_ancestors(pgid: i32) -> Result<(), Refusal> {
-    let me = sys::getpid();
+/// How long the guard trusts its reading of the ancestors' groups before it reads /proc
+/// again. Walking the chain costs a /proc read per ancestor (tens of microseconds for a
+/// chain of shells, editors and multiplexers), far more than the syscalls of the other
+/// rules; reading it at most this often keeps the allowed path near one microsecond.
+pub const ANCESTOR_REFRESH: Duration = Duration::from_millis(100);
+
+fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {
     let mut cache = ANCESTORS.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(cached) = cache.as_ref().filter(|c| c.for_pid == me) {
-        if first_in_group(&cached.ancestors, pgid)?.is_none() {
+    if let Some(cached) = cache
+        .as_ref()
+        .filter(|c| c.for_parent == parent && c.built.elapsed() < ANCESTOR_REFRESH)
+    {
+        if first_in_group(&cached.ancestors, pgid).is_none() {
             return Ok(());
         }
-        // A hit on a cached pid may be a dead ancestor's recycled number: walk again.
+        // A hit on a cached reading: read the chain again before refusing, in case a dead
+        // ancestor's number was recycled or a group changed.
     }
-    let ancestors = walk_ancestors(me)?;
-    let hit = first_in_group(&ancestors, pgid)?;
-    *cache = Some(AncestorCache {
-        for_pid: me,
-        ancestors,
-    });
+    let fresh = AncestorCache {
+        for_parent: parent,
+        built: Instant::now(),
+        ancestors: walk_ancestors(sys::getpid(), parent)?,
+    };
+    let hit = first_in_group(&fresh.ancestors, pgid);
+    *cache = Some(fresh);
     match hit {
         Some(ancestor) => Err(Refusal::AncestorPgroup { ancestor }),
         None => Ok(()),
     }
 }
 
-fn first_in_group(ancestors: &[i32], pgid: i32) -> Result<Option<i32>, Refusal> {
-    for &ancestor in ancestors {
-        match sys::getpgid(ancestor) {
-            Ok(group) if group == pgid => return Ok(Some(ancestor)),
-            // ESRCH: that ancestor has died since, and a dead process is in no group.
-            Ok(_) | Err(Errno::ESRCH) => {}
-            Err(e) => return Err(unverifiable("an ancestor's process group", e)),
-        }
-    }
-    Ok(None)
+/// The first ancestor whose group is `pgid`, or whose pid is `pgid`: a live process's pid
+/// can name only the group that process leads, so refusing it covers an ancestor that has
+/// become a group leader since the chain was read.
+fn first_in_group(ancestors: &[(i32, i32)], pgid: i32) -> Option<i32> {
+    ancestors
+        .iter()
+        .find(|(pid, group)| *group == pgid || *pid == pgid)
+        .map(|(pid, _)| *pid)
 }
 
 /// Reads the chain of ancestors above the parent from /proc, checking first that /proc
 /// belongs to the caller's PID namespace.
-fn walk_ancestors(me: i32) -> Result<Vec<i32>, Refusal> {
+fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<(i32, i32)>, Refusal> {
     let proc_err = |what: &'static str| {
         move |e: procfs::ProcError| {
             let errno = match e {
@@ -359,29 +376,30 @@ fn walk_ancestors(me: i32) -> Result<Vec<i32>, Refusal> {
     let own = Process::new(me)
         .and_then(|p| p.stat())
         .map_err(proc_err("/proc (is it mounted?)"))?;
-    if own.pid != me || own.ppid != sys::getppid() {
+    if own.pid != me || own.ppid != parent {
         return Err(Refusal::Unverifiable {
             what: "ancestors: /proc belongs to another PID namespace",
             errno: 0,
         });
     }
+    let read = |pid: i32| {
+        Process::new(pid)
+            .and_then(|p| p.stat())
+            .map_err(proc_err("an ancestor in /proc"))
+    };
     let mut ancestors = Vec::new();
-    let mut current = own.ppid;
-    while current > 1 {
+    // The parent's own group is the parent rule's; the chain starts above it.
+    let mut next = if parent > 1 { read(parent)?.ppid } else { 0 };
+    while next > 0 {
         if ancestors.len() >= MAX_DEPTH {
             return Err(Refusal::Unverifiable {
                 what: "ancestors: the chain is deeper than the guard follows",
                 errno: 0,
             });
         }
-        let stat = Process::new(current)
-            .and_then(|p| p.stat())
-            .map_err(proc_err("an ancestor in /proc"))?;
-        if stat.ppid <= 0 {
-            break;
-        }
-        ancestors.push(stat.ppid);
-        current = stat.ppid;
+        let stat = read(next)?;
+        ancestors.push((stat.pid, stat.pgrp));
+        next = stat.ppid;
     }
     Ok(ancestors)
 }
@@ -438,39 +456,59 @@ fn walk_ancestors(me: i32) -> Result<Vec<i32>, Refusal> {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn safe_killpg(pgid: i32, signal: Signal, context: &str) -> io::Result<Delivery> {
+    safe_killpg_all(pgid, &[signal], context)
+}
+
+/// [`safe_killpg`] for several signals in a row (teardown's SIGTERM and SIGCONT): the guard
+/// decides once, then each signal is delivered and reported. Returns the delivery of the
+/// last signal; stops at the first that is refused or finds no group.
+pub(crate) fn safe_killpg_all(
+    pgid: i32,
+    signals: &[Signal],
+    context: &str,
+) -> io::Result<Delivery> {
     let target = match check_pgid(pgid) {
         Ok(target) => target,
         Err(refusal) => {
-            tracing::warn!(
-                name: "killpg_guard_refused",
-                reason = refusal.reason(),
-                pgid,
-                signal = %signal,
-                context,
-                detail = %refusal,
-                "killpg_guard_refused"
-            );
+            for signal in signals {
+                tracing::warn!(
+                    name: "killpg_guard_refused",
+                    reason = refusal.reason(),
+                    pgid,
+                    signal = %signal,
+                    context,
+                    detail = %refusal,
+                    "killpg_guard_refused"
+                );
+            }
             return Ok(Delivery::Refused(refusal));
         }
     };
-    let (delivery, outcome) = match sys::killpg(target, signal) {
-        Ok(()) => (Delivery::Sent, "sent"),
-        Err(Errno::ESRCH) => (Delivery::NoSuchGroup, "no_such_group"),
-        Err(errno) => {
-            let err = io::Error::from(errno);
-            return Err(io::Error::new(
-                err.kind(),
-                format!("killpg(pgid {pgid}, {signal}) for {context:?} failed: {err}"),
-            ));
+    let mut delivery = Delivery::NoSuchGroup;
+    for &signal in signals {
+        let outcome;
+        (delivery, outcome) = match sys::killpg(target, signal) {
+            Ok(()) => (Delivery::Sent, "sent"),
+            Err(Errno::ESRCH) => (Delivery::NoSuchGroup, "no_such_group"),
+            Err(errno) => {
+                let err = io::Error::from(errno);
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!("killpg(pgid {pgid}, {signal}) for {context:?} failed: {err}"),
+                ));
+            }
+        };
+        tracing::debug!(
+            name: "killpg_delivered",
+            pgid,
+            signal = %signal,
+            context,
+            outcome,
+            "killpg_delivered"
+        );
+        if delivery != Delivery::Sent {
+            break;
         }
-    };
-    tracing::debug!(
-        name: "killpg_delivered",
-        pgid,
-        signal = %signal,
-        context,
-        outcome,
-        "killpg_delivered"
-    );
+    }
     Ok(delivery)
 }

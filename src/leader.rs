@@ -162,7 +162,7 @@ impl Leader {
         let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
         let pid = reported.and_then(|inner| {
             if namespace {
-                outer_leader_pid(supervisor_pid)
+                outer_leader_pid(supervisor_pid, inner)
             } else {
                 u32::try_from(inner).map_err(|_| io::Error::other("negative leader pid"))
             }
@@ -341,21 +341,38 @@ impl Supervised {
 }
 
 /// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;
-/// the test binary needs the one it sees: the only child of the namespace's init, which is
-/// the only child of the process std spawned.
-fn outer_leader_pid(spawned: u32) -> io::Result<u32> {
-    let only_child = |pid: u32| -> io::Result<u32> {
+/// the test binary needs the one it sees. The leader is the child of the namespace's init
+/// (the only child of the process std spawned) whose innermost pid (`NSpid`) is the one
+/// reported; init's other children are orphans re-parented to it.
+fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<u32> {
+    let children_of = |pid: u32| -> io::Result<Vec<u32>> {
         let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-        let children = Process::new(pid)
+        Process::new(pid)
             .and_then(|p| p.task_main_thread())
             .and_then(|t| t.children())
-            .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))?;
-        match children.as_slice() {
-            [only] => Ok(*only),
-            other => Err(io::Error::other(format!(
-                "expected one child of pid {pid}, found {other:?}"
-            ))),
+            .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
+    };
+    let init = match children_of(spawned)?.as_slice() {
+        [init] => *init,
+        other => {
+            return Err(io::Error::other(format!(
+                "expected the namespace's init as the only child of pid {spawned}, found {other:?}"
+            )))
         }
     };
-    only_child(only_child(spawned)?)
+    for child in children_of(init)? {
+        let Ok(pid) = i32::try_from(child) else {
+            continue;
+        };
+        let nspid = Process::new(pid)
+            .and_then(|p| p.status())
+            .ok()
+            .and_then(|s| s.nspid);
+        if nspid.and_then(|ids| ids.last().copied()) == Some(inner) {
+            return Ok(child);
+        }
+    }
+    Err(io::Error::other(format!(
+        "the leader (pid {inner} in the namespace) is not a child of its init (pid {init})"
+    )))
 }

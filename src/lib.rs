@@ -101,7 +101,9 @@ mod sys;
 
 pub use containment::Containment;
 pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
-pub use guard::{check_pgid, safe_killpg, Delivery, GuardRule, Refusal, GUARD_RULES};
+pub use guard::{
+    check_pgid, safe_killpg, Delivery, GuardRule, Refusal, ANCESTOR_REFRESH, GUARD_RULES,
+};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
 
 /// The signals the crate sends: nix's [`Signal`](nix::sys::signal::Signal), re-exported.

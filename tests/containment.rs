@@ -80,6 +80,7 @@ fn a_setsid_escaper(
     tier: Containment,
 ) {
     let marker = support::marker("setsid");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "setsid_escaper.sh", &[]);
     wait_until("the escaper has its own session", || {
         support::marked_session_leaders(&marker).len() == 1
@@ -99,6 +100,7 @@ fn a_double_fork_daemon(
     tier: Containment,
 ) {
     let marker = support::marker("daemon");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "double_fork_daemon.sh", &[]);
     // The daemon is orphaned inside its own session (not a session leader: it was forked by
     // the one that called setsid, which has exited).
@@ -139,6 +141,7 @@ fn a_bounded_fork_bomb(
     tier: Containment,
 ) {
     let marker = support::marker("bomb");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "fork_bomb.sh", &["5"]);
     // 63 shells and 32 setsid sleeps.
     wait_until("the bomb is fully up", || {
@@ -314,6 +317,7 @@ fn statics_and_sigkill_of_the_test_binary(
     #[values(true, false)] sigkill: bool,
 ) {
     let marker = support::marker(&format!("hold-{tier}"));
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let (lock, _) = run_hold_role(tier, &marker, sigkill);
     if tier == "group" {
         assert!(

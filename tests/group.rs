@@ -13,12 +13,86 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pgroup::{Builder, Delivery, Signal, SpawnedGroup, Teardown};
+use pgroup::{Builder, Containment, Delivery, Signal, SpawnedGroup, Teardown};
 use procfs::process::Process;
 use rstest::rstest;
 use tracing_test::traced_test;
 
 const SHORT_GRACE: Duration = Duration::from_millis(300);
+
+#[test]
+#[ignore = "entry point of the helper processes the other tests re-execute this binary as"]
+#[traced_test]
+fn role_entry() {
+    support::role_main(&|s| logs_contain(s), &[("fd-count", fd_count_role)]);
+}
+
+/// Spawns 16 groups in the tier named by `PGROUP_TIER`, all alive at once, and prints the
+/// open descriptors before, while they live, and after their teardown. Runs as its own
+/// process, so other tests' descriptors do not blur the count.
+fn fd_count_role(_logs: support::Logs<'_>) -> i32 {
+    let tier = match std::env::var("PGROUP_TIER").as_deref() {
+        Ok("supervised") => Containment::Supervised,
+        Ok("namespace") => Containment::Namespace,
+        _ => Containment::Group,
+    };
+    let marker = std::env::var(support::MARKER_VAR).expect("marker");
+    // Warm up once: the first spawn opens descriptors that stay (e.g. procfs's caches).
+    drop(
+        Builder::new()
+            .containment(tier)
+            .spawn(&mut support::marked(&marker, "true", &[])),
+    );
+    let before = support::open_fds();
+    let groups: Vec<SpawnedGroup> = (0..16)
+        .map(|_| {
+            Builder::new()
+                .containment(tier)
+                .grace_period(Duration::ZERO)
+                .spawn(&mut support::marked(&marker, "sleep", &["1000"]))
+                .expect("spawn")
+        })
+        .collect();
+    let during = support::open_fds();
+    for group in groups {
+        group.shutdown().expect("shutdown");
+    }
+    let after = support::open_fds();
+    println!("FDS {before} {during} {after}");
+    0
+}
+
+/// Descriptors per group are few and bounded, and teardown closes every one of them.
+#[rstest]
+fn descriptors_are_few_and_closed_at_teardown(
+    #[values("group", "supervised", "namespace")] tier: &str,
+) {
+    let marker = support::marker("fds");
+    let mut cmd = support::role_command("fd-count");
+    cmd.env(support::MARKER_VAR, &marker)
+        .env("PGROUP_TIER", tier)
+        .stdout(Stdio::piped());
+    let out = support::run_collecting(cmd, Duration::from_secs(60));
+    let fds: Vec<usize> = out
+        .one("FDS")
+        .split(' ')
+        .map(|n| n.parse().expect("count"))
+        .collect();
+    let (before, during, after) = (fds[0], fds[1], fds[2]);
+    let per_group = (during - before) / 16;
+    // One pidfd (Group), or the two pipe ends to the supervisor.
+    let bound = if tier == "group" { 1 } else { 2 };
+    assert_eq!(
+        during - before,
+        16 * bound,
+        "{tier}: {fds:?}, {per_group} per group"
+    );
+    assert_eq!(
+        after, before,
+        "{tier}: descriptors left open after teardown: {fds:?}"
+    );
+    support::assert_no_leaks(&marker);
+}
 
 /// Polls `cond` every 5 ms for up to 10 s; panics with `what` if it never holds.
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {

@@ -30,6 +30,10 @@ fn role_entry() {
                 support::chain_link(raw_parent_scenario, logs)
             }),
             ("unverifiable-root", unverifiable_root),
+            ("nl-top", |_| run_link("nl-mid", false)),
+            ("nl-mid", |_| run_link("nl-parent", true)),
+            ("nl-parent", |_| run_link("nl-caller", true)),
+            ("nl-caller", nonleader_caller),
             ("unverifiable-caller", unverifiable_caller),
         ],
     );
@@ -389,4 +393,46 @@ fn guard_rules_are_documented() {
         assert!(!rule.why.is_empty() && !rule.refuses.is_empty());
         assert!(!refusal.to_string().is_empty());
     }
+}
+
+/// Starts the next role of the non-leader chain (in a new group or not) and waits for it.
+fn run_link(next: &str, new_group: bool) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = support::role_command(next);
+    if next == "nl-parent" {
+        cmd.env("PGROUP_NL_MID", std::process::id().to_string());
+    }
+    if new_group {
+        cmd.process_group(0);
+    }
+    let status = cmd.status().expect("run the next link");
+    status.code().unwrap_or(3)
+}
+
+fn nonleader_caller(_logs: support::Logs<'_>) -> i32 {
+    let mid: i32 = env::var("PGROUP_NL_MID")
+        .expect("mid")
+        .parse()
+        .expect("pid");
+    println!("MID {mid}");
+    println!("CHECK {:?}", check_pgid(mid));
+    0
+}
+
+/// An ancestor that does not lead a group (here the grandparent, which stayed in its
+/// parent's group): its pid names no group now, but would name the one it leads if it
+/// called `setsid` after the guard read the chain, so the guard refuses it too.
+#[test]
+fn the_pid_of_a_non_leader_ancestor_is_refused() {
+    let marker = support::marker("nonleader");
+    let Some(out) = support::run_sandboxed(&marker, "nl-top", &[], Duration::from_secs(60)) else {
+        assert_eq!(support::sandbox_mode(), SandboxMode::Reduced);
+        return;
+    };
+    support::assert_no_leaks(&marker);
+    let mid = out.one("MID");
+    assert_eq!(
+        out.one("CHECK"),
+        format!("Err(AncestorPgroup {{ ancestor: {mid} }})")
+    );
 }

@@ -639,3 +639,20 @@ pub fn members_of(pgid: i32) -> Vec<(i32, char)> {
         })
         .unwrap_or_default()
 }
+
+/// Ends this test's marked processes when dropped, also when the test panics first: a
+/// failing negative control must not leave its leak behind.
+pub struct KillMarkedOnDrop(pub String);
+
+impl Drop for KillMarkedOnDrop {
+    fn drop(&mut self) {
+        kill_marked(&self.0);
+    }
+}
+
+/// Open descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
