@@ -206,7 +206,7 @@ impl Builder {
 /// leader's pid, and opens a pidfd on the leader. From then on:
 ///
 /// - [`signal`](SpawnedGroup::signal) signals the whole group, always through
-///   [`safe_killpg`] and its guard.
+///   [`safe_killpg`](crate::safe_killpg) and its guard.
 /// - [`try_wait`](SpawnedGroup::try_wait), [`wait`](SpawnedGroup::wait) and
 ///   [`wait_timeout`](SpawnedGroup::wait_timeout) report the leader's exit status. They look
 ///   at it with `waitid(WNOWAIT)` and do **not** reap it: the leader's zombie stays until
@@ -365,7 +365,7 @@ impl SpawnedGroup {
         self.pid
     }
 
-    /// Sends `signal` to every process in the group, through [`safe_killpg`].
+    /// Sends `signal` to every process in the group, through [`safe_killpg`](crate::safe_killpg).
     ///
     /// The leader is never reaped before teardown, so the group id cannot have been
     /// recycled: this reaches this group even after the leader exited (grandchildren that
@@ -374,7 +374,7 @@ impl SpawnedGroup {
     ///
     /// # Errors
     ///
-    /// As [`safe_killpg`]: an OS error other than `ESRCH`, naming the group and the signal.
+    /// As [`safe_killpg`](crate::safe_killpg): an OS error other than `ESRCH`, naming the group and the signal.
     /// A refusal of the guard is not an error but [`Delivery::Refused`].
     ///
     /// # Examples

@@ -46,22 +46,31 @@
 //! - [`check_pgid`], [`safe_killpg`], [`Delivery`], [`Refusal`], [`GUARD_RULES`]: the guard.
 //!   Every refusal emits a WARN tracing event `killpg_guard_refused` with the fields
 //!   `reason`, `pgid`, `signal` and `context`; every delivery a DEBUG event
-//!   `killpg_delivered`.
+//!   `killpg_delivered`. The caller's own group, session, parent and parent's group are
+//!   read on every call; the ancestors above the parent at most every [`ANCESTOR_REFRESH`].
 //! - [`SpawnedGroup`], [`Builder`], [`Teardown`]: the RAII group. Waiting is driven by the
 //!   leader's pidfd; the leader is observed with `waitid(WNOWAIT)` and reaped only at the end
-//!   of teardown, with `waitpid` on its own pid, never `waitpid(-1)`.
-//! - All unsafe code and raw syscalls live in one private module of about a hundred lines.
+//!   of teardown, with `waitpid` on its own pid, never `waitpid(-1)`. Teardown emits DEBUG
+//!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
+//!   `group_teardown_failed`.
+//! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
+//!   `Supervised` adds a supervisor process (the leader's parent, a child subreaper, tied to
+//!   the test binary's life by a pipe) that catches what leaves the group and what outlives
+//!   the test binary; `Namespace` makes that supervisor init of a PID namespace.
+//! - All unsafe code and raw syscalls live in one private module, `sys`, with the
+//!   supervisor's async-signal-safe code in its submodule.
 //!
 //! # What Drop guarantees, and what it cannot
 //!
 //! Like `tempfile`'s temporary files, a [`SpawnedGroup`] is cleaned up by its destructor, and
 //! destructors do not always run. When the value is dropped, normally or while a panic
-//! unwinds, every process still in the group is sent SIGTERM, then SIGKILL after the grace
-//! period, and the leader is reaped; Drop does not panic and blocks for at most the grace
-//! period plus [`KILL_WAIT_BOUND`]. Its errors are reported as tracing events;
-//! [`SpawnedGroup::shutdown`] is the checked form that returns them.
+//! unwinds, every process still in the group is sent SIGTERM and SIGCONT, then SIGKILL after
+//! the grace period (sooner if everything exited), and the leader is reaped; Drop does not
+//! panic and blocks for at most the grace period plus [`KILL_WAIT_BOUND`]. Its errors are
+//! reported as tracing events; [`SpawnedGroup::shutdown`] is the checked form that returns
+//! them.
 //!
-//! Drop cannot help when it does not run:
+//! With [`Containment::Group`], Drop cannot help when it does not run:
 //!
 //! - the test binary is killed with SIGKILL (a nextest timeout, a cancelled CI job), or
 //!   aborts (`panic = "abort"`, `std::process::exit`);
@@ -71,11 +80,23 @@
 //! Nor can a process group hold a process that leaves it: a child that calls `setsid()` or
 //! `setpgid()`, or a daemon's double fork, is no longer a member and is not signalled.
 //!
+//! [`Containment::Supervised`] and [`Containment::Namespace`] close both gaps: their
+//! supervisor kills the group and everything that left it when the test binary dies for any
+//! reason, and at teardown it kills the processes that left the group (reported in
+//! [`Teardown::escapees`]). What they cannot do: survive a SIGKILL of the supervisor itself,
+//! or catch a process that escapes both the group and the supervisor's subtree (only
+//! possible with `Supervised`, by a process that is re-parented elsewhere, for example
+//! through `PR_SET_CHILD_SUBREAPER` in an intermediate process).
+
 //! # Platform
 //!
-//! Linux 5.3 or later (`pidfd_open`), with `/proc` mounted for the caller's PID namespace
-//! (the ancestor rule reads it; without it the guard refuses everything). Other platforms
-//! fail to compile with a message saying so. The minimum supported Rust version is 1.74.
+//! Linux 5.3 or later (`pidfd_open`; `close_range` from 5.9 is used when present), with
+//! `/proc` mounted for the caller's PID namespace (the ancestor rule reads it; without it the
+//! guard refuses everything, failing closed). [`Containment::Namespace`] also needs root or
+//! unprivileged user namespaces. Other platforms fail to compile with a message saying so:
+//! the crate relies on pidfds and /proc, and has been tested only on Linux. The minimum
+//! supported Rust version of the library is 1.74 (its tests and benches use current
+//! stable).
 //!
 //! # Terminals
 //!
@@ -106,7 +127,7 @@ pub use guard::{
 };
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
 
-/// The signals the crate sends: nix's [`Signal`](nix::sys::signal::Signal), re-exported.
+/// The signals the crate sends: nix's [`Signal`], re-exported.
 ///
 /// Every variant exists on the platform it was compiled for, so a signal the platform lacks
 /// cannot be named; a raw number converts with [`Signal::try_from`], which fails with
