@@ -335,3 +335,45 @@ fn statics_and_sigkill_of_the_test_binary(
         support::assert_no_leaks(&marker);
     }
 }
+
+/// A program that does not exist: every tier fails with the OS error naming it, and the
+/// supervisor (which had already forked the leader when the exec failed) does not hang
+/// the spawn: it sees the leader die before exec and exits, so std can reap it.
+#[rstest]
+fn a_missing_program_fails_cleanly(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("missing");
+    let started = Instant::now();
+    let err = Builder::new()
+        .containment(tier)
+        .spawn(&mut support::marked(&marker, "/no/such/program", &[]))
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("/no/such/program"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    support::assert_no_leaks(&marker);
+}
+
+/// A leader that exits on its own is reported with its status by every tier, and its
+/// grandchildren are still torn down.
+#[rstest]
+fn exit_status_through_the_supervisor(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("status");
+    let mut group = spawn_fixture(&marker, tier, "leader_exits_at_once.sh", &[]);
+    let status = group.wait_timeout(Duration::from_secs(10)).expect("wait");
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let mut code = Builder::new()
+        .containment(tier)
+        .spawn(&mut support::marked(&marker, "sh", &["-c", "exit 42"]))
+        .expect("spawn");
+    assert_eq!(code.wait().expect("wait").code(), Some(42));
+    assert_eq!(code.shutdown().expect("shutdown").status.code(), Some(42));
+    let report = group.shutdown().expect("shutdown");
+    assert!(report.exited_before_teardown);
+    support::assert_no_leaks(&marker);
+}
