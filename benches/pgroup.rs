@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
-use pgroup::{check_pgid, safe_killpg, Signal};
+use pgroup::{check_pgid, safe_killpg, Containment, Signal};
 
 mod support;
 
@@ -56,6 +56,32 @@ fn spawn_teardown(c: &mut Criterion) {
     group.bench_function("ours: SpawnedGroup, default grace, exits on TERM", |b| {
         b.iter(|| support::ours_default_grace().unwrap());
     });
+    group.finish();
+}
+
+/// Spawn and teardown of `sleep 1000` in each containment tier, side by side: grace 0, and
+/// the default grace for a child that exits on SIGTERM. `examples/report.rs` turns these
+/// into ratios to the Group tier and picks the default tier by the 2x rule. A tier that
+/// cannot run here (`Namespace` without root or user namespaces) is skipped with a note.
+fn containment_tiers(c: &mut Criterion) {
+    let mut group = c.benchmark_group("containment_tiers");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for (variant, default_grace) in [("grace 0", false), ("default grace, exits on TERM", true)] {
+        for (tier, name) in support::TIERS {
+            if let Err(e) = support::tier_cycle(tier, default_grace) {
+                assert!(tier != Containment::Group, "the Group tier must run: {e}");
+                println!("containment_tiers/{variant}/{name}: skipped, cannot run here: {e}");
+                continue;
+            }
+            group.bench_function(BenchmarkId::new(variant, name), |b| {
+                b.iter(|| support::tier_cycle(tier, default_grace).unwrap());
+            });
+        }
+    }
     group.finish();
 }
 
@@ -133,17 +159,20 @@ fn main() {
     let idle = support::IdleProcesses::start().expect("start the idle processes");
     println!(
         "pgroup benches on {}: {} processes alive ({} idle ones started here), \
-         {depth} ancestors ({} nested sh), load {}",
+         {depth} ancestors ({} nested sh), load {}, {} MiB resident (the supervised tiers \
+         fork this process, so their cost grows with it)",
         support::machine_line(),
         support::processes_alive(),
         idle.len(),
         support::MIN_DEPTH,
         support::load_average(),
+        support::rss_kib() / 1024,
     );
 
     let mut c = Criterion::default().configure_from_args();
     guard(&mut c);
     spawn_teardown(&mut c);
+    containment_tiers(&mut c);
     grace_overshoot(&mut c);
     tree(&mut c);
     many_groups(&mut c);

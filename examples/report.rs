@@ -22,6 +22,11 @@ const SPAWN_PAIRS: usize = 301;
 const GRACE_RUNS: usize = 11;
 const TREE_RUNS: usize = 21;
 const MANY_RUNS: usize = 5;
+/// Rounds of the tier rows: each round runs one cycle of every tier, in rotated order.
+const TIER_ROUNDS: usize = 101;
+/// The rule for the crate's default tier: the strongest tier whose spawn plus teardown costs
+/// at most this many times the Group tier's.
+const DEFAULT_TIER_MAX_RATIO: f64 = 2.0;
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort_unstable();
@@ -201,6 +206,200 @@ fn tree_row() -> io::Result<Row> {
     })
 }
 
+/// What the tier rows measured for one tier.
+struct TierFigures {
+    name: &'static str,
+    /// The median of the tier's cycles.
+    median: Duration,
+    /// The median of the per-round ratios to the Group tier's cycle of the same round.
+    ratio: f64,
+    /// The tier's median over the Group tier's median.
+    ratio_of_medians: f64,
+    /// A 95% confidence interval of `ratio`, from order statistics (no assumption about
+    /// the distribution): the rounds' own scatter, not the drift between runs.
+    ratio_ci: (f64, f64),
+    /// The median CPU time of a cycle: this process's and that of every descendant it
+    /// reaped (the leader, the supervisor and what they reaped). Unlike wall time, it does
+    /// not include waiting for a CPU, so it moves less with the machine's load.
+    cpu: Duration,
+}
+
+/// CPU time (user and system) of this process and of its reaped descendants so far.
+fn cpu_time() -> Duration {
+    use nix::libc;
+    let mut total = Duration::ZERO;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage(2) only writes the `rusage` it is given, a zeroed plain struct.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            if libc::getrusage(who, &mut usage) != 0 {
+                return total;
+            }
+            usage
+        };
+        for tv in [usage.ru_utime, usage.ru_stime] {
+            let secs = u64::try_from(tv.tv_sec).unwrap_or(0);
+            let micros = u64::try_from(tv.tv_usec).unwrap_or(0);
+            total += Duration::from_secs(secs) + Duration::from_micros(micros);
+        }
+    }
+    total
+}
+
+/// The median of `sorted` and a 95% confidence interval for it: the order statistics at
+/// ranks n/2 ± 0.98·√n (the binomial's normal approximation).
+fn median_ci(sorted: &[f64]) -> (f64, f64, f64) {
+    let n = sorted.len();
+    let half_width = 0.98 * f64::sqrt(n as f64);
+    let mid = n as f64 / 2.0;
+    let rank = |r: f64| -> usize { (r.round().max(0.0) as usize).min(n - 1) };
+    (
+        sorted[n / 2],
+        sorted[rank(mid - half_width - 1.0)],
+        sorted[rank(mid + half_width)],
+    )
+}
+
+/// The tier rows of one variant (grace 0, or the default grace): every tier of
+/// `support::TIERS` that can run here, measured in [`TIER_ROUNDS`] rounds. Each round runs
+/// one cycle of each tier, in an order rotated from round to round, so that every tier
+/// takes every position equally often and a burst of load hits all alike. A tier that
+/// cannot run here (`Namespace` without root or user namespaces) is reported and left out;
+/// the Group tier must run.
+fn tier_rows(default_grace: bool) -> io::Result<(Vec<TierFigures>, Vec<String>)> {
+    let mut tiers = Vec::new();
+    let mut unavailable = Vec::new();
+    for (tier, name) in support::TIERS {
+        // One cycle first, unmeasured: page cache, lazy symbol binding; and the probe.
+        match support::tier_cycle(tier, default_grace) {
+            Ok(_) => tiers.push((tier, name)),
+            Err(e) if tier != pgroup::Containment::Group => {
+                unavailable.push(format!("{name}: {e}"));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::with_capacity(TIER_ROUNDS); tiers.len()];
+    let mut cpu: Vec<Vec<Duration>> = vec![Vec::with_capacity(TIER_ROUNDS); tiers.len()];
+    for round in 0..TIER_ROUNDS {
+        for k in 0..tiers.len() {
+            let i = (round + k) % tiers.len();
+            let cpu_before = cpu_time();
+            let started = Instant::now();
+            support::tier_cycle(tiers[i].0, default_grace)?;
+            samples[i].push(started.elapsed());
+            cpu[i].push(cpu_time().saturating_sub(cpu_before));
+        }
+    }
+    let group = samples[0].clone();
+    let group_median = median(group.clone());
+    let figures = tiers
+        .iter()
+        .zip(samples)
+        .zip(cpu)
+        .map(|((&(_, name), cycles), cpu)| {
+            let mut ratios: Vec<f64> = cycles
+                .iter()
+                .zip(&group)
+                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+                .collect();
+            ratios.sort_unstable_by(f64::total_cmp);
+            let (ratio, low, high) = median_ci(&ratios);
+            let tier_median = median(cycles);
+            TierFigures {
+                name,
+                median: tier_median,
+                ratio,
+                ratio_of_medians: tier_median.as_secs_f64() / group_median.as_secs_f64(),
+                ratio_ci: (low, high),
+                cpu: median(cpu),
+            }
+        })
+        .collect();
+    Ok((figures, unavailable))
+}
+
+fn tier_table_rows(variant: &'static str, figures: &[TierFigures]) -> Vec<Row> {
+    let group = figures[0].median;
+    figures
+        .iter()
+        .map(|t| Row {
+            name: variant,
+            ours: format!("{}: {}", t.name, fmt(t.median)),
+            comparison: format!("Group: {}", fmt(group)),
+            ratio: format!(
+                "{:.2}× Group (ratio of medians {:.2}; 2× rule: ≤ {DEFAULT_TIER_MAX_RATIO:.2})",
+                t.ratio, t.ratio_of_medians
+            ),
+            met: if t.ratio <= DEFAULT_TIER_MAX_RATIO {
+                "within 2×"
+            } else {
+                "**over 2×**"
+            },
+        })
+        .collect()
+}
+
+/// The strongest tier whose ratio to the Group tier is at most [`DEFAULT_TIER_MAX_RATIO`]
+/// (the figures are weakest first, and the Group tier, ratio 1, always qualifies), as
+/// "Name (ratio r)", followed by the first stronger tier the rule turned down, if any.
+fn default_tier(figures: &[TierFigures]) -> (&'static str, String) {
+    let chosen = figures
+        .iter()
+        .rposition(|t| t.ratio <= DEFAULT_TIER_MAX_RATIO)
+        .unwrap_or(0);
+    let t = &figures[chosen];
+    let mut text = format!("{} (ratio {:.2}", t.name, t.ratio);
+    if let Some(next) = figures.get(chosen + 1) {
+        text.push_str(&format!(
+            "; the next stronger tier, {}, costs {:.2}× > {DEFAULT_TIER_MAX_RATIO:.1}",
+            next.name, next.ratio
+        ));
+    }
+    text.push(')');
+    (t.name, text)
+}
+
+fn ratios_line(figures: &[TierFigures]) -> String {
+    figures
+        .iter()
+        .skip(1)
+        .map(|t| {
+            format!(
+                "{} {:.2} [{:.2}–{:.2}]",
+                t.name, t.ratio, t.ratio_ci.0, t.ratio_ci.1
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cpu_line(figures: &[TierFigures]) -> String {
+    let group = figures[0].cpu.as_secs_f64();
+    figures
+        .iter()
+        .map(|t| {
+            format!(
+                "{} {} ({:.2}×)",
+                t.name,
+                fmt(t.cpu),
+                t.cpu.as_secs_f64() / group
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tiers whose confidence interval straddles the rule's line: with those, another run
+/// may choose differently.
+fn close_calls(figures: &[TierFigures]) -> Vec<&'static str> {
+    figures
+        .iter()
+        .filter(|t| t.ratio_ci.0 <= DEFAULT_TIER_MAX_RATIO && DEFAULT_TIER_MAX_RATIO < t.ratio_ci.1)
+        .map(|t| t.name)
+        .collect()
+}
+
 /// The many-groups row and its own table, one line per group count.
 fn many_rows() -> io::Result<(Row, Vec<String>)> {
     support::many_groups(8, support::MANY_THREADS)?;
@@ -260,7 +459,7 @@ fn main() -> io::Result<()> {
     let idle = support::IdleProcesses::start()?;
     let alive = support::processes_alive();
     let load = support::load_average();
-    eprintln!("measuring (about ten seconds)...");
+    eprintln!("measuring (about fifteen seconds)...");
 
     let mut rows = vec![guard_row()?];
     let raw = support::raw_cycle;
@@ -289,6 +488,18 @@ fn main() -> io::Result<()> {
         &pairs,
         1.0,
     ));
+    let rss_kib = support::rss_kib();
+    let (tiers_zero, mut unavailable) = tier_rows(false)?;
+    rows.extend(tier_table_rows(
+        "spawn `sleep 1000` + teardown, grace 0, per containment tier",
+        &tiers_zero,
+    ));
+    let (tiers_default, unavailable_default) = tier_rows(true)?;
+    unavailable.extend(unavailable_default);
+    rows.extend(tier_table_rows(
+        "spawn `sleep 1000` + teardown, default grace, exits on TERM, per containment tier",
+        &tiers_default,
+    ));
     rows.push(grace_row()?);
     rows.push(tree_row()?);
     let (many, many_lines) = many_rows()?;
@@ -316,6 +527,47 @@ fn main() -> io::Result<()> {
         );
     }
     println!();
+    let (chosen, chosen_text) = default_tier(&tiers_zero);
+    let (chosen_default, chosen_default_text) = default_tier(&tiers_default);
+    println!(
+        "default tier by the 2x rule: {chosen_text}, from the grace-0 figures, which the rule \
+         uses. With the default grace (child exits on SIGTERM): {chosen_default_text}{}.",
+        if chosen == chosen_default {
+            ", the same tier"
+        } else {
+            "; the two variants disagree"
+        },
+    );
+    let close = close_calls(&tiers_zero);
+    if !close.is_empty() {
+        println!(
+            "Close call: the 95% interval of the grace-0 ratio straddles 2.0 for {}, so \
+             another run may choose differently.",
+            close.join(", ")
+        );
+    }
+    println!(
+        "Wall-time ratios to the Group tier, medians of {TIER_ROUNDS} per-round ratios with \
+         a 95% interval: grace 0: {}; default grace: {}.",
+        ratios_line(&tiers_zero),
+        ratios_line(&tiers_default),
+    );
+    println!(
+        "CPU time per cycle (the report and every descendant it reaped; does not count \
+         waiting for a CPU): grace 0: {}; default grace: {}.",
+        cpu_line(&tiers_zero),
+        cpu_line(&tiers_default),
+    );
+    println!(
+        "Measured from the report's process, {} MiB resident: the supervised tiers fork the \
+         spawning process (a `pre_exec` hook takes std off `posix_spawn`), so in a larger \
+         test binary their cost, and these ratios, grow; the Group tier's does not.",
+        rss_kib / 1024
+    );
+    for line in &unavailable {
+        println!("Not measured, cannot run here: {line}.");
+    }
+    println!();
     println!(
         "Many groups, spawned and dropped by {} threads (median of {MANY_RUNS} runs; spawn \
          is until all are alive, teardown is dropping all with the default grace):",
@@ -334,7 +586,9 @@ fn main() -> io::Result<()> {
     println!(
         "pgroup {}. Medians of {GUARD_SAMPLES} samples of {GUARD_BATCH} signals (guard), \
          {SPAWN_PAIRS} interleaved pairs (spawn rows; the ratio is the median of the \
-         per-pair ratios), {GRACE_RUNS} runs (grace), {TREE_RUNS} interleaved pairs (tree).",
+         per-pair ratios), {TIER_ROUNDS} rounds of all tiers in rotated order (tier rows; \
+         the ratio is the median of the per-round ratios), {GRACE_RUNS} runs (grace), \
+         {TREE_RUNS} interleaved pairs (tree).",
         env!("CARGO_PKG_VERSION")
     );
     if leaked.is_empty() {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use pgroup::{Builder, SpawnedGroup, Teardown};
+use pgroup::{Builder, Containment, SpawnedGroup, Teardown};
 use process_wrap::std::{CommandWrap, ProcessGroup};
 
 /// The variable every process started by the benches carries, as in the test suite.
@@ -311,6 +311,39 @@ pub fn ours_default_grace() -> io::Result<Teardown> {
     Ok(report)
 }
 
+/// The containment tiers, weakest first, with their names: the tier row of issue 6
+/// ("spawn and teardown in each containment tier, compared against the Group tier").
+pub const TIERS: [(Containment, &str); 3] = [
+    (Containment::Group, "Group"),
+    (Containment::Supervised, "Supervised"),
+    (Containment::Namespace, "Namespace"),
+];
+
+/// One cycle of the tier row: spawn `sleep 1000` under `tier`, then `shutdown`. With
+/// `default_grace` false the grace period is zero (straight to SIGKILL); with it true it is
+/// the default, which `sleep` cuts short by exiting on SIGTERM.
+pub fn tier_cycle(tier: Containment, default_grace: bool) -> io::Result<Teardown> {
+    let mut cmd = command("sleep");
+    cmd.arg("1000");
+    let report = if default_grace {
+        Builder::new()
+            .containment(tier)
+            .spawn(&mut cmd)?
+            .shutdown()?
+    } else {
+        Builder::new()
+            .containment(tier)
+            .grace_period(Duration::ZERO)
+            .spawn(&mut cmd)?
+            .shutdown()?
+    };
+    assert_eq!(report.containment, tier, "{report:?}");
+    // Grace 0 always ends in SIGKILL; `sleep` exits on SIGTERM, well within the default.
+    assert_eq!(report.sigkill_needed, !default_grace, "{report:?}");
+    assert!(report.escapees.is_empty(), "{report:?}");
+    Ok(report)
+}
+
 /// Spawns a shell that ignores SIGTERM (and so does its `sleep`) with the given grace
 /// period, waits until the trap is in place (the `sleep` after it exists), then returns how
 /// long `shutdown` took.
@@ -429,6 +462,12 @@ fn status_field(name: &str) -> i64 {
                 .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         })
         .unwrap_or(-1)
+}
+
+/// This process's resident set size, in KiB. The supervised tiers fork the calling process
+/// (a `pre_exec` hook makes std fork instead of `posix_spawn`), so their cost grows with it.
+pub fn rss_kib() -> i64 {
+    status_field("VmRSS:")
 }
 
 fn open_fds() -> i64 {
