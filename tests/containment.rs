@@ -26,14 +26,6 @@ fn role_entry() {
     support::role_main(&|s| logs_contain(s), &[("hold", hold_role)]);
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn tier_named(name: &str) -> Containment {
     match name {
         "group" => Containment::Group,
@@ -82,7 +74,7 @@ fn a_setsid_escaper(
     let marker = support::marker("setsid");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "setsid_escaper.sh", &[]);
-    wait_until("the escaper has its own session", || {
+    support::wait_until("the escaper has its own session", || {
         support::marked_session_leaders(&marker).len() == 1
     });
     let report = group.shutdown().expect("shutdown");
@@ -104,7 +96,7 @@ fn a_double_fork_daemon(
     let group = spawn_fixture(&marker, tier, "double_fork_daemon.sh", &[]);
     // The daemon is orphaned inside its own session (not a session leader: it was forked by
     // the one that called setsid, which has exited).
-    wait_until("the daemon runs and the leader sleeps", || {
+    support::wait_until("the daemon runs and the leader sleeps", || {
         support::marked_alive(&marker).len() == 2
     });
     let before: Vec<String> = support::marked_alive(&marker)
@@ -144,7 +136,7 @@ fn a_bounded_fork_bomb(
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "fork_bomb.sh", &["5"]);
     // 63 shells and 32 setsid sleeps.
-    wait_until("the bomb is fully up", || {
+    support::wait_until("the bomb is fully up", || {
         support::marked_alive(&marker).len() == 95
     });
     let report = group.shutdown().expect("shutdown");
@@ -243,7 +235,7 @@ fn hold_role(_logs: support::Logs<'_>) -> i32 {
     HELD.get_or_init(|| Mutex::new(vec![in_static, from_thread]));
     std::mem::forget(forgotten);
     // setsid sleep + its leader, daemon + its leader, tree (10): 14 processes.
-    wait_until("everything runs", || {
+    support::wait_until("everything runs", || {
         support::marked_alive(&marker).len() >= 15
     });
     println!("READY");

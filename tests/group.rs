@@ -11,7 +11,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgroup::{Builder, Containment, Delivery, Signal, SpawnedGroup, Teardown};
 use procfs::process::Process;
@@ -94,15 +94,6 @@ fn descriptors_are_few_and_closed_at_teardown(
     support::assert_no_leaks(&marker);
 }
 
-/// Polls `cond` every 5 ms for up to 10 s; panics with `what` if it never holds.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Marked processes whose command name is `comm`.
 fn marked_named(marker: &str, comm: &str) -> usize {
     support::marked_alive(marker)
@@ -151,7 +142,7 @@ fn end(group: SpawnedGroup, how: End) -> Option<Teardown> {
 fn a_tree_of_grandchildren_is_torn_down(#[values(End::Shutdown, End::Drop)] how: End) {
     let marker = support::marker("tree");
     let group = spawn_fixture(&marker, "tree.sh", SHORT_GRACE);
-    wait_until("6 grandchildren sleep", || {
+    support::wait_until("6 grandchildren sleep", || {
         marked_named(&marker, "sleep") == 6
     });
     assert_eq!(support::marked_alive(&marker).len(), 10);
@@ -167,7 +158,7 @@ fn a_tree_of_grandchildren_is_torn_down(#[values(End::Shutdown, End::Drop)] how:
 fn a_leader_that_ignores_sigterm_is_killed(#[values(End::Shutdown, End::Drop)] how: End) {
     let marker = support::marker("leader-ignores-term");
     let group = spawn_fixture(&marker, "leader_ignores_term.sh", SHORT_GRACE);
-    wait_until("the trap is set and the sleep started", || {
+    support::wait_until("the trap is set and the sleep started", || {
         marked_named(&marker, "sleep") == 1
     });
     if let Some(report) = end(group, how) {
@@ -182,7 +173,7 @@ fn a_leader_that_ignores_sigterm_is_killed(#[values(End::Shutdown, End::Drop)] h
 fn a_grandchild_that_ignores_sigterm_is_killed(#[values(End::Shutdown, End::Drop)] how: End) {
     let marker = support::marker("grandchild-ignores-term");
     let group = spawn_fixture(&marker, "grandchild_ignores_term.sh", SHORT_GRACE);
-    wait_until("both grandchildren sleep", || {
+    support::wait_until("both grandchildren sleep", || {
         marked_named(&marker, "sleep") == 2
     });
     if let Some(report) = end(group, how) {
@@ -202,7 +193,7 @@ fn grandchildren_of_a_leader_that_exited_are_torn_down(
     let mut group = spawn_fixture(&marker, "leader_exits_at_once.sh", SHORT_GRACE);
     let status = group.wait_timeout(Duration::from_secs(10)).expect("wait");
     assert_eq!(status.map(|s| s.code()), Some(Some(0)));
-    wait_until("both orphans sleep", || marked_named(&marker, "sleep") == 2);
+    support::wait_until("both orphans sleep", || marked_named(&marker, "sleep") == 2);
     if let Some(report) = end(group, how) {
         assert!(report.exited_before_teardown);
         assert_eq!(report.status.code(), Some(0));
@@ -215,7 +206,7 @@ fn stopped_processes_are_continued_and_torn_down(#[values(End::Shutdown, End::Dr
     let marker = support::marker("stopped");
     let group = spawn_fixture(&marker, "stopped.sh", Duration::from_secs(5));
     let leader = group.id();
-    wait_until("the leader has stopped itself", || {
+    support::wait_until("the leader has stopped itself", || {
         state_of(leader) == Some('T')
     });
     if let Some(report) = end(group, how) {
@@ -247,7 +238,7 @@ fn a_grandchild_holding_stdout_does_not_block(#[values(End::Shutdown, End::Drop)
         "the leader's exit was not seen"
     );
     // The grandchild still holds the pipe (it may still be between fork and exec).
-    wait_until("the grandchild sleeps", || {
+    support::wait_until("the grandchild sleeps", || {
         marked_named(&marker, "sleep") == 1
     });
     end(group, how);
@@ -291,7 +282,7 @@ fn drop_cleans_up_during_a_panic() {
             .grace_period(SHORT_GRACE)
             .spawn(&mut support::fixture(&inner, "tree.sh", &[]))
             .expect("spawn");
-        wait_until("the tree is up", || marked_named(&inner, "sleep") == 6);
+        support::wait_until("the tree is up", || marked_named(&inner, "sleep") == 6);
         assert_eq!(1 + 1, 3, "a failing test");
     })
     .join();
@@ -404,7 +395,7 @@ fn grace_zero_goes_straight_to_sigkill() {
 fn signal_reaches_the_whole_group() {
     let marker = support::marker("signal");
     let mut group = spawn_fixture(&marker, "tree.sh", SHORT_GRACE);
-    wait_until("the tree is up", || marked_named(&marker, "sleep") == 6);
+    support::wait_until("the tree is up", || marked_named(&marker, "sleep") == 6);
     assert_eq!(
         group.signal(Signal::SIGKILL).expect("signal"),
         Delivery::Sent
@@ -428,7 +419,7 @@ fn new_session_groups_are_torn_down() {
         .spawn(&mut support::fixture(&marker, "tree.sh", &[]))
         .expect("spawn");
     let pid = i32::try_from(group.id()).expect("pid");
-    wait_until("the tree is up", || marked_named(&marker, "sleep") == 6);
+    support::wait_until("the tree is up", || marked_named(&marker, "sleep") == 6);
     let stat = Process::new(pid).and_then(|p| p.stat()).expect("stat");
     assert_eq!((stat.session, stat.pgrp), (pid, pid));
     drop(group);

@@ -400,33 +400,38 @@ fn peek_status(leader: pid_t) -> i32 {
     }
 }
 
-/// Whether the leader exited without ever exec'ing (its name is still the marker).
+/// Whether the leader exited without ever exec'ing (its name is still the marker). When
+/// that cannot be read, it says yes, so that std's spawn never waits on us forever.
 fn never_execd(leader: pid_t) -> bool {
-    let mut path = [0_u8; 48];
+    let mut comm = [0_u8; 32];
+    match read_proc_file(leader, b"/comm\0", &mut comm) {
+        Some(comm) => comm.starts_with(EXEC_MARKER),
+        None => true,
+    }
+}
+
+/// Reads `/proc/<pid><file>` (`file` starts with `/` and ends with NUL) into `buf`, with
+/// raw syscalls on the stack. `None` if it cannot be read.
+fn read_proc_file<'b>(pid: pid_t, file: &[u8], buf: &'b mut [u8]) -> Option<&'b [u8]> {
+    let mut path = [0_u8; 64];
     let prefix = b"/proc/";
     path[..prefix.len()].copy_from_slice(prefix);
     let mut len = prefix.len();
-    len += write_decimal(&mut path[len..], u64::try_from(leader).unwrap_or(0));
-    for b in b"/comm\0" {
-        path[len] = *b;
-        len += 1;
-    }
-    let mut comm = [0_u8; 32];
-    // SAFETY: NUL-terminated path on the stack; the descriptor is closed before returning.
+    len += write_decimal(&mut path[len..], u64::try_from(pid).ok()?);
+    path.get_mut(len..len + file.len())?.copy_from_slice(file);
+    // SAFETY: `path` is NUL-terminated (`file` ends with NUL) and on the stack; `buf` is a
+    // valid buffer of its length; the descriptor is closed before returning.
     let n = unsafe {
         let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
         if fd < 0 {
-            // Cannot tell: assume the exec failed, so std's spawn never waits on us forever.
-            return true;
+            return None;
         }
-        let n = libc::read(fd, comm.as_mut_ptr().cast(), comm.len());
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
         libc::close(fd);
         n
     };
-    let Ok(n) = usize::try_from(n) else {
-        return true;
-    };
-    comm[..n].starts_with(EXEC_MARKER)
+    let n = usize::try_from(n).ok()?;
+    buf.get(..n)
 }
 
 /// Kills what is left and reaps everything, then exits. With `parent_died` the test binary
@@ -483,30 +488,10 @@ fn teardown(plan: Plan, leader: pid_t, parent_died: bool) -> ! {
 
 /// Whether `pid` is a zombie, from `/proc/<pid>/stat` (the state follows the last `)`).
 fn is_zombie(pid: pid_t) -> bool {
-    let mut path = [0_u8; 48];
-    let prefix = b"/proc/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut len = prefix.len();
-    len += write_decimal(&mut path[len..], u64::try_from(pid).unwrap_or(0));
-    for b in b"/stat\0" {
-        path[len] = *b;
-        len += 1;
-    }
-    let mut stat = [0_u8; 512];
-    // SAFETY: NUL-terminated path on the stack; the descriptor is closed before returning.
-    let n = unsafe {
-        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return true;
-        }
-        let n = libc::read(fd, stat.as_mut_ptr().cast(), stat.len());
-        libc::close(fd);
-        n
-    };
-    let Ok(n) = usize::try_from(n) else {
+    let mut buf = [0_u8; 512];
+    let Some(stat) = read_proc_file(pid, b"/stat\0", &mut buf) else {
         return true;
     };
-    let stat = &stat[..n];
     match stat.iter().rposition(|b| *b == b')') {
         Some(i) => stat.get(i + 2) == Some(&b'Z'),
         None => true,

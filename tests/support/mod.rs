@@ -89,6 +89,15 @@ pub fn assert_no_leaks(marker: &str) {
     }
 }
 
+/// Polls `cond` every 5 ms for up to 10 s; panics with `what` if it never holds.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// `pid (comm) state pgid` for messages.
 pub fn describe(pid: i32) -> String {
     match Process::new(pid).and_then(|p| p.stat()) {
