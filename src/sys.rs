@@ -112,7 +112,13 @@ pub(crate) fn write_byte(fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
 ///
 /// Only the guard calls this: [`crate::safe_killpg`] is the one public way to signal a group.
 pub(crate) fn killpg(pgid: Pgid, signal: Signal) -> Result<(), Errno> {
-    signal::killpg(Pid::from_raw(pgid.as_raw()), signal)
+    let raw = pgid.as_raw();
+    // `Pgid` cannot hold these; checked again at the syscall itself, so that no bug between
+    // the guard and here can ever turn into `kill(0)` or `kill(-1)`.
+    if raw <= 1 {
+        return Err(Errno::EINVAL);
+    }
+    signal::killpg(Pid::from_raw(raw), signal)
 }
 
 /// `getpid(2)`.
