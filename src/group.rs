@@ -478,12 +478,8 @@ impl SpawnedGroup {
             if let Some(status) = self.try_wait()? {
                 return Ok(Some(status));
             }
-            let left = match deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(None),
-                },
+            let Some(left) = time_left(deadline) else {
+                return Ok(None);
             };
             sys::poll_readable(&[self.leader.exit_fd()], left)?;
         }
@@ -637,6 +633,18 @@ impl fmt::Debug for SpawnedGroup {
     }
 }
 
+/// The time left until `deadline`, for a bounded wait: `Some(None)` waits without bound (no
+/// deadline), `None` means the deadline has passed.
+pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
+    match deadline {
+        None => Some(None),
+        Some(deadline) => deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .map(Some),
+    }
+}
+
 impl SpawnedGroup {
     /// Waits until the leader and every descendant behind `descendants` have exited, or
     /// `deadline` passes. Returns whether all exited.
@@ -654,12 +662,8 @@ impl SpawnedGroup {
             if leader_exited && pending.is_empty() {
                 return Ok(true);
             }
-            let left = match deadline {
-                None => None,
-                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return Ok(false),
-                },
+            let Some(left) = time_left(deadline) else {
+                return Ok(false);
             };
             let mut watched = pending.clone();
             if !leader_exited {

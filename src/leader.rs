@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
+use crate::group::time_left;
 use crate::{sys, Containment};
 
 /// How long spawning waits for a supervisor to report the leader's pid.
@@ -291,13 +292,13 @@ impl Supervised {
             if self.eof {
                 return Err(io::Error::other("the supervisor exited without reporting"));
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            let Some(left) = time_left(Some(deadline)) else {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the supervisor did not report",
                 ));
             };
-            sys::poll_readable(&[self.status.as_fd()], Some(left))?;
+            sys::poll_readable(&[self.status.as_fd()], left)?;
         }
     }
 
@@ -316,14 +317,14 @@ impl Supervised {
             if self.eof {
                 break;
             }
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            let Some(left) = time_left(Some(deadline)) else {
                 result = Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the supervisor did not finish",
                 ));
                 break;
             };
-            sys::poll_readable(&[self.status.as_fd()], Some(left))?;
+            sys::poll_readable(&[self.status.as_fd()], left)?;
         }
         if let Some(mut supervisor) = self.supervisor.take() {
             if self.eof {
