@@ -522,7 +522,11 @@ pub fn run_sandboxed_std(
         .env(MARKER_VAR, marker)
         .env("PGROUP_OUTER_MNT_NS", own_mount_namespace())
         .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+        .stdout(Stdio::piped())
+        // A group of its own: the namespace's init inherits it, and `killpg(0)` there (a
+        // mutant can make one) names init's own group, even though that group's id lies
+        // outside the namespace. It must not be the test process's group.
+        .process_group(0);
     for (key, value) in env_vars {
         cmd.env(key, value);
     }
