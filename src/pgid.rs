@@ -53,7 +53,7 @@ impl Pgid {
         self.0.get()
     }
 
-    fn new(raw: i64) -> Result<Self, InvalidPgid> {
+    fn from_wide(raw: i64) -> Result<Self, InvalidPgid> {
         let kind = if raw <= 1 {
             InvalidPgidKind::AtMostOne
         } else if raw >= i64::from(PID_MAX_LIMIT) {
@@ -77,7 +77,7 @@ impl TryFrom<i32> for Pgid {
     ///
     /// [`InvalidPgid`] for values at or below 1 and at or above [`PID_MAX_LIMIT`].
     fn try_from(raw: i32) -> Result<Self, Self::Error> {
-        Pgid::new(i64::from(raw))
+        Pgid::from_wide(i64::from(raw))
     }
 }
 
@@ -91,7 +91,7 @@ impl TryFrom<u32> for Pgid {
     /// [`InvalidPgid`] for 0, 1 and values at or above [`PID_MAX_LIMIT`], which includes
     /// everything above `i32::MAX` (never wrapped into a negative number).
     fn try_from(raw: u32) -> Result<Self, Self::Error> {
-        Pgid::new(i64::from(raw))
+        Pgid::from_wide(i64::from(raw))
     }
 }
 
