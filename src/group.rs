@@ -22,11 +22,25 @@ use crate::{sys, Containment, Delivery, Pgid, Signal};
 /// Two seconds lets a server flush logs and remove its socket or pid file, which is what
 /// SIGTERM is for; it also bounds what a stubborn child costs a suite of thousands of tests.
 /// Set [`Builder::grace_period`] to zero to go straight to SIGKILL.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(pgroup::DEFAULT_GRACE_PERIOD, std::time::Duration::from_secs(2));
+/// ```
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(2);
 
 /// How long teardown waits for the leader to die after SIGKILL before it gives up. Only a
 /// process stuck in uninterruptible sleep (D state) takes this long; it is then left
 /// unreaped, so its group id stays reserved and is never signalled again.
+///
+/// # Examples
+///
+/// ```
+/// // The longest a Drop can block: the grace period plus this bound.
+/// let worst = pgroup::DEFAULT_GRACE_PERIOD + pgroup::KILL_WAIT_BOUND;
+/// assert_eq!(worst.as_secs(), 7);
+/// ```
 pub const KILL_WAIT_BOUND: Duration = Duration::from_secs(5);
 
 /// Teardown tracks at most this many descendants of the leader with a pidfd of their own.

@@ -13,6 +13,14 @@ use crate::{sys, Pgid, Signal};
 /// One rule of the guard: what it refuses, the `reason` it reports, and why it exists.
 ///
 /// The full list is [`GUARD_RULES`].
+///
+/// # Examples
+///
+/// ```
+/// for rule in pgroup::GUARD_RULES {
+///     println!("{:<20} refuses {}: {}", rule.reason, rule.refuses, rule.why);
+/// }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GuardRule {
@@ -323,6 +331,12 @@ const MAX_DEPTH: usize = 4096;
 /// again. Walking the chain costs a /proc read per ancestor (tens of microseconds for a
 /// chain of shells, editors and multiplexers), far more than the syscalls of the other
 /// rules; reading it at most this often keeps the allowed path near one microsecond.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(pgroup::ANCESTOR_REFRESH.as_millis(), 100);
+/// ```
 pub const ANCESTOR_REFRESH: Duration = Duration::from_millis(100);
 
 fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {

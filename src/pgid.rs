@@ -7,6 +7,13 @@ use std::num::NonZeroI32;
 /// The largest pid Linux can ever hand out, plus one (`PID_MAX_LIMIT` on 64-bit kernels,
 /// 2<sup>22</sup>). `/proc/sys/kernel/pid_max` cannot be raised above it, so no process, and
 /// so no process group, has an id at or above this value.
+///
+/// # Examples
+///
+/// ```
+/// assert!(pgroup::Pgid::try_from(pgroup::PID_MAX_LIMIT - 1).is_ok());
+/// assert!(pgroup::Pgid::try_from(pgroup::PID_MAX_LIMIT).is_err());
+/// ```
 pub const PID_MAX_LIMIT: i32 = 4_194_304;
 
 /// A process-group id that is greater than 1 and below [`PID_MAX_LIMIT`], by construction.
