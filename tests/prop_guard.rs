@@ -1371,7 +1371,8 @@ fn fails_closed_without_proc() {
         return;
     };
     assert_eq!(out.one("MOUNTED"), "true", "{:#?}", out.lines);
-    assert_fails_closed(&out, Some(nix::errno::Errno::ESRCH as i32));
+    // readlink("/proc/self") finds nothing under the empty tmpfs.
+    assert_fails_closed(&out, Some(nix::errno::Errno::ENOENT as i32));
 }
 
 fn run_hidepid(via: &str) -> Option<support::RoleOutput> {
@@ -1484,16 +1485,46 @@ fn refresh_root(_logs: Logs<'_>) -> i32 {
         .status()
         .is_ok_and(|s| s.success());
     println!("REMOUNTED {remounted}");
+    // Once this process is nobody, it must still be able to exec the test binary, whose
+    // directory may be private to root (a checkout under `mktemp -d`): run a copy from a
+    // tmpfs that exists only in this sandbox's mount namespace.
+    let exe = match nobody_executable_copy() {
+        Ok(exe) => exe,
+        Err(e) => {
+            println!("ERROR cannot copy the test binary for nobody: {e}");
+            return 2;
+        }
+    };
     let dropped = drop_to_nobody() && nix::sys::prctl::set_dumpable(true).is_ok();
     println!("DROPPED {dropped}");
     if !dropped {
         return 0;
     }
-    support::role_command("refresh-middle")
-        .status()
-        .expect("run the middle")
-        .code()
-        .unwrap_or(3)
+    let role = support::role_command("refresh-middle");
+    let mut middle = Command::new(&exe);
+    middle.args(role.get_args());
+    for (key, value) in role.get_envs() {
+        if let Some(value) = value {
+            middle.env(key, value);
+        }
+    }
+    middle.status().expect("run the middle").code().unwrap_or(3)
+}
+
+/// A copy of the test binary that nobody can execute, on a tmpfs mounted over /mnt inside
+/// this sandbox's private mount namespace (it disappears with the namespace).
+fn nobody_executable_copy() -> std::io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0755", "pgroup-exe", "/mnt"])
+        .status()?;
+    if !mounted.success() {
+        return Err(std::io::Error::other("mount -t tmpfs on /mnt failed"));
+    }
+    let exe = std::path::Path::new("/mnt/pgroup-test");
+    std::fs::copy(std::env::current_exe()?, exe)?;
+    std::fs::set_permissions(exe, std::fs::Permissions::from_mode(0o755))?;
+    Ok(exe.to_path_buf())
 }
 
 /// Relays the caller's output, and hides or shows its own /proc entry when asked.
