@@ -269,6 +269,18 @@ fn sandboxed(
     limit: Duration,
     own_proc: bool,
 ) -> Option<RoleOutput> {
+    let cmd = unshare_command(marker, role, env_vars, own_proc)?;
+    Some(run_collecting(cmd, limit))
+}
+
+/// `unshare ... <this test binary> <role>`: the command that enters the sandbox, with the
+/// marker, the role, `env_vars` and stdout piped. `None` in reduced mode.
+fn unshare_command(
+    marker: &str,
+    role: &str,
+    env_vars: &[(&str, String)],
+    own_proc: bool,
+) -> Option<Command> {
     let args = unshare_args()?;
     let role_cmd = role_command(role);
     let mut cmd = Command::new("unshare");
@@ -285,7 +297,7 @@ fn sandboxed(
     for (key, value) in env_vars {
         cmd.env(key, value);
     }
-    Some(run_collecting(cmd, limit))
+    Some(cmd)
 }
 
 /// Runs `cmd` (which pipes stdout) in a `SpawnedGroup`, collects its stdout, and tears it
@@ -509,27 +521,12 @@ pub fn run_sandboxed_std(
     limit: Duration,
     own_proc: bool,
 ) -> Option<RoleOutput> {
-    let args = unshare_args()?;
-    let role_cmd = role_command(role);
-    let mut cmd = Command::new("unshare");
-    cmd.args(args);
-    if own_proc {
-        cmd.arg("--mount-proc");
-    }
-    cmd.arg(role_cmd.get_program())
-        .args(role_cmd.get_args())
-        .env(ROLE_VAR, role)
-        .env(MARKER_VAR, marker)
-        .env("PGROUP_OUTER_MNT_NS", own_mount_namespace())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    let mut cmd = unshare_command(marker, role, env_vars, own_proc)?;
+    cmd.env("PGROUP_OUTER_MNT_NS", own_mount_namespace())
         // A group of its own: the namespace's init inherits it, and `killpg(0)` there (a
         // mutant can make one) names init's own group, even though that group's id lies
         // outside the namespace. It must not be the test process's group.
         .process_group(0);
-    for (key, value) in env_vars {
-        cmd.env(key, value);
-    }
     let mut child = cmd.spawn().expect("spawn unshare");
     let mut stdout = child.stdout.take().expect("stdout is piped");
     let reader = std::thread::spawn(move || {
