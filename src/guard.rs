@@ -389,14 +389,8 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<(i32, i32)>, Refusal> {
     };
     // /proc/self names the caller by its pid in the PID namespace /proc belongs to; only
     // when that is the caller's own namespace do the pids below mean what they say.
-    let own_pid_there = std::fs::read_link("/proc/self")
-        .map_err(|e| Refusal::Unverifiable {
-            what: "/proc (is it mounted?)",
-            errno: e.raw_os_error().unwrap_or(0),
-        })?
-        .to_str()
-        .and_then(|s| s.parse::<i32>().ok());
-    if own_pid_there != Some(me) {
+    let own = Process::myself().map_err(proc_err("/proc (is it mounted?)"))?;
+    if own.pid != me {
         return Err(Refusal::Unverifiable {
             what: "ancestors: /proc belongs to another PID namespace",
             errno: 0,
