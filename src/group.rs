@@ -179,33 +179,30 @@ impl Builder {
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<SpawnedGroup> {
         let program = cmd.get_program().to_owned();
         let what = format!("{program:?}");
-        let spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
+        let mut spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
         let pid = spawned.pid;
-        let context = format!("pgroup::SpawnedGroup of {what} (leader pid {pid})");
-        let mut group = SpawnedGroup {
+        let pgid = match Pgid::try_from(pid) {
+            Ok(pgid) => pgid,
+            Err(e) => {
+                // Cannot happen for a real pid; end it without ever signalling a group.
+                spawned.leader.kill_leader();
+                let _ = spawned.leader.finish();
+                return Err(e.into());
+            }
+        };
+        let group = SpawnedGroup {
             stdin: spawned.stdin,
             stdout: spawned.stdout,
             stderr: spawned.stderr,
             leader: spawned.leader,
-            // Replaced below; a leader pid is always above 1.
-            pgid: Pgid::try_from(2_i32).map_err(io::Error::from)?,
+            pgid,
             pid,
             grace: self.grace,
             containment: self.containment,
             program,
-            context,
+            context: format!("pgroup::SpawnedGroup of {what} (leader pid {pid})"),
             torn_down: false,
         };
-        match Pgid::try_from(pid) {
-            Ok(pgid) => group.pgid = pgid,
-            Err(e) => {
-                // Cannot happen for a real pid; tear down without ever signalling a group.
-                group.leader.kill_leader();
-                let _ = group.leader.finish();
-                group.torn_down = true;
-                return Err(e.into());
-            }
-        }
         tracing::debug!(name: "group_spawned", pgid = pid, program = ?group.program, "group_spawned");
         Ok(group)
     }

@@ -1045,6 +1045,7 @@ fn raw_control_scenario(harness: &Harness, _logs: Logs<'_>) -> i32 {
         .cloned()
         .collect();
     for (_, pid) in &frozen {
+        // By pid, on links of this sandbox's own chain; never run outside the namespace.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGSTOP);
     }
     let deadline = Instant::now() + Duration::from_secs(5);
