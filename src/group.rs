@@ -11,7 +11,7 @@ use procfs::process::Process;
 
 use crate::guard::safe_killpg_all;
 use crate::leader::Leader;
-use crate::{sys, Containment, Delivery, Pgid, Signal};
+use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
 ///
@@ -179,6 +179,7 @@ impl Builder {
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<SpawnedGroup> {
         let program = cmd.get_program().to_owned();
         let what = format!("{program:?}");
+        lifeline::ensure_installed()?;
         let mut spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
         let pid = spawned.pid;
         let pgid = match Pgid::try_from(pid) {
@@ -190,7 +191,9 @@ impl Builder {
                 return Err(e.into());
             }
         };
+        let lifeline = lifeline::register(pgid, spawned.leader.pidfd());
         let group = SpawnedGroup {
+            lifeline,
             stdin: spawned.stdin,
             stdout: spawned.stdout,
             stderr: spawned.stderr,
@@ -278,6 +281,9 @@ pub struct SpawnedGroup {
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
     pub stderr: Option<ChildStderr>,
+    /// The group's place in the lifeline's registry, released right before the reap. It is
+    /// declared before `leader` so that it is also released before the pidfd is closed.
+    lifeline: Option<lifeline::Slot>,
     /// The leader, directly or through its supervisor; unreaped until teardown's end.
     leader: Leader,
     pgid: Pgid,
@@ -566,6 +572,9 @@ impl SpawnedGroup {
         // The reap: from here on the id may be recycled, and `torn_down` keeps every method
         // from signalling it again.
         self.torn_down = true;
+        // Out of the lifeline's registry first: once the handler cannot claim the slot, it
+        // cannot signal this id after the reap.
+        drop(self.lifeline.take());
         let escapees = self.leader.finish()?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
         let report = Teardown {

@@ -189,6 +189,14 @@ impl Leader {
         }
     }
 
+    /// The leader's pidfd, when the leader is our own child.
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
+            Leader::Supervised(_) => None,
+        }
+    }
+
     /// The descriptor that becomes readable when the leader's state may have changed.
     pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
         match self {

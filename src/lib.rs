@@ -117,6 +117,7 @@ mod containment;
 mod group;
 mod guard;
 mod leader;
+pub mod lifeline;
 mod pgid;
 mod sys;
 

@@ -20,6 +20,7 @@ use nix::unistd::{self, Pid};
 
 use crate::Pgid;
 
+pub(crate) mod lifeline;
 mod supervise;
 
 pub(crate) use supervise::{
