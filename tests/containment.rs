@@ -298,11 +298,13 @@ fn lock_freed(lock: &tempfile::NamedTempFile, within: Duration) -> bool {
     }
 }
 
-/// The test binary itself dies by SIGKILL (a nextest timeout, a cancelled CI job): no Drop
-/// runs. With a supervisor, everything it started dies anyway, including what was in a
-/// `static`, what a finished thread spawned, what was forgotten, and what escaped; the lock
-/// that every one of those processes holds proves it. The `Group` tier is the negative
-/// control: everything leaks.
+/// The test binary itself dies by SIGKILL (a nextest timeout past its grace period, a
+/// cancelled CI job), or exits with groups it never dropped: no Drop runs. With a
+/// supervisor, everything it started dies anyway, including what was in a `static`, what a
+/// finished thread spawned, what was forgotten, and what escaped; the lock that every one of
+/// those processes holds proves it. The `Group` tier is the negative control: on SIGKILL
+/// everything leaks; on exit the lifeline kills the groups, and only what escaped them
+/// leaks.
 #[rstest]
 fn statics_and_sigkill_of_the_test_binary(
     #[values("group", "supervised", "namespace")] tier: &str,
@@ -311,12 +313,36 @@ fn statics_and_sigkill_of_the_test_binary(
     let marker = support::marker(&format!("hold-{tier}"));
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let (lock, _) = run_hold_role(tier, &marker, sigkill);
-    if tier == "group" {
+    if tier == "group" && sigkill {
         assert!(
             !lock_freed(&lock, Duration::from_millis(500)),
             "Group tier: expected the groups to leak"
         );
         assert!(support::marked_alive(&marker).len() >= 14);
+        support::kill_marked(&marker);
+        support::assert_no_leaks(&marker);
+    } else if tier == "group" {
+        // `exit` runs the lifeline's atexit hook: every group member dies, in the `static`,
+        // from the finished thread and forgotten alike. What left its group (the `setsid`
+        // sleep and the daemon, each in a session of its own) is out of the Group tier's
+        // reach and survives: the negative control of the supervised tiers.
+        let ours = nix::unistd::getsid(None).expect("getsid");
+        let session_of = |pid: i32| {
+            procfs::process::Process::new(pid)
+                .and_then(|p| p.stat())
+                .map(|s| s.session)
+        };
+        support::wait_until("every group member is dead", || {
+            support::marked_alive(&marker)
+                .iter()
+                .all(|pid| session_of(*pid).is_ok_and(|s| s != ours.as_raw()))
+        });
+        assert_eq!(
+            support::marked_alive(&marker).len(),
+            2,
+            "Group tier: the setsid escaper and the daemon outlive the test binary"
+        );
+        assert!(!lock_freed(&lock, Duration::from_millis(100)));
         support::kill_marked(&marker);
         support::assert_no_leaks(&marker);
     } else {

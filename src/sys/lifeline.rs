@@ -115,11 +115,7 @@ impl Drop for Slot {
                 std::thread::yield_now();
                 continue;
             }
-            if self
-                .0
-                .compare_exchange(current, 0, SeqCst, SeqCst)
-                .is_ok()
-            {
+            if self.0.compare_exchange(current, 0, SeqCst, SeqCst).is_ok() {
                 return;
             }
         }
@@ -237,8 +233,7 @@ fn install_one(sig: c_int) -> Disposition {
     // whole program.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(sig, ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL
-        {
+        if libc::sigaction(sig, ptr::null(), &mut old) != 0 || old.sa_sigaction != libc::SIG_DFL {
             return Disposition::LeftAlone;
         }
         let mut act: libc::sigaction = std::mem::zeroed();
