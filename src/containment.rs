@@ -5,14 +5,15 @@
 ///
 /// A process group is only a convention: a child that calls `setsid()` or double-forks
 /// leaves it (every daemon does one or the other), and a group's teardown runs in Drop,
-/// which does not run when the test binary is SIGKILLed or the group lives in a `static`.
+/// which does not run when the test binary is SIGKILLed or the group lives in a `static`
+/// (the [`lifeline`](crate::lifeline) covers every death but SIGKILL, in every tier).
 /// The stronger tiers add a small supervisor process, forked from the test binary, that is
 /// the leader's parent: it holds on to what leaves the group, and it dies with the test
 /// binary, taking everything with it.
 ///
 /// | tier | catches | needs | costs (spawn + teardown, grace 0, vs `Group`) |
 /// | --- | --- | --- | --- |
-/// | `Group` | the group's members, when Drop or `shutdown` runs | Linux 5.3 (pidfd) | 1x (230–290 µs) |
+/// | `Group` | the group's members, when Drop or `shutdown` runs, and through the [`lifeline`](crate::lifeline) when the test binary dies of a signal it can handle or exits | Linux 5.3 (pidfd) | 1x (230–290 µs) |
 /// | `Supervised` | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3 | 3.1–3.5x, growing with the test binary's memory |
 /// | `Namespace` | also every process in the new PID namespace, which nothing can leave | root, or unprivileged user namespaces | 5.0–5.2x, growing likewise |
 ///

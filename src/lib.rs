@@ -57,8 +57,10 @@
 //!   `Supervised` adds a supervisor process (the leader's parent, a child subreaper, tied to
 //!   the test binary's life by a pipe) that catches what leaves the group and what outlives
 //!   the test binary; `Namespace` makes that supervisor init of a PID namespace.
+//! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
+//!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
 //! - All unsafe code and raw syscalls live in one private module, `sys`, with the
-//!   supervisor's async-signal-safe code in its submodule.
+//!   async-signal-safe code of the supervisor and of the lifeline in its submodules.
 //!
 //! # What Drop guarantees, and what it cannot
 //!
@@ -70,23 +72,31 @@
 //! reported as tracing events; [`SpawnedGroup::shutdown`] is the checked form that returns
 //! them.
 //!
-//! With [`Containment::Group`], Drop cannot help when it does not run:
+//! Where Drop does not run, the [`lifeline`] takes over, in every tier and with the default
+//! settings: when the test binary dies of SIGINT, SIGTERM, SIGHUP, SIGQUIT or SIGABRT, or
+//! calls `exit` (also by returning from `main`), every group still alive is killed with
+//! SIGKILL, whichever thread owned it, and the test binary still dies of the same signal or
+//! with the same exit code. SIGKILL of the test binary runs nothing in it: that, and the
+//! processes that leave their group, are what the [`Containment::Supervised`] tier's
+//! supervisor is for.
 //!
-//! - the test binary is killed with SIGKILL (a nextest timeout, a cancelled CI job), or
-//!   aborts (`panic = "abort"`, `std::process::exit`);
-//! - the value lives in a `static`, or is leaked with `std::mem::forget`: statics are never
-//!   dropped.
+//! | how the test or the test binary ends | `Group` (default) | `Supervised` | `Namespace` | backed by |
+//! | --- | --- | --- | --- | --- |
+//! | the value is dropped | cleaned | cleaned | cleaned | `lifeline::drop_and_panic_clean_up_in_every_tier` |
+//! | a panic unwinds (a failed assertion) | cleaned | cleaned | cleaned | the same |
+//! | SIGINT (Ctrl-C in the terminal) | cleaned, by the lifeline | cleaned | cleaned | `lifeline::a_fatal_signal_kills_every_group_and_the_status_is_kept` |
+//! | SIGTERM (nextest's timeout, a CI job cancelled) | cleaned, by the lifeline | cleaned | cleaned | the same |
+//! | SIGHUP (the terminal closed), SIGQUIT | cleaned, by the lifeline | cleaned | cleaned | the same |
+//! | `std::process::exit`, returning from `main` | cleaned, by the lifeline | cleaned | cleaned | `lifeline::exit_abort_and_return_kill_every_group_and_the_status_is_kept` |
+//! | `abort()`, `panic = "abort"` (SIGABRT) | cleaned, by the lifeline | cleaned | cleaned | the same |
+//! | a `static`, an rstest `#[once]` fixture, `mem::forget` | cleaned at exit, by the lifeline | cleaned | cleaned | the lifeline tests (each holds a group in a `static`, one forgotten, one on its thread); `containment::statics_and_sigkill_of_the_test_binary` |
+//! | SIGKILL of the test binary (nextest after its grace period) | **not cleaned** | cleaned, by the supervisor | cleaned, by the supervisor | `containment::statics_and_sigkill_of_the_test_binary` |
+//! | a process that left the group (`setsid`, a double fork) | **not cleaned** | cleaned | cleaned | `containment::a_setsid_escaper`, `containment::a_double_fork_daemon` |
 //!
-//! Nor can a process group hold a process that leaves it: a child that calls `setsid()` or
-//! `setpgid()`, or a daemon's double fork, is no longer a member and is not signalled.
-//!
-//! [`Containment::Supervised`] and [`Containment::Namespace`] close both gaps: their
-//! supervisor kills the group and everything that left it when the test binary dies for any
-//! reason, and at teardown it kills the processes that left the group (reported in
-//! [`Teardown::escapees`]). What they cannot do: survive a SIGKILL of the supervisor itself,
-//! or catch a process that escapes both the group and the supervisor's subtree (only
-//! possible with `Supervised`, by a process that is re-parented elsewhere, for example
-//! through `PR_SET_CHILD_SUBREAPER` in an intermediate process).
+//! The `Group` tier's cells for the signal and exit rows are also checked with the lifeline
+//! off (`lifeline::without_the_lifeline_the_group_tier_leaks`): there the groups survive.
+//! The lifeline yields to a signal handler of the program's own (see [`lifeline`] for the
+//! rules, and for the opt-out `PGROUP_LIFELINE=off`).
 
 //! # Platform
 //!
@@ -101,9 +111,10 @@
 //! # Terminals
 //!
 //! A group started by this crate is not the terminal's foreground group: a child that reads
-//! from the terminal is stopped by SIGTTIN, and Ctrl-C in the terminal does not reach it
-//! (the test binary gets it, and Drop then tears the group down). For a test harness that
-//! is usually what you want.
+//! from the terminal is stopped by SIGTTIN, and Ctrl-C in the terminal does not reach it.
+//! The test binary gets the SIGINT, and the [`lifeline`]'s handler kills every group with
+//! SIGKILL before the test binary dies of that SIGINT (Drop does not run on a signal). For
+//! a test harness that is usually what you want.
 
 #![warn(missing_docs)]
 

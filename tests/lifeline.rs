@@ -553,3 +553,28 @@ fn bad_env_probe() {
     );
     println!("BAD_ENV_OK");
 }
+
+/// The first two rows of the death-mode table, in every tier: a group dropped at the end of
+/// its scope, and one dropped while a failed assertion unwinds, leave nothing behind.
+#[rstest]
+fn drop_and_panic_clean_up_in_every_tier(
+    #[values("group", "supervised", "namespace")] tier: &str,
+    #[values(false, true)] panic: bool,
+) {
+    let marker = support::marker(&format!("lifeline-drop-{tier}-{panic}"));
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let tier = tier_named(tier);
+    let inner = marker.clone();
+    let result = std::panic::catch_unwind(move || {
+        let group = spawn_server(tier, &inner);
+        assert_eq!(
+            support::marked_alive(&inner).len(),
+            2,
+            "leader and worker run"
+        );
+        assert!(!panic, "a failed assertion while the group is alive");
+        drop(group);
+    });
+    assert_eq!(result.is_err(), panic);
+    support::assert_no_leaks(&marker);
+}
