@@ -180,6 +180,17 @@ impl Builder {
         let program = cmd.get_program().to_owned();
         let what = format!("{program:?}");
         lifeline::ensure_installed()?;
+        // From the fork to the registration, the lifeline waits for this spawn.
+        let window = if lifeline::is_enabled() {
+            Some(lifeline::SpawnWindow::open().ok_or_else(|| {
+                io::Error::other(format!(
+                    "pgroup: not spawning {what}: the test binary is dying (a fatal signal or \
+                     exit), and the lifeline is killing its groups"
+                ))
+            })?)
+        } else {
+            None
+        };
         let mut spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
         let pid = spawned.pid;
         let pgid = match Pgid::try_from(pid) {
@@ -192,6 +203,7 @@ impl Builder {
             }
         };
         let lifeline = lifeline::register(pgid, spawned.leader.pidfd());
+        drop(window);
         let group = SpawnedGroup {
             lifeline,
             stdin: spawned.stdin,

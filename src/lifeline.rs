@@ -97,7 +97,7 @@ use std::sync::OnceLock;
 use crate::sys::lifeline::{self as raw, Disposition};
 use crate::{Pgid, Signal};
 
-pub(crate) use crate::sys::lifeline::Slot;
+pub(crate) use crate::sys::lifeline::{Slot, SpawnWindow};
 
 /// The environment variable that turns the lifeline off: `off`, `0` or `false` (any case).
 /// `on`, `1`, `true` or an unset variable keep it on; any other value makes spawning fail

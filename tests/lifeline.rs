@@ -163,6 +163,10 @@ fn victim() {
         std::process::exit(1);
     }
 
+    if death == "churn" {
+        churn(tier, &marker("thread"));
+    }
+
     let on_thread = spawn_server(tier, &marker("thread"));
     HELD.get_or_init(|| Mutex::new(spawn_server(tier, &marker("static"))));
     let forgotten = marker("forgotten");
@@ -235,6 +239,39 @@ fn victim() {
             std::process::exit(1);
         }
     }
+}
+
+/// Two threads spawn and tear down groups as fast as they can, so that the signal lands
+/// while teardowns run on other threads: some groups registered, some being released, some
+/// reaped a moment ago. Never returns; the test kills the role.
+fn churn(tier: Containment, marker: &str) -> ! {
+    use std::sync::atomic::AtomicUsize;
+    static ROUNDS: AtomicUsize = AtomicUsize::new(0);
+    for _ in 0..2 {
+        let marker = marker.to_owned();
+        thread::spawn(move || loop {
+            let group = Builder::new()
+                .containment(tier)
+                .grace_period(Duration::ZERO)
+                .spawn(&mut support::marked(
+                    &marker,
+                    "sh",
+                    &["-c", "sleep 1000 & wait"],
+                ))
+                .expect("spawn");
+            group.shutdown().expect("shutdown");
+            ROUNDS.fetch_add(1, Ordering::SeqCst);
+        });
+    }
+    while ROUNDS.load(Ordering::SeqCst) < 10 {
+        thread::sleep(Duration::from_millis(1));
+    }
+    println!("HANDLED {:?}", pgroup::lifeline::handled_signals());
+    println!("READY");
+    use std::io::Write;
+    std::io::stdout().flush().expect("flush");
+    thread::sleep(Duration::from_secs(600));
+    std::process::exit(1);
 }
 
 // ---- the tests' side --------------------------------------------------------------------
@@ -576,5 +613,60 @@ fn drop_and_panic_clean_up_in_every_tier(
         drop(group);
     });
     assert_eq!(result.is_err(), panic);
+    support::assert_no_leaks(&marker);
+}
+
+/// The signal lands while other threads spawn and tear down groups (teardown releasing slots
+/// and reaping leaders at that very moment): the role still dies of SIGTERM, promptly (no
+/// deadlock between the handler's claim and teardown's release), and leaves nothing. The
+/// canaries, unrelated groups of the test process itself, get no signal.
+#[rstest]
+fn a_signal_during_concurrent_teardowns(
+    #[values("group", "supervised")] tier: &str,
+    #[values(0, 1, 2)] _round: u32,
+) {
+    let canary_marker = support::marker("lifeline-churn-canary");
+    let _cleanup = support::KillMarkedOnDrop(canary_marker.clone());
+    let mut canaries: Vec<Child> = (0..3)
+        .map(|_| support::blocked_sleeper(&canary_marker, true))
+        .collect();
+    let mut role = start_role(tier, "churn", &[]);
+    role.signal_group(Signal::SIGTERM);
+    let status = role.wait();
+    assert_eq!(status.signal(), Some(Signal::SIGTERM as i32), "{status:?}");
+    role.assert_nothing_left();
+    for canary in &mut canaries {
+        let pid = i32::try_from(canary.id()).expect("pid fits");
+        let (pending, state) = support::pending_signals(pid).expect("the canary lives");
+        assert_eq!((pending, state), (0, 'S'), "canary {pid} was signalled");
+        let _ = canary.kill();
+        let _ = canary.wait();
+    }
+}
+
+/// The lifeline blocks its signals on the spawning thread while a spawn is between its fork
+/// and its registration; the spawned program must not inherit that: std resets the mask
+/// before exec, in every tier.
+#[rstest]
+fn the_spawned_program_starts_with_no_blocked_signal(
+    #[values("group", "supervised", "namespace")] tier: &str,
+) {
+    let marker = support::marker("lifeline-mask");
+    let mut group = Builder::new()
+        .containment(tier_named(tier))
+        .spawn(
+            support::marked(&marker, "grep", &["^SigBlk:", "/proc/self/status"])
+                .stdout(Stdio::piped()),
+        )
+        .expect("spawn");
+    let mut text = String::new();
+    group
+        .stdout
+        .take()
+        .expect("piped")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert_eq!(text.trim(), "SigBlk:\t0000000000000000", "{tier}");
+    group.shutdown().expect("shutdown");
     support::assert_no_leaks(&marker);
 }

@@ -10,7 +10,9 @@
 //! - the registry: fixed blocks of `AtomicU64` slots, linked through `AtomicPtr`s, never
 //!   freed once linked, so a reader can walk them without a lock;
 //! - async-signal-safe syscalls (`getpid`, `getpgrp`, `kill`, `pidfd_send_signal`,
-//!   `sigaction`, `pthread_sigmask`, `raise`, `sched_yield`) on stack data.
+//!   `sigaction`, `pthread_sigmask`, `raise`, `sched_yield`, `clock_gettime`) on stack
+//!   data;
+//! - the count of spawns in flight ([`SpawnWindow`]).
 //!
 //! No allocation, no lock, no `tracing`, no panic (every conversion has a fallback).
 //! `tests/lifeline.rs` runs the whole path under an allocator that aborts on any allocation
@@ -26,9 +28,13 @@
 //! teardown at the same moment. A handler running *on* the thread that is dropping the slot
 //! interrupts it, finishes its work, and then lets it go on, so nothing deadlocks.
 
+use std::cell::Cell;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU64, AtomicUsize, Ordering::SeqCst,
+};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc::{self, c_int};
@@ -84,6 +90,94 @@ static FIRST: Block = Block::new();
 /// exec) inherits the registry and the handlers, but its groups are not its own.
 static OWNER: AtomicI32 = AtomicI32::new(0);
 static ENABLED: AtomicBool = AtomicBool::new(true);
+/// Spawns between the fork and the registration of their group (see [`SpawnWindow`]).
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Set by the handler and the `atexit` hook before they wait for the spawns in flight: no
+/// new spawn starts after that, so none can slip in between the wait and the kill.
+static DYING: AtomicBool = AtomicBool::new(false);
+
+/// How long the handler and the `atexit` hook wait for spawns in flight to register their
+/// group before they kill what is registered.
+const IN_FLIGHT_WAIT: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// Whether this thread is inside a [`SpawnWindow`]. Const-initialised and without a
+    /// destructor, so reading it allocates nothing and registers nothing, also in a handler.
+    static IN_WINDOW: Cell<bool> = const { Cell::new(false) };
+    /// A fatal signal that arrived on this thread inside its window, to act on when the
+    /// window closes; 0 for none.
+    static DEFERRED: Cell<c_int> = const { Cell::new(0) };
+}
+
+/// The stretch of a spawn between the fork and the registration of the new group, when a
+/// child exists that the registry does not know yet. A handler running on *another* thread
+/// waits for every open window to close (bounded by [`IN_FLIGHT_WAIT`]) before it kills the
+/// registered groups, so the new group is killed too. A handler that interrupts the spawning
+/// thread itself cannot wait for it (the spawn resumes only after the handler returns), so
+/// it notes the signal and returns; when the window closes, a few hundred microseconds
+/// later, the new group is registered and the noted signal is acted on: every group is
+/// killed and the process dies of that signal. (Blocking the signals on the spawning thread
+/// instead would leak the block into the spawned program, which inherits the thread's
+/// signal mask.)
+pub(crate) struct SpawnWindow(());
+
+impl SpawnWindow {
+    /// Opens the window; `None` when the process is dying (a handler or `exit` has begun to
+    /// kill the groups), and then nothing may be spawned.
+    pub(crate) fn open() -> Option<SpawnWindow> {
+        IN_WINDOW.with(|w| w.set(true));
+        IN_FLIGHT.fetch_add(1, SeqCst);
+        let window = SpawnWindow(());
+        // After the increment: a handler that set DYING before this load waits for this
+        // window to close; one that sets it after sees the increment.
+        if DYING.load(SeqCst) {
+            return None;
+        }
+        Some(window)
+    }
+}
+
+impl Drop for SpawnWindow {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, SeqCst);
+        IN_WINDOW.with(|w| w.set(false));
+        let sig = DEFERRED.with(|d| d.replace(0));
+        if sig != 0 {
+            if is_owner() && enabled() {
+                wait_for_spawns_in_flight();
+                kill_all();
+            }
+            die_of(sig);
+            DYING.store(false, SeqCst);
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC, async-signal-safe (clock_gettime(2) is on POSIX's list).
+fn monotonic() -> Duration {
+    // SAFETY: clock_gettime writes one timespec on our stack.
+    let ts = unsafe {
+        let mut ts: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+        ts
+    };
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}
+
+/// Waits, bounded, until no spawn on another thread is between its fork and its
+/// registration.
+fn wait_for_spawns_in_flight() {
+    let own = usize::from(IN_WINDOW.try_with(Cell::get).unwrap_or(false));
+    let deadline = monotonic() + IN_FLIGHT_WAIT;
+    while IN_FLIGHT.load(SeqCst) > own && monotonic() < deadline {
+        // SAFETY: sched_yield(2) takes no arguments.
+        unsafe {
+            libc::sched_yield();
+        }
+    }
+}
 
 fn encode(pgid: Pgid, pidfd: Option<RawFd>) -> u64 {
     let group = u32::try_from(pgid.as_raw()).map_or(0, u64::from);
@@ -279,11 +373,28 @@ extern "C" fn on_signal(sig: c_int) {
         return;
     }
     if is_owner() && enabled() {
+        if IN_WINDOW.try_with(Cell::get).unwrap_or(false) {
+            // This thread is spawning a group that is not registered yet: act when its
+            // window closes (see `SpawnWindow`).
+            DYING.store(true, SeqCst);
+            let _ = DEFERRED.try_with(|d| d.set(sig));
+            Errno::set_raw(saved);
+            return;
+        }
+        DYING.store(true, SeqCst);
+        wait_for_spawns_in_flight();
         kill_all();
     }
+    die_of(sig);
+    DYING.store(false, SeqCst);
+    Errno::set_raw(saved);
+}
+
+/// Restores the default action of `sig` and raises it: the process dies of `sig`, exactly as
+/// it would have without the lifeline (same WTERMSIG, same core dump).
+fn die_of(sig: c_int) {
     // SAFETY: sigaction, pthread_sigmask and raise are async-signal-safe; the structures are
-    // on our stack. Restoring the default action and raising again makes the process die of
-    // `sig`, exactly as it would have without the lifeline (same WTERMSIG, same core dump).
+    // on our stack.
     unsafe {
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
@@ -294,9 +405,8 @@ extern "C" fn on_signal(sig: c_int) {
         libc::raise(sig);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &only, ptr::null_mut());
     }
-    // Only reached when the default action does not end the process (PID 1 of a namespace,
-    // where the handler is never installed, or a signal blocked by sigprocmask elsewhere).
-    Errno::set_raw(saved);
+    // Only returns when the default action does not end the process (a signal blocked by
+    // sigprocmask elsewhere; PID 1, where the handler is never installed).
 }
 
 /// The `atexit` hook: `exit(3)` (also returning from `main`) runs no destructor of a value
@@ -312,6 +422,8 @@ extern "C" fn at_exit() {
     unsafe {
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut old);
+        DYING.store(true, SeqCst);
+        wait_for_spawns_in_flight();
         kill_all();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut());
     }
