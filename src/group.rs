@@ -164,6 +164,10 @@ impl Builder {
     ///   the kind of the OS error and names the program. Nothing is left running.
     /// - The kernel lacks `pidfd_open` (Linux before 5.3), so the group cannot be pinned: the
     ///   leader that was just started is killed and reaped before the error is returned.
+    /// - [`PGROUP_LIFELINE`](crate::lifeline::ENV_VAR) has a value that is not on or off
+    ///   (kind [`InvalidInput`](io::ErrorKind::InvalidInput), naming the value), or the test
+    ///   binary is already dying of a signal or `exit` and the [`lifeline`](crate::lifeline)
+    ///   is killing its groups. Nothing is started.
     ///
     /// # Examples
     ///

@@ -159,12 +159,18 @@ pub(crate) fn ensure_installed() -> io::Result<()> {
             return Ok(None);
         }
         let dispositions = raw::install();
-        let handled = SIGNALS
+        let handled: Vec<Signal> = SIGNALS
             .iter()
             .zip(dispositions)
             .filter(|(_, d)| *d == Disposition::Handled)
             .map(|(s, _)| *s)
             .collect();
+        tracing::debug!(
+            name: "lifeline_installed",
+            handled = ?handled,
+            pid1 = dispositions.contains(&Disposition::Pid1),
+            "lifeline_installed"
+        );
         Ok(Some(handled))
     });
     match state {
