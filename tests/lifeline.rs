@@ -506,7 +506,13 @@ fn a_handler_installed_before_keeps_its_signal() {
         !handled.contains("SIGINT") && handled.contains("SIGTERM"),
         "{handled:?}"
     );
-    role.signal_group(Signal::SIGINT);
+    the_user_handler_decides(role, Signal::SIGINT);
+}
+
+/// After `signal`, the role's own handler ran and the role lives on with all its groups;
+/// then it calls `exit(4)`, and the `atexit` hook kills them.
+fn the_user_handler_decides(mut role: Role, signal: Signal) {
+    role.signal_group(signal);
     let alive = role.expect_line("ALIVE_AFTER_SIGNAL");
     assert_eq!(alive, "ALIVE_AFTER_SIGNAL [2, 2, 2]");
     let status = role.wait();
@@ -519,13 +525,8 @@ fn a_handler_installed_before_keeps_its_signal() {
 /// aside, so "do not exit" is obeyed, and `exit` later still cleans up.
 #[test]
 fn a_handler_registered_after_through_signal_hook_decides() {
-    let mut role = start_role("group", "registry_after", &[]);
-    role.signal_group(Signal::SIGTERM);
-    let alive = role.expect_line("ALIVE_AFTER_SIGNAL");
-    assert_eq!(alive, "ALIVE_AFTER_SIGNAL [2, 2, 2]");
-    let status = role.wait();
-    assert_eq!(status.code(), Some(4), "{status:?}");
-    role.assert_nothing_left();
+    let role = start_role("group", "registry_after", &[]);
+    the_user_handler_decides(role, Signal::SIGTERM);
 }
 
 /// The handler and the `atexit` hook allocate nothing: the role forbids allocation on its
