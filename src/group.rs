@@ -566,7 +566,9 @@ impl SpawnedGroup {
         // The reap: from here on the id may be recycled, and `torn_down` keeps every method
         // from signalling it again.
         self.torn_down = true;
-        let escapees = self.leader.finish()?;
+        let escapees = self
+            .leader
+            .finish_by(deadline.unwrap_or_else(Instant::now))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
         let report = Teardown {
             status,
