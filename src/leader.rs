@@ -343,7 +343,13 @@ impl Supervised {
             };
             sys::poll_readable(&[self.status.as_fd()], left)?;
         }
-        self.reap_supervisor(deadline);
+        // A supervisor that gave up is no longer worth waiting for (the `Namespace` tier's
+        // outer process waits for the kernel to finish the namespace).
+        self.reap_supervisor(if self.stuck.is_some() {
+            Instant::now()
+        } else {
+            deadline
+        });
         result?;
         if let Some(stuck) = self.stuck {
             return Err(io::Error::new(
