@@ -79,6 +79,10 @@ impl Leader {
         new_session: bool,
         what: &str,
     ) -> io::Result<Spawned> {
+        // Every path to exec that std takes with a hook (the supervised tiers, a new session,
+        // an overridden PATH) ends in `execvp`, which would run such a file with /bin/sh.
+        check_exec_format(cmd)
+            .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         match containment {
             Containment::Group => Leader::spawn_direct(cmd, new_session, what),
             Containment::Supervised => Leader::spawn_supervised(cmd, false, new_session, what),
@@ -131,8 +135,6 @@ impl Leader {
         what: &str,
     ) -> io::Result<Spawned> {
         let tier = if namespace { "Namespace" } else { "Supervised" };
-        check_exec_format(cmd)
-            .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         let pipes = sys::install_supervisor(cmd, namespace, new_session).map_err(|e| {
             context_err(
                 &e,
@@ -415,9 +417,10 @@ impl Drop for Supervised {
     }
 }
 
-/// The supervised tiers exec the leader with std's `pre_exec` path, whose `execvp` runs a
-/// file the kernel cannot execute (`ENOEXEC`: no `#!` line, not ELF) with `/bin/sh`, while
-/// the `Group` tier (`posix_spawn`) fails. To behave the same, this finds the file `execvp`
+/// std execs with `posix_spawnp` when it can, and otherwise (a `pre_exec` hook: the
+/// supervised tiers, a new session; a `PATH` set on the `Command`) with `execvp`, which runs
+/// a file the kernel cannot execute (`ENOEXEC`: no `#!` line, not ELF) with `/bin/sh` where
+/// `posix_spawnp` fails. To behave the same every way, this finds the file `execvp`
 /// would run, as it would (the `Command`'s `PATH` and directory), and fails with `ENOEXEC`
 /// when it is neither ELF nor a `#!` script, unless `binfmt_misc` has formats registered
 /// (which the kernel might then run). Any doubt lets the spawn go ahead.

@@ -542,12 +542,15 @@ fn a_fork_of_the_test_binary_does_not_keep_the_group_alive(
 
 /// A file without `#!` that is not ELF: `execve` fails with ENOEXEC. Every tier reports that
 /// error naming the program, and runs nothing (before, the supervised tiers ran it with
-/// `/bin/sh`, as `execvp` does). A file with `#!` runs in every tier: the control.
+/// `/bin/sh`, as `execvp` does; so did `Group` with a new session or a `PATH` of the
+/// `Command`'s own, where std also takes the `execvp` path). A file with `#!` runs in every
+/// tier: the control.
 #[rstest]
 fn a_file_without_a_shebang_fails_in_every_tier(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
     #[values("absolute", "relative to the Command's directory", "found in PATH")] how: &str,
+    #[values(false, true)] new_session: bool,
 ) {
     let marker = support::marker("enoexec");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -582,6 +585,7 @@ fn a_file_without_a_shebang_fails_in_every_tier(
     };
     let err = Builder::new()
         .containment(tier)
+        .new_session(new_session)
         .spawn(&mut command(&plain))
         .expect_err("a file the kernel cannot execute");
     assert_eq!(
@@ -596,6 +600,7 @@ fn a_file_without_a_shebang_fails_in_every_tier(
 
     let group = Builder::new()
         .containment(tier)
+        .new_session(new_session)
         .spawn(&mut command(&script))
         .expect("a script with #! runs");
     support::wait_until("the script ran", || ran.exists());
