@@ -262,3 +262,29 @@ pub(crate) fn set_new_session(cmd: &mut Command) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data followed by end of file in one call (the supervisor's last messages, then its
+    /// exit) is reported as end of file: before, the caller learned of it one call later,
+    /// and `try_wait` answered "running" once in between.
+    #[test]
+    fn read_available_reports_end_of_file_after_data() {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .expect("non-blocking");
+        let mut buf = Vec::new();
+        assert!(!read_available(read.as_fd(), &mut buf).expect("read"), "nothing yet");
+        nix::unistd::write(&write, b"S\x03\x00\x00\x00").expect("write");
+        assert!(!read_available(read.as_fd(), &mut buf).expect("read"), "writer open");
+        nix::unistd::write(&write, b"D\x00\x00\x00\x00").expect("write");
+        drop(write);
+        assert!(read_available(read.as_fd(), &mut buf).expect("read"), "end of file");
+        assert_eq!(buf.len(), 10);
+    }
+}
