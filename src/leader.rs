@@ -31,8 +31,6 @@ pub(crate) enum Leader {
 
 pub(crate) struct Supervised {
     supervisor: Option<Child>,
-    /// A pidfd on `supervisor`, for a bounded wait on its exit.
-    supervisor_pidfd: Option<OwnedFd>,
     control: Option<OwnedFd>,
     status: OwnedFd,
     buf: Vec<u8>,
@@ -161,7 +159,6 @@ impl Leader {
         let supervisor_pid = child.id();
         let mut sup = Supervised {
             supervisor: None,
-            supervisor_pidfd: sys::pidfd_open(supervisor_pid).ok(),
             control: Some(pipes.control),
             status: pipes.status,
             buf: Vec::new(),
@@ -385,7 +382,9 @@ impl Supervised {
         let Some(mut supervisor) = self.supervisor.take() else {
             return;
         };
-        if let Some(pidfd) = &self.supervisor_pidfd {
+        // Our unreaped child: its pid cannot have been recycled. Opened only now, so that a
+        // live group holds no descriptor for it.
+        if let Ok(pidfd) = sys::pidfd_open(supervisor.id()) {
             while let Some(left) = time_left(Some(deadline)) {
                 match sys::poll_readable(&[pidfd.as_fd()], left) {
                     Ok(ready) if ready.first() == Some(&true) => break,
