@@ -279,12 +279,21 @@ mod tests {
         )
         .expect("non-blocking");
         let mut buf = Vec::new();
-        assert!(!read_available(read.as_fd(), &mut buf).expect("read"), "nothing yet");
+        assert!(
+            !read_available(read.as_fd(), &mut buf).expect("read"),
+            "nothing yet"
+        );
         nix::unistd::write(&write, b"S\x03\x00\x00\x00").expect("write");
-        assert!(!read_available(read.as_fd(), &mut buf).expect("read"), "writer open");
+        assert!(
+            !read_available(read.as_fd(), &mut buf).expect("read"),
+            "writer open"
+        );
         nix::unistd::write(&write, b"D\x00\x00\x00\x00").expect("write");
         drop(write);
-        assert!(read_available(read.as_fd(), &mut buf).expect("read"), "end of file");
+        assert!(
+            read_available(read.as_fd(), &mut buf).expect("read"),
+            "end of file"
+        );
         assert_eq!(buf.len(), 10);
     }
 }

@@ -597,7 +597,9 @@ fn reap_orphans(leader: pid_t, leader_exited: bool) {
                     return;
                 }
                 let mut status: c_int = 0;
-                libc::waitpid(pid, &mut status, libc::WNOHANG);
+                if libc::waitpid(pid, &mut status, libc::WNOHANG) <= 0 {
+                    return; // cannot happen for an exited child; never spin on it
+                }
             }
         }
         // Once the leader is a zombie, every `waitid(P_ALL)` finds it first: go by the list
