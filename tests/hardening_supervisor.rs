@@ -335,6 +335,7 @@ fn a_member_that_cannot_die_keeps_the_drop_bound(
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let (group, nsenter) = group_with_a_stuck_member(&marker, tier);
     let (elapsed, said) = shutdown_with_stuck_member(group, nsenter);
+    eprintln!("teardown with a member that cannot die, {tier:?}: {elapsed:?}: {said}");
     assert!(
         elapsed < drop_bound(),
         "teardown took {elapsed:?}, beyond {:?}: {said}",
