@@ -63,8 +63,10 @@
 /// be spawned again, in any tier (each supervised spawn adds one more such hook).
 ///
 /// A file the kernel cannot execute (no `#!` line, not ELF: `ENOEXEC`) fails to spawn in
-/// every tier, with that error naming the program, although std's `execvp` path (taken with
-/// a `pre_exec` hook, or a `PATH` set on the `Command`) would run it with `/bin/sh`.
+/// every tier, with that error naming the program, also where std takes its `execvp` path
+/// (the supervised tiers, [`Builder::new_session`](crate::Builder::new_session), a `PATH`
+/// set on the `Command`), which would run it with `/bin/sh`. (A `pre_exec` hook of your own
+/// on a `Group`-tier `Command` still gets std's `execvp` behaviour.)
 ///
 /// # Examples
 ///
