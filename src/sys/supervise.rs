@@ -584,7 +584,8 @@ fn reap_orphans(leader: pid_t, leader_exited: bool) {
         if !leader_exited {
             loop {
                 let mut info: libc::siginfo_t = std::mem::zeroed();
-                let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG;
+                // `__WALL` here and below: also children whose exit signal is not SIGCHLD.
+                let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG | libc::__WALL;
                 if libc::waitid(libc::P_ALL, 0, &mut info, flags) != 0 {
                     if errno() == libc::EINTR {
                         continue;
@@ -597,7 +598,7 @@ fn reap_orphans(leader: pid_t, leader_exited: bool) {
                     return;
                 }
                 let mut status: c_int = 0;
-                if libc::waitpid(pid, &mut status, libc::WNOHANG) <= 0 {
+                if libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) <= 0 {
                     return; // cannot happen for an exited child; never spin on it
                 }
             }
@@ -607,7 +608,7 @@ fn reap_orphans(leader: pid_t, leader_exited: bool) {
         for_each_child(|child| {
             if child > 1 && child != leader {
                 let mut status: c_int = 0;
-                libc::waitpid(child, &mut status, libc::WNOHANG);
+                libc::waitpid(child, &mut status, libc::WNOHANG | libc::__WALL);
             }
         });
     }
@@ -747,7 +748,7 @@ fn teardown(plan: Plan, leader: pid_t, sfd: RawFd, parent_died: bool) -> ! {
             // longer signals the group).
             loop {
                 let mut status: c_int = 0;
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL);
                 if pid > 0 {
                     killed.remove(pid);
                     continue;
