@@ -29,18 +29,45 @@
 /// runs only async-signal-safe code (it is forked from a multi-threaded test binary), in a
 /// process group of its own, outside every test thread; it does not use
 /// `PR_SET_PDEATHSIG`, which fires when the spawning *thread* ends (libtest runs each test
-/// on its own thread), but watches a pipe whose other end only the test binary holds, so it
-/// notices the death of the *process*. The test binary gets no subreaper attribute and never
-/// calls `waitpid(-1)`: how it waits for its other children does not change.
+/// on its own thread), but watches the test binary *process* itself through a pidfd, and a
+/// pipe whose other end the test binary holds: it tears everything down when either says
+/// the test binary is gone (a fork of the test binary that never execs keeps a copy of the
+/// pipe, but not the test binary, alive). The test binary gets no subreaper attribute and
+/// never calls `waitpid(-1)`: how it waits for its other children does not change.
+///
+/// The supervisor does not trust the signal state it inherits: with SIGCHLD set to `SIG_IGN`
+/// in the test binary (the kernel would reap the leader at once), or SIGALRM ignored, or
+/// handlers installed, it behaves the same (the leader still gets the test binary's SIGCHLD
+/// action, as in `Group`). It reaps every orphan re-parented to it as soon as it exits, by
+/// pid, but never the leader before teardown: the leader's zombie pins the group id.
 ///
 /// `Namespace` does not downgrade: where a PID namespace cannot be made (no root, and user
 /// namespaces forbidden, as on Ubuntu 23.10+ with AppArmor's restriction), spawning fails
 /// with an error that says so, and nothing is left running. Inside the namespace the leader
 /// is PID 2 (the supervisor is PID 1 and reaps orphans) with a `/proc` of its own.
 ///
+/// # Bounds
+///
+/// Teardown keeps the same bound in every tier: the grace period plus
+/// [`KILL_WAIT_BOUND`](crate::KILL_WAIT_BOUND), whatever the number of orphans or escapees.
+/// The supervisor's own wait is a `poll` on a monotonic deadline, not a signal, so it also
+/// holds as PID 1 of a namespace and when the test binary ignores SIGALRM. A process that
+/// SIGKILL cannot end (uninterruptible sleep; the init of a nested PID namespace, whose exit
+/// the kernel holds until every process of that namespace is reaped) makes teardown return
+/// a `TimedOut` error within the bound; the supervisor gives up on it and exits, and in
+/// `Namespace` the process std spawned (which waits for the namespace's init, itself held by
+/// the kernel until that process ends) is reaped by a background thread whenever it exits.
+///
 /// With the supervised tiers, `pre_exec` hooks already registered on the `Command` run in
-/// the supervisor, before the leader is forked, not in the leader; and the `Command` gets a
-/// hook of its own, so spawn each such `Command` once.
+/// the supervisor, before the leader is forked, not in the leader. The supervisor's own hook
+/// stays in the `Command` but does nothing once its spawn has returned, so the `Command` can
+/// be spawned again, in any tier (each supervised spawn adds one more such hook).
+///
+/// A file the kernel cannot execute (no `#!` line, not ELF: `ENOEXEC`) fails to spawn in
+/// every tier, with that error naming the program, also where std takes its `execvp` path
+/// (the supervised tiers, [`Builder::new_session`](crate::Builder::new_session), a `PATH`
+/// set on the `Command`), which would run it with `/bin/sh`. (A `pre_exec` hook of your own
+/// on a `Group`-tier `Command` still gets std's `execvp` behaviour.)
 ///
 /// # Examples
 ///
@@ -63,8 +90,8 @@ pub enum Containment {
     /// A plain POSIX process group: the leader is the test binary's child.
     #[default]
     Group,
-    /// A supervisor per group: the leader's parent, a child subreaper, and tied to the test
-    /// binary's life by a pipe.
+    /// A supervisor per group: the leader's parent, a child subreaper that reaps orphans,
+    /// and tied to the test binary's life by a pidfd and a pipe.
     Supervised,
     /// The supervisor is init of a new PID namespace: nothing can escape, and the kernel kills
     /// everything in it when the supervisor goes.

@@ -591,7 +591,10 @@ impl SpawnedGroup {
         // Out of the lifeline's registry first: once the handler cannot claim the slot, it
         // cannot signal this id after the reap.
         drop(self.lifeline.take());
-        let escapees = self.leader.finish()?;
+        let escapees = self
+            .leader
+            .finish_by(deadline.unwrap_or_else(Instant::now))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
         let report = Teardown {
             status,

@@ -38,6 +38,8 @@ pub(crate) struct Supervised {
     failed: Option<i32>,
     exit: Option<ExitStatus>,
     escapees: Vec<u32>,
+    /// How many processes the supervisor could not kill within its bound.
+    stuck: Option<i32>,
     done: bool,
     eof: bool,
 }
@@ -75,6 +77,15 @@ impl Leader {
         new_session: bool,
         what: &str,
     ) -> io::Result<Spawned> {
+        // The paths to exec on which std uses `execvp` (the supervised tiers' hook, the new
+        // session's hook, a `PATH` of the `Command`'s own), which would run a file the kernel
+        // cannot execute with /bin/sh. `posix_spawnp`, the plain `Group` path, fails by
+        // itself, and this check (about 30 µs with a long PATH) is not paid there.
+        let saw_path = cmd.get_envs().any(|(key, _)| key == "PATH");
+        if containment != Containment::Group || new_session || saw_path {
+            check_exec_format(cmd)
+                .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
+        }
         match containment {
             Containment::Group => Leader::spawn_direct(cmd, new_session, what),
             Containment::Supervised => Leader::spawn_supervised(cmd, false, new_session, what),
@@ -134,6 +145,9 @@ impl Leader {
             )
         })?;
         let spawned = cmd.spawn();
+        // The hook stays in `cmd`; from here on it does nothing, so the `Command` can be
+        // spawned again (each supervised spawn adds a hook with its own descriptors).
+        pipes.disarm();
         drop(pipes.child_ends);
         let child = spawned.map_err(|e| {
             let hint = if namespace && e.raw_os_error() == Some(nix::libc::EPERM) {
@@ -157,6 +171,7 @@ impl Leader {
             failed: None,
             exit: None,
             escapees: Vec::new(),
+            stuck: None,
             done: false,
             eof: false,
         };
@@ -180,7 +195,7 @@ impl Leader {
             Err(e) => {
                 sup.supervisor = Some(child);
                 // Closing the control pipe makes the supervisor kill and reap everything.
-                let _ = sup.finish(true);
+                let _ = sup.finish(true, Instant::now() + crate::KILL_WAIT_BOUND);
                 Err(context_err(
                     &e,
                     &format!("pgroup: Containment::{tier} for {what} failed to start"),
@@ -248,8 +263,17 @@ impl Leader {
     }
 
     /// Reaps the leader (after the final SIGKILL): from here on its id may be recycled.
-    /// Returns the escapees a supervisor found and killed.
+    /// Returns the escapees a supervisor found and killed. A supervisor gets
+    /// [`crate::KILL_WAIT_BOUND`] from now to finish; see [`Leader::finish_by`].
     pub(crate) fn finish(&mut self) -> io::Result<Vec<u32>> {
+        self.finish_by(Instant::now() + crate::KILL_WAIT_BOUND)
+    }
+
+    /// As [`Leader::finish`], with the supervisor's teardown bounded by `deadline` (the
+    /// deadline of the wait for the leader after the final SIGKILL, so that the whole of
+    /// teardown keeps the bound the docs give). A supervisor that is not done by then keeps
+    /// working on its own (it has a bound of its own) and is reaped in the background.
+    pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<u32>> {
         match self {
             Leader::Direct { child, .. } => {
                 if let Some(mut child) = child.take() {
@@ -257,7 +281,7 @@ impl Leader {
                 }
                 Ok(Vec::new())
             }
-            Leader::Supervised(sup) => sup.finish(false),
+            Leader::Supervised(sup) => sup.finish(false, deadline),
         }
     }
 }
@@ -268,7 +292,7 @@ impl Supervised {
         if self.eof {
             return Ok(());
         }
-        if sys::read_available(self.status.as_fd(), &mut self.buf)?.is_none() {
+        if sys::read_available(self.status.as_fd(), &mut self.buf)? {
             self.eof = true;
         }
         let complete = self.buf.len() / sys::MSG_LEN * sys::MSG_LEN;
@@ -279,6 +303,7 @@ impl Supervised {
                 sys::TAG_STATUS => self.exit = Some(ExitStatus::from_raw(value)),
                 sys::TAG_ESCAPEE => self.escapees.extend(u32::try_from(value).ok()),
                 sys::TAG_FAILED => self.failed = Some(value),
+                sys::TAG_STUCK => self.stuck = Some(value),
                 sys::TAG_DONE => self.done = true,
                 _ => {}
             }
@@ -311,35 +336,50 @@ impl Supervised {
     }
 
     /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
-    /// which it takes as the test binary's death), waits for it, and reaps it.
-    fn finish(&mut self, abandon: bool) -> io::Result<Vec<u32>> {
+    /// which it takes as the test binary's death), waits for it until `deadline`, and reaps
+    /// it (in the background if it has not exited by then).
+    fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<u32>> {
         let mut result = Ok(());
         if let Some(control) = self.control.take() {
             if !abandon {
                 result = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN);
             }
         }
-        let deadline = Instant::now() + crate::KILL_WAIT_BOUND + Duration::from_secs(10);
         while !self.eof {
             self.pump()?;
             if self.eof {
                 break;
             }
             let Some(left) = time_left(Some(deadline)) else {
-                result = Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the supervisor did not finish",
-                ));
                 break;
             };
             sys::poll_readable(&[self.status.as_fd()], left)?;
         }
-        if let Some(mut supervisor) = self.supervisor.take() {
-            if self.eof {
-                supervisor.wait()?;
-            }
-        }
+        // A supervisor that gave up is no longer worth waiting for (the `Namespace` tier's
+        // outer process waits for the kernel to finish the namespace).
+        self.reap_supervisor(if self.stuck.is_some() {
+            Instant::now()
+        } else {
+            deadline
+        });
         result?;
+        if let Some(stuck) = self.stuck {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the supervisor gave up after {} ms: {stuck} process(es) did not die of \
+                     SIGKILL (uninterruptible sleep, or a nested PID namespace whose init \
+                     cannot finish?)",
+                    sys::TEARDOWN_BOUND_MS
+                ),
+            ));
+        }
+        if !self.eof {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the supervisor did not finish its teardown in time",
+            ));
+        }
         if !self.done {
             return Err(io::Error::other(
                 "the supervisor ended without finishing its teardown",
@@ -347,6 +387,116 @@ impl Supervised {
         }
         Ok(std::mem::take(&mut self.escapees))
     }
+
+    /// Reaps the supervisor if it exits by `deadline`; otherwise a thread waits for it (for
+    /// the `Namespace` tier the process std spawned waits for the namespace's init, whose
+    /// exit the kernel holds until every process in the namespace is gone).
+    fn reap_supervisor(&mut self, deadline: Instant) {
+        let Some(mut supervisor) = self.supervisor.take() else {
+            return;
+        };
+        // Our unreaped child: its pid cannot have been recycled. Opened only now, so that a
+        // live group holds no descriptor for it.
+        if let Ok(pidfd) = sys::pidfd_open(supervisor.id()) {
+            while let Some(left) = time_left(Some(deadline)) {
+                match sys::poll_readable(&[pidfd.as_fd()], left) {
+                    Ok(ready) if ready.first() == Some(&true) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        match supervisor.try_wait() {
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => {
+                let _ = std::thread::Builder::new()
+                    .name("pgroup-reap-supervisor".into())
+                    .spawn(move || supervisor.wait());
+            }
+        }
+    }
+}
+
+impl Drop for Supervised {
+    /// A value dropped without [`Supervised::finish`] (teardown gave up on a leader that
+    /// would not die): closing the control pipe makes the supervisor kill and reap
+    /// everything on its own; the supervisor itself is reaped in the background.
+    fn drop(&mut self) {
+        drop(self.control.take());
+        if self.supervisor.is_some() {
+            self.reap_supervisor(Instant::now());
+        }
+    }
+}
+
+/// std execs with `posix_spawnp` when it can, and otherwise (a `pre_exec` hook: the
+/// supervised tiers, a new session; a `PATH` set on the `Command`) with `execvp`, which runs
+/// a file the kernel cannot execute (`ENOEXEC`: no `#!` line, not ELF) with `/bin/sh` where
+/// `posix_spawnp` fails. To behave the same every way, this finds the file `execvp`
+/// would run, as it would (the `Command`'s `PATH` and directory), and fails with `ENOEXEC`
+/// when it is neither ELF nor a `#!` script, unless `binfmt_misc` has formats registered
+/// (which the kernel might then run). Any doubt lets the spawn go ahead.
+fn check_exec_format(cmd: &Command) -> io::Result<()> {
+    use std::ffi::OsStr;
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+
+    let program = cmd.get_program();
+    let in_dir = |path: PathBuf| -> PathBuf {
+        match cmd.get_current_dir() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        }
+    };
+    let executable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let file = if program.as_bytes().contains(&b'/') {
+        Some(in_dir(PathBuf::from(program)))
+    } else {
+        let from_cmd = cmd
+            .get_envs()
+            .find(|(key, _)| *key == OsStr::new("PATH"))
+            .map(|(_, value)| value.map(OsStr::to_owned));
+        let path = match from_cmd {
+            Some(value) => value,
+            None => std::env::var_os("PATH"),
+        }
+        .unwrap_or_else(|| "/bin:/usr/bin".into());
+        path.as_bytes()
+            .split(|b| *b == b':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { b"." } else { dir };
+                in_dir(Path::new(OsStr::from_bytes(dir)).join(program))
+            })
+            .find(|candidate| executable(candidate))
+    };
+    let Some(file) = file.filter(|f| executable(f)) else {
+        return Ok(()); // exec reports what is wrong
+    };
+    let mut head = Vec::with_capacity(4);
+    let Ok(opened) = std::fs::File::open(&file) else {
+        return Ok(());
+    };
+    if opened.take(4).read_to_end(&mut head).is_err() {
+        return Ok(());
+    }
+    if head.starts_with(b"#!") || head.starts_with(b"\x7fELF") || binfmt_misc_in_use() {
+        return Ok(());
+    }
+    Err(io::Error::from_raw_os_error(nix::libc::ENOEXEC))
+}
+
+/// Whether `binfmt_misc` is mounted with formats registered (entries besides `register` and
+/// `status`), in which case the kernel may run files that are neither ELF nor scripts.
+fn binfmt_misc_in_use() -> bool {
+    std::fs::read_dir("/proc/sys/fs/binfmt_misc").is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name() != "register" && e.file_name() != "status")
+    })
 }
 
 /// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;

@@ -8,6 +8,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -24,17 +26,46 @@ pub(crate) mod lifeline;
 mod supervise;
 
 pub(crate) use supervise::{
-    CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS,
+    CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS, TAG_STUCK,
+    TEARDOWN_BOUND_MS,
 };
 
 /// The pipes between the test binary and a supervisor. The test binary keeps `control`
 /// (write end) and `status` (read end, non-blocking); the other two ends are closed in the
-/// test binary as soon as the supervisor has been forked.
+/// test binary as soon as the supervisor has been forked. `armed` must be cleared with
+/// [`SupervisorPipes::disarm`] once `spawn` has returned.
 #[derive(Debug)]
 pub(crate) struct SupervisorPipes {
     pub control: OwnedFd,
     pub status: OwnedFd,
     pub child_ends: (OwnedFd, OwnedFd),
+    armed: Arc<AtomicBool>,
+}
+
+impl SupervisorPipes {
+    /// Turns this spawn's hook into a no-op for every later spawn of the same `Command`: a
+    /// `Command` keeps its `pre_exec` hooks, and this one names descriptors that are closed
+    /// once the spawn is over. A later supervised spawn adds a hook of its own.
+    pub(crate) fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+}
+
+/// `pipe2(O_CLOEXEC)` with both ends moved to descriptors 3 and above: std's child puts the
+/// command's stdio on 0, 1 and 2 with `dup2`, which would replace a pipe end that the
+/// kernel placed there because the test binary had closed one of them.
+fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let lift = |fd: OwnedFd| -> io::Result<OwnedFd> {
+        if fd.as_raw_fd() > 2 {
+            return Ok(fd);
+        }
+        let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) has just returned this new descriptor, which
+        // nothing else owns; the original is closed when `fd` drops.
+        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    Ok((lift(read)?, lift(write)?))
 }
 
 /// Makes the pipes and adds the supervisor hook to `cmd`: when std forks the command's
@@ -45,8 +76,8 @@ pub(crate) fn install_supervisor(
     namespace: bool,
     new_session: bool,
 ) -> io::Result<SupervisorPipes> {
-    let (control_read, control_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let (control_read, control_write) = pipe_above_stdio()?;
+    let (status_read, status_write) = pipe_above_stdio()?;
     nix::fcntl::fcntl(
         &status_read,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -59,39 +90,39 @@ pub(crate) fn install_supervisor(
         namespace,
         new_session,
     };
+    let armed = Arc::new(AtomicBool::new(true));
+    let hook_armed = Arc::clone(&armed);
     // SAFETY: the hook runs in the forked child between fork and exec. It is written for
     // that context: only async-signal-safe syscalls on stack data, no allocation, no locks
-    // (see the module documentation of `supervise`). The descriptors it names stay open in
-    // the parent until after `spawn` returns, so they are open in the child.
+    // (see the module documentation of `supervise`); the atomic load is lock-free. The
+    // descriptors it names stay open in the parent until after `spawn` returns, so they are
+    // open in the child; after that the hook is disarmed and does nothing.
     unsafe {
-        cmd.pre_exec(move || supervise::hook(plan));
+        cmd.pre_exec(move || {
+            if hook_armed.load(Ordering::SeqCst) {
+                supervise::hook(plan)
+            } else {
+                Ok(())
+            }
+        });
     }
     Ok(SupervisorPipes {
         control: control_write,
         status: status_read,
         child_ends: (control_read, status_write),
+        armed,
     })
 }
 
-/// Reads what is available from a non-blocking descriptor into `buf`. `Ok(None)` at end of
-/// file; `Ok(Some(0))` when nothing is there yet.
-pub(crate) fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+/// Reads what is available from a non-blocking descriptor into `buf`. Returns whether it
+/// reached end of file, also when data came before it in the same call.
+pub(crate) fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<bool> {
     let mut chunk = [0_u8; 512];
-    let mut total = 0;
     loop {
         match nix::unistd::read(fd, &mut chunk) {
-            Ok(0) => {
-                return if total == 0 {
-                    Ok(None)
-                } else {
-                    Ok(Some(total))
-                }
-            }
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                total += n;
-            }
-            Err(Errno::EAGAIN) => return Ok(Some(total)),
+            Ok(0) => return Ok(true),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(Errno::EAGAIN) => return Ok(false),
             Err(Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -230,5 +261,40 @@ pub(crate) fn set_new_session(cmd: &mut Command) {
             Ok(_) => Ok(()),
             Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Data followed by end of file in one call (the supervisor's last messages, then its
+    /// exit) is reported as end of file: before, the caller learned of it one call later,
+    /// and `try_wait` answered "running" once in between.
+    #[test]
+    fn read_available_reports_end_of_file_after_data() {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        nix::fcntl::fcntl(
+            &read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .expect("non-blocking");
+        let mut buf = Vec::new();
+        assert!(
+            !read_available(read.as_fd(), &mut buf).expect("read"),
+            "nothing yet"
+        );
+        nix::unistd::write(&write, b"S\x03\x00\x00\x00").expect("write");
+        assert!(
+            !read_available(read.as_fd(), &mut buf).expect("read"),
+            "writer open"
+        );
+        nix::unistd::write(&write, b"D\x00\x00\x00\x00").expect("write");
+        drop(write);
+        assert!(
+            read_available(read.as_fd(), &mut buf).expect("read"),
+            "end of file"
+        );
+        assert_eq!(buf.len(), 10);
     }
 }

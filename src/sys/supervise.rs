@@ -10,24 +10,41 @@
 //! hook and std execs the user's program in it: it becomes the group's leader. The child
 //! never returns from the hook: it becomes the supervisor. Because it was forked from a
 //! multi-threaded process, everything in this file that runs in a forked process is
-//! async-signal-safe: raw syscalls on stack buffers, no allocation, no locks, no panics,
-//! and `_exit` at the end.
+//! async-signal-safe: raw syscalls on stack buffers (and one anonymous `mmap`), no
+//! allocation, no locks, no panics, and `_exit` at the end.
+//!
+//! # What it does not trust
+//!
+//! The supervisor inherits the test binary's signal state, which may be anything: SIGCHLD
+//! set to `SIG_IGN` (the kernel would then reap the leader at once), SIGALRM ignored,
+//! handlers that make no sense outside the test binary, a blocked mask. Before its first
+//! fork it sets SIGCHLD to `SIG_DFL` (the leader gets the inherited action back before
+//! exec, as the plain tier's leader would have it); once it supervises, it resets every
+//! handler to the default, ignores the job-control and termination signals, and blocks only
+//! SIGCHLD, which it reads through a `signalfd`. It uses no signal as a timer: every wait
+//! is a `poll` with a timeout computed from a `CLOCK_MONOTONIC` deadline, which works the
+//! same in PID 1 of a namespace (where signals without a handler are dropped) and whatever
+//! the test binary ignores.
 //!
 //! # The protocol
 //!
 //! Two pipes connect the test binary and the supervisor. Through the *control* pipe the test
-//! binary sends [`CMD_TEARDOWN`] once it has sent the group its final SIGKILL; its end of the
-//! pipe is close-on-exec and is closed by no one else, so when the test binary dies for any
-//! reason the supervisor reads end of file and tears everything down on its own. Through
-//! the *status* pipe the supervisor sends 5-byte messages (a tag and an `i32`, little
-//! endian): [`TAG_PID`], the leader's pid as the supervisor sees it; [`TAG_STATUS`], the
-//! leader's raw wait status when it exits; [`TAG_ESCAPEE`], each process that had left the
-//! group and was killed at teardown; [`TAG_FAILED`], an errno when set-up failed; and
+//! binary sends [`CMD_TEARDOWN`] once it has sent the group its final SIGKILL. The
+//! supervisor also holds a pidfd on the test binary itself, so that it tears everything down
+//! on its own when the test binary dies for any reason: either the control pipe reads end of
+//! file or the pidfd reports the exit (a fork of the test binary that never execs keeps a
+//! copy of the pipe's write end, but not the test binary alive). Through the *status* pipe
+//! the supervisor sends 5-byte messages (a tag and an `i32`, little endian): [`TAG_PID`],
+//! the leader's pid as the supervisor sees it; [`TAG_STATUS`], the leader's raw wait status
+//! when it exits; [`TAG_ESCAPEE`], each process that had left the group and was killed at
+//! teardown (once per process); [`TAG_FAILED`], an errno when set-up failed;
+//! [`TAG_STUCK`], the number of processes that did not die within the teardown bound; and
 //! [`TAG_DONE`].
 //!
 //! The supervisor is the leader's parent and never reaps it before [`CMD_TEARDOWN`], so the
 //! leader's zombie keeps the group id pinned for the test binary's signals, exactly as in
-//! the plain tier.
+//! the plain tier. Every other child (orphans re-parented to it, as a child subreaper or as
+//! a namespace's init) is reaped as soon as it exits, by pid.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -46,6 +63,8 @@ pub(crate) const TAG_STATUS: u8 = b'S';
 pub(crate) const TAG_ESCAPEE: u8 = b'E';
 /// Status message: set-up failed with this errno.
 pub(crate) const TAG_FAILED: u8 = b'F';
+/// Status message: teardown gave up at its bound; this many children were still alive.
+pub(crate) const TAG_STUCK: u8 = b'T';
 /// Status message: teardown is complete; the supervisor exits.
 pub(crate) const TAG_DONE: u8 = b'D';
 /// Control byte: the test binary has sent its final SIGKILL; kill the rest, reap, exit.
@@ -55,8 +74,14 @@ pub(crate) const CMD_TEARDOWN: u8 = b'K';
 /// never contain `/`, so a leader that still has this name when it exits never exec'd.
 const EXEC_MARKER: &[u8] = b"pgroup/preexec";
 
-/// How long the supervisor's own teardown may take before `alarm` ends it.
-const TEARDOWN_BOUND_SECS: u32 = 10;
+/// How long the supervisor's own teardown may take, in milliseconds: a little less than
+/// [`crate::KILL_WAIT_BOUND`], within which the test binary waits for it, so that the test
+/// binary hears why teardown is incomplete before it stops waiting.
+pub(crate) const TEARDOWN_BOUND_MS: i64 = 4_500;
+const _: () = assert!((TEARDOWN_BOUND_MS as u128) < crate::KILL_WAIT_BOUND.as_millis());
+
+/// Pids below this are tracked in the teardown's bitmap (the kernel's `PID_MAX_LIMIT`).
+const PID_BITS: usize = 1 << 22;
 
 /// The descriptors and choices the hook needs; all plain data, copied into the closure.
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +107,14 @@ fn os_error() -> io::Error {
     io::Error::from_raw_os_error(errno())
 }
 
+/// A `sigaction` with the given handler, no flags and an empty mask.
+fn action(handler: libc::sighandler_t) -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is a valid value (no handler, no flags, empty mask).
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = handler;
+    act
+}
+
 /// The `pre_exec` hook. Runs in the child std forked; returns `Ok(())` only in the leader,
 /// which std then execs. An `Err` before the second fork makes std's `spawn` fail with it.
 pub(crate) fn hook(plan: Plan) -> io::Result<()> {
@@ -90,6 +123,14 @@ pub(crate) fn hook(plan: Plan) -> io::Result<()> {
     unsafe {
         libc::close(plan.control_write);
         libc::close(plan.status_read);
+        // Before any fork: with SIGCHLD ignored (or SA_NOCLDWAIT) the kernel would reap the
+        // leader the moment it exits, and its id would no longer be pinned.
+        let mut inherited_chld = action(libc::SIG_DFL);
+        let dfl = action(libc::SIG_DFL);
+        if libc::sigaction(libc::SIGCHLD, &dfl, &mut inherited_chld) != 0 {
+            return Err(os_error());
+        }
+        let test_binary = watch_parent()?;
         // Own group, so that a SIGKILL to the test binary's group (nextest, a CI runner)
         // does not also take the supervisor, whose job is to outlive exactly that.
         if libc::setpgid(0, 0) != 0 {
@@ -106,22 +147,22 @@ pub(crate) fn hook(plan: Plan) -> io::Result<()> {
         }
         if pid == 0 {
             if !plan.namespace {
-                return leader(plan);
+                return leader(plan, &inherited_chld, test_binary);
             }
             // PID 1 of the new namespace: a /proc of its own, then the leader as PID 2.
             if mount_proc().is_err() {
-                send(plan.status_write, TAG_FAILED, errno());
+                send(plan.status_write, TAG_FAILED, errno(), None);
                 libc::_exit(1);
             }
             let leader_pid = libc::fork();
             if leader_pid == 0 {
-                return leader(plan);
+                return leader(plan, &inherited_chld, test_binary);
             }
             if leader_pid < 0 {
-                send(plan.status_write, TAG_FAILED, errno());
+                send(plan.status_write, TAG_FAILED, errno(), None);
                 libc::_exit(1);
             }
-            supervise(plan, leader_pid);
+            supervise(plan, leader_pid, test_binary);
         }
         if plan.namespace {
             // Outside the namespace: only wait for its init, holding nothing open.
@@ -130,13 +171,38 @@ pub(crate) fn hook(plan: Plan) -> io::Result<()> {
             while libc::waitpid(pid, &mut status, 0) < 0 && errno() == libc::EINTR {}
             libc::_exit(0);
         }
-        supervise(plan, pid);
+        supervise(plan, pid, test_binary);
     }
 }
 
-/// In the leader, before std execs it: its own group (or session), and the marker name.
-fn leader(plan: Plan) -> io::Result<()> {
-    // SAFETY: async-signal-safe syscalls; the name is a static, NUL-padded buffer.
+/// A pidfd on this process's parent, the test binary. `getppid` is read again after
+/// `pidfd_open`: if it changed, the parent died in between and the descriptor may name
+/// whoever inherited us, so set-up fails (nobody is left to report to anyway).
+fn watch_parent() -> io::Result<RawFd> {
+    // SAFETY: getppid and pidfd_open take and return plain integers.
+    unsafe {
+        let parent = libc::getppid();
+        let flags: libc::c_uint = 0;
+        let fd = libc::syscall(libc::SYS_pidfd_open, parent, flags);
+        let Ok(fd) = c_int::try_from(fd) else {
+            return Err(os_error());
+        };
+        if fd < 0 {
+            return Err(os_error());
+        }
+        if libc::getppid() != parent {
+            libc::close(fd);
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(fd)
+    }
+}
+
+/// In the leader, before std execs it: its own group (or session), the marker name, the
+/// inherited SIGCHLD action back, and none of the supervisor's descriptors.
+fn leader(plan: Plan, inherited_chld: &libc::sigaction, test_binary: RawFd) -> io::Result<()> {
+    // SAFETY: async-signal-safe syscalls; the name is a static, NUL-padded buffer, and
+    // `inherited_chld` is the action sigaction(2) returned in this process.
     unsafe {
         let ok = if plan.new_session {
             libc::setsid() >= 0
@@ -149,8 +215,10 @@ fn leader(plan: Plan) -> io::Result<()> {
         let mut name = [0_u8; 16];
         name[..EXEC_MARKER.len()].copy_from_slice(EXEC_MARKER);
         libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0);
+        libc::sigaction(libc::SIGCHLD, inherited_chld, ptr::null_mut());
         libc::close(plan.control_read);
         libc::close(plan.status_write);
+        libc::close(test_binary);
     }
     Ok(())
 }
@@ -258,9 +326,10 @@ fn write_decimal(buf: &mut [u8], mut value: u64) -> usize {
     n
 }
 
-/// Closes every descriptor except those in `keep`.
+/// Closes every descriptor except those in `keep` (at most four).
 fn close_all_but(keep: &[RawFd]) {
-    let mut sorted = [-1_i32; 2];
+    let mut sorted = [-1_i32; 4];
+    let keep = &keep[..keep.len().min(sorted.len())];
     for (slot, fd) in sorted.iter_mut().zip(keep) {
         *slot = *fd;
     }
@@ -293,27 +362,77 @@ fn close_range(first: u32, last: u32) {
     }
 }
 
-/// Sends one status message; errors (the test binary is gone) are ignored.
-fn send(fd: RawFd, tag: u8, value: i32) {
-    let v = value.to_le_bytes();
-    let msg: [u8; MSG_LEN] = [tag, v[0], v[1], v[2], v[3]];
-    loop {
-        // SAFETY: writes a stack buffer to a descriptor we own; 5 bytes are below PIPE_BUF,
-        // so the write is atomic.
-        let n = unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
-        if n >= 0 || errno() != libc::EINTR {
-            return;
+/// Milliseconds on `CLOCK_MONOTONIC`, which no signal disposition or clock change affects.
+#[allow(clippy::useless_conversion)] // `time_t` and `c_long` are `i64` only on some targets
+fn now_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes to a timespec on our stack; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    i64::from(ts.tv_sec)
+        .saturating_mul(1000)
+        .saturating_add(i64::from(ts.tv_nsec) / 1_000_000)
+}
+
+/// A `poll` timeout for the time left until `deadline` (`None`: no bound), at least 0.
+fn timeout_until(deadline: Option<i64>) -> c_int {
+    match deadline {
+        None => -1,
+        Some(deadline) => {
+            c_int::try_from(deadline.saturating_sub(now_ms()).clamp(0, 60_000)).unwrap_or(0)
         }
     }
 }
 
-/// The supervisor's life: report the leader's pid, report its exit, and on the teardown
-/// command or the test binary's death, kill and reap everything. Never returns.
-fn supervise(plan: Plan, leader: pid_t) -> ! {
-    // SAFETY (whole function): async-signal-safe syscalls on stack data. `leader` and every
-    // pid we signal are our own unreaped children at the moment we signal them, so their
-    // numbers (and the group ids equal to them) cannot have been recycled.
+/// Sends one status message; errors (the test binary is gone) are ignored. The descriptor is
+/// non-blocking: when the pipe is full, this waits for room until `deadline` at most.
+fn send(fd: RawFd, tag: u8, value: i32, deadline: Option<i64>) {
+    let v = value.to_le_bytes();
+    let msg: [u8; MSG_LEN] = [tag, v[0], v[1], v[2], v[3]];
+    loop {
+        // SAFETY: writes a stack buffer to a descriptor we own; 5 bytes are below PIPE_BUF,
+        // so the write is atomic: all or nothing.
+        let n = unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+        if n >= 0 {
+            return;
+        }
+        match errno() {
+            libc::EINTR => {}
+            libc::EAGAIN => {
+                let timeout = timeout_until(deadline);
+                if timeout == 0 {
+                    return;
+                }
+                let mut pfd = [libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                }];
+                // SAFETY: poll(2) on a one-element array on our stack.
+                unsafe { libc::poll(pfd.as_mut_ptr(), 1, timeout) };
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Resets what the supervisor inherited from the test binary: every handler back to the
+/// default, the signals that must not end it ignored, and only SIGCHLD blocked (it is read
+/// through a signalfd). Returns the signalfd, or -1 if none could be made.
+fn take_over_signals() -> RawFd {
+    // SAFETY: sigaction, sigprocmask and signalfd are async-signal-safe; every structure is
+    // on our stack. Resetting handlers is sound: no code of the test binary runs here.
     unsafe {
+        let dfl = action(libc::SIG_DFL);
+        let ign = action(libc::SIG_IGN);
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // Fails harmlessly for the signals libc reserves for itself.
+                libc::sigaction(sig, &dfl, ptr::null_mut());
+            }
+        }
         for sig in [
             libc::SIGINT,
             libc::SIGTERM,
@@ -323,17 +442,74 @@ fn supervise(plan: Plan, leader: pid_t) -> ! {
             libc::SIGTSTP,
             libc::SIGTTIN,
             libc::SIGTTOU,
+            libc::SIGALRM,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
         ] {
-            libc::signal(sig, libc::SIG_IGN);
+            libc::sigaction(sig, &ign, ptr::null_mut());
         }
-        close_all_but(&[plan.control_read, plan.status_write]);
-        send(plan.status_write, TAG_PID, leader);
-        let flags: libc::c_uint = 0;
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, leader, flags);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+    }
+}
+
+/// Reads every pending SIGCHLD out of the signalfd.
+fn drain(sfd: RawFd) {
+    if sfd < 0 {
+        return;
+    }
+    let mut buf = [0_u8; 1024];
+    // SAFETY: reads into a stack buffer from our own non-blocking signalfd.
+    while unsafe { libc::read(sfd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// Waits until a child changes state (SIGCHLD) or `deadline` passes.
+fn wait_for_children(sfd: RawFd, deadline: i64) {
+    let timeout = timeout_until(Some(deadline));
+    let mut pfd = [libc::pollfd {
+        fd: sfd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // Without a signalfd, look again every 10 ms.
+    let (count, timeout) = if sfd < 0 {
+        (0, timeout.min(10))
+    } else {
+        (1, timeout)
+    };
+    // SAFETY: poll(2) on an array on our stack (or on no descriptor at all).
+    unsafe { libc::poll(pfd.as_mut_ptr(), count, timeout) };
+    drain(sfd);
+}
+
+/// The supervisor's life: report the leader's pid, reap orphans as they exit, report the
+/// leader's exit, and on the teardown command or the test binary's death, kill and reap
+/// everything. Never returns.
+fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
+    // SAFETY (whole function): async-signal-safe syscalls on stack data. `leader` and every
+    // pid we signal are our own unreaped children at the moment we signal them, so their
+    // numbers (and the group ids equal to them) cannot have been recycled.
+    unsafe {
+        close_all_but(&[plan.control_read, plan.status_write, test_binary]);
+        let sfd = take_over_signals();
+        let flags = libc::fcntl(plan.status_write, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(plan.status_write, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        send(plan.status_write, TAG_PID, leader, None);
+        let no_flags: libc::c_uint = 0;
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, leader, no_flags);
         let Ok(pidfd) = c_int::try_from(pidfd) else {
-            send(plan.status_write, TAG_FAILED, errno());
-            teardown(plan, leader, true);
+            send(plan.status_write, TAG_FAILED, errno(), None);
+            teardown(plan, leader, sfd, true);
         };
+        if pidfd < 0 {
+            send(plan.status_write, TAG_FAILED, errno(), None);
+            teardown(plan, leader, sfd, true);
+        }
         let mut leader_exited = false;
         loop {
             let mut fds = [
@@ -347,15 +523,30 @@ fn supervise(plan: Plan, leader: pid_t) -> ! {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: test_binary,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+            if libc::poll(fds.as_mut_ptr(), 4, -1) < 0 {
                 if errno() == libc::EINTR {
                     continue;
                 }
-                teardown(plan, leader, true);
+                teardown(plan, leader, sfd, true);
+            }
+            let mut reap = fds[3].revents != 0;
+            if reap {
+                drain(sfd);
             }
             if !leader_exited && fds[1].revents != 0 {
                 leader_exited = true;
+                reap = true;
                 let status = peek_status(leader);
                 if never_execd(leader) {
                     // std reports the exec error to the test binary and waits for us.
@@ -363,7 +554,10 @@ fn supervise(plan: Plan, leader: pid_t) -> ! {
                     libc::waitpid(leader, &mut raw, 0);
                     libc::_exit(0);
                 }
-                send(plan.status_write, TAG_STATUS, status);
+                send(plan.status_write, TAG_STATUS, status, None);
+            }
+            if reap {
+                reap_orphans(leader, leader_exited);
             }
             if fds[0].revents != 0 {
                 let mut byte = [0_u8; 1];
@@ -372,9 +566,51 @@ fn supervise(plan: Plan, leader: pid_t) -> ! {
                     continue;
                 }
                 let parent_died = !(n == 1 && byte[0] == CMD_TEARDOWN);
-                teardown(plan, leader, parent_died);
+                teardown(plan, leader, sfd, parent_died);
+            }
+            if fds[2].revents != 0 {
+                // The test binary exited, although some fork of it still holds the pipe.
+                teardown(plan, leader, sfd, true);
             }
         }
+    }
+}
+
+/// Reaps every child that has exited, except the leader, whose zombie pins the group id.
+fn reap_orphans(leader: pid_t, leader_exited: bool) {
+    // SAFETY (whole function): waitid/waitpid with stack out-parameters; only pids that are
+    // our children and not the leader are reaped.
+    unsafe {
+        if !leader_exited {
+            loop {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                // `__WALL` here and below: also children whose exit signal is not SIGCHLD.
+                let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG | libc::__WALL;
+                if libc::waitid(libc::P_ALL, 0, &mut info, flags) != 0 {
+                    if errno() == libc::EINTR {
+                        continue;
+                    }
+                    return;
+                }
+                let pid = info.si_pid();
+                if pid <= 0 || pid == leader {
+                    // Nothing (else) has exited; or the leader, which its pidfd reports.
+                    return;
+                }
+                let mut status: c_int = 0;
+                if libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) <= 0 {
+                    return; // cannot happen for an exited child; never spin on it
+                }
+            }
+        }
+        // Once the leader is a zombie, every `waitid(P_ALL)` finds it first: go by the list
+        // of children instead.
+        for_each_child(|child| {
+            if child > 1 && child != leader {
+                let mut status: c_int = 0;
+                libc::waitpid(child, &mut status, libc::WNOHANG | libc::__WALL);
+            }
+        });
     }
 }
 
@@ -434,39 +670,111 @@ fn read_proc_file<'b>(pid: pid_t, file: &[u8], buf: &'b mut [u8]) -> Option<&'b 
     buf.get(..n)
 }
 
+/// One bit per pid, in anonymous memory mapped at teardown (no allocator involved): the
+/// children already killed, so that each is signalled and reported once. Without the
+/// mapping every child is killed again on every pass (still correct, only slower).
+struct PidSet {
+    bits: *mut u8,
+}
+
+impl PidSet {
+    fn new() -> PidSet {
+        // SAFETY: an anonymous private mapping; the result is checked against MAP_FAILED.
+        let bits = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                PID_BITS / 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        PidSet {
+            bits: if bits == libc::MAP_FAILED {
+                ptr::null_mut()
+            } else {
+                bits.cast()
+            },
+        }
+    }
+
+    /// The byte and bit of `pid`, if it is tracked.
+    fn slot(&self, pid: pid_t) -> Option<(usize, u8)> {
+        let pid = usize::try_from(pid).ok().filter(|p| *p < PID_BITS)?;
+        (!self.bits.is_null()).then_some((pid / 8, 1 << (pid % 8)))
+    }
+
+    /// Marks `pid`; returns whether it was marked already.
+    fn insert(&mut self, pid: pid_t) -> bool {
+        let Some((byte, bit)) = self.slot(pid) else {
+            return false;
+        };
+        // SAFETY: `byte < PID_BITS / 8`, inside the mapping, which only this process uses.
+        unsafe {
+            let p = self.bits.add(byte);
+            let was = *p & bit != 0;
+            *p |= bit;
+            was
+        }
+    }
+
+    fn remove(&mut self, pid: pid_t) {
+        if let Some((byte, bit)) = self.slot(pid) {
+            // SAFETY: as in `insert`.
+            unsafe { *self.bits.add(byte) &= !bit };
+        }
+    }
+}
+
 /// Kills what is left and reaps everything, then exits. With `parent_died` the test binary
-/// could not send the final SIGKILL to the group, so the supervisor does.
-fn teardown(plan: Plan, leader: pid_t, parent_died: bool) -> ! {
+/// could not send the final SIGKILL to the group, so the supervisor does. Bounded by
+/// [`TEARDOWN_BOUND_MS`] on the monotonic clock: a child that cannot die (uninterruptible
+/// sleep, a nested PID namespace whose init cannot finish) is reported with [`TAG_STUCK`],
+/// and the supervisor exits without it.
+fn teardown(plan: Plan, leader: pid_t, sfd: RawFd, parent_died: bool) -> ! {
     // SAFETY (whole function): async-signal-safe syscalls; every pid signalled is one of our
-    // own unreaped children when it is signalled, so neither it nor the group id equal to it
-    // can have been recycled. `alarm` bounds the whole teardown.
+    // own unreaped children when it is signalled (it was listed as our child after the last
+    // reap, and only we reap our children: SIGCHLD is not ignored), so neither it nor the
+    // group id equal to it can have been recycled.
     unsafe {
-        libc::alarm(TEARDOWN_BOUND_SECS);
+        let deadline = now_ms().saturating_add(TEARDOWN_BOUND_MS);
         if parent_died && leader > 1 {
             libc::kill(-leader, libc::SIGKILL);
         }
-        let mut children: [pid_t; 512] = [0; 512];
-        // Escapees already reported: a killed process stays in the list until it is reaped.
-        let mut reported: [pid_t; 1024] = [0; 1024];
-        let mut reported_len = 0;
+        let mut killed = PidSet::new();
         loop {
-            let n = read_children(&mut children);
-            if n == 0 {
+            // Reap everything that has exited (the leader included: the test binary no
+            // longer signals the group).
+            loop {
+                let mut status: c_int = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL);
+                if pid > 0 {
+                    killed.remove(pid);
+                    continue;
+                }
+                if pid < 0 && errno() == libc::EINTR {
+                    continue;
+                }
+                if pid < 0 && errno() == libc::ECHILD {
+                    send(plan.status_write, TAG_DONE, 0, Some(deadline));
+                    libc::_exit(0);
+                }
                 break;
             }
-            for &child in &children[..n] {
+            let mut alive = 0_i32;
+            for_each_child(|child| {
                 if child <= 1 {
-                    continue; // never: our children have pids above 1; but never kill(-1)
+                    return; // never: our children have pids above 1; but never kill(-1)
+                }
+                alive = alive.saturating_add(1);
+                if killed.insert(child) {
+                    return; // SIGKILL is on its way
                 }
                 if child != leader {
                     let group = libc::getpgid(child);
-                    let known = reported[..reported_len].contains(&child);
-                    if group != leader && !known && !is_zombie(child) {
-                        send(plan.status_write, TAG_ESCAPEE, child);
-                        if reported_len < reported.len() {
-                            reported[reported_len] = child;
-                            reported_len += 1;
-                        }
+                    if group > 0 && group != leader && !is_zombie(child) {
+                        send(plan.status_write, TAG_ESCAPEE, child, Some(deadline));
                     }
                     if group == child {
                         // It leads a group of its own (setsid, setpgid): take the group.
@@ -474,15 +782,13 @@ fn teardown(plan: Plan, leader: pid_t, parent_died: bool) -> ! {
                     }
                 }
                 libc::kill(child, libc::SIGKILL);
+            });
+            if now_ms() >= deadline {
+                send(plan.status_write, TAG_STUCK, alive, None);
+                libc::_exit(1);
             }
-            // Reap one; SIGKILLed children die promptly, and the loop reads the list again.
-            let mut status: c_int = 0;
-            if libc::waitpid(-1, &mut status, 0) < 0 && errno() == libc::ECHILD {
-                break;
-            }
+            wait_for_children(sfd, deadline);
         }
-        send(plan.status_write, TAG_DONE, 0);
-        libc::_exit(0);
     }
 }
 
@@ -498,47 +804,44 @@ fn is_zombie(pid: pid_t) -> bool {
     }
 }
 
-/// This process's children, from `/proc/thread-self/children` (the supervisor has one
-/// thread). Returns how many were stored.
-fn read_children(out: &mut [pid_t]) -> usize {
+/// Calls `f` with each child of this process, from `/proc/thread-self/children` (the
+/// supervisor has one thread), read in pieces so that any number of children fits.
+fn for_each_child(mut f: impl FnMut(pid_t)) {
     let path = b"/proc/thread-self/children\0";
-    let mut buf = [0_u8; 4096];
     // SAFETY: NUL-terminated static path; the descriptor is closed before returning.
-    let n = unsafe {
-        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return 0;
-        }
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    let Ok(n) = usize::try_from(n) else {
-        return 0;
-    };
-    let mut count = 0;
+    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    let mut buf = [0_u8; 4096];
     let mut current: Option<pid_t> = None;
-    for &b in &buf[..n] {
-        if b.is_ascii_digit() {
-            let digit = pid_t::from(b - b'0');
-            current = Some(
-                current
-                    .unwrap_or(0)
-                    .saturating_mul(10)
-                    .saturating_add(digit),
-            );
-        } else if let Some(pid) = current.take() {
-            if count < out.len() {
-                out[count] = pid;
-                count += 1;
+    loop {
+        // SAFETY: reads into a stack buffer of its length from our own descriptor.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        let Ok(n) = usize::try_from(n) else { break };
+        if n == 0 {
+            break;
+        }
+        for &b in &buf[..n] {
+            if b.is_ascii_digit() {
+                let digit = pid_t::from(b - b'0');
+                current = Some(
+                    current
+                        .unwrap_or(0)
+                        .saturating_mul(10)
+                        .saturating_add(digit),
+                );
+            } else if let Some(pid) = current.take() {
+                f(pid);
             }
         }
     }
     if let Some(pid) = current {
-        if count < out.len() {
-            out[count] = pid;
-            count += 1;
-        }
+        f(pid);
     }
-    count
+    // SAFETY: our own descriptor, closed once.
+    unsafe { libc::close(fd) };
 }
