@@ -250,15 +250,20 @@ fn churn(tier: Containment, marker: &str) -> ! {
     for _ in 0..2 {
         let marker = marker.to_owned();
         thread::spawn(move || loop {
-            let group = Builder::new()
+            let spawned = Builder::new()
                 .containment(tier)
                 .grace_period(Duration::ZERO)
                 .spawn(&mut support::marked(
                     &marker,
                     "sh",
                     &["-c", "sleep 1000 & wait"],
-                ))
-                .expect("spawn");
+                ));
+            // Once the signal has come, the lifeline refuses new spawns: this thread then
+            // waits for the process to die.
+            let Ok(group) = spawned else {
+                thread::sleep(Duration::from_secs(600));
+                return;
+            };
             group.shutdown().expect("shutdown");
             ROUNDS.fetch_add(1, Ordering::SeqCst);
         });
