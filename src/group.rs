@@ -32,7 +32,9 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(2);
 
 /// How long teardown waits for the leader to die after SIGKILL before it gives up. Only a
 /// process stuck in uninterruptible sleep (D state) takes this long; it is then left
-/// unreaped, so its group id stays reserved and is never signalled again.
+/// unreaped, so its group id stays reserved and is never signalled again. In the supervised
+/// tiers the same bound covers the supervisor's teardown of the rest of the group; a process
+/// that SIGKILL cannot end makes teardown return a `TimedOut` error within it.
 ///
 /// # Examples
 ///
@@ -164,6 +166,8 @@ impl Builder {
     ///   the kind of the OS error and names the program. Nothing is left running.
     /// - The kernel lacks `pidfd_open` (Linux before 5.3), so the group cannot be pinned: the
     ///   leader that was just started is killed and reaped before the error is returned.
+    /// - The program is a file the kernel cannot execute (no `#!` line, not ELF): `ENOEXEC`,
+    ///   naming it, in every tier.
     /// - [`PGROUP_LIFELINE`](crate::lifeline::ENV_VAR) has a value that is not on or off
     ///   (kind [`InvalidInput`](io::ErrorKind::InvalidInput), naming the value), or the test
     ///   binary is already dying of a signal or `exit` and the [`lifeline`](crate::lifeline)

@@ -54,8 +54,8 @@
 //!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
 //!   `group_teardown_failed`.
 //! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
-//!   `Supervised` adds a supervisor process (the leader's parent, a child subreaper, tied to
-//!   the test binary's life by a pipe) that catches what leaves the group and what outlives
+//!   `Supervised` adds a supervisor process (the leader's parent, a child subreaper that
+//!   reaps orphans, tied to the test binary's life by a pidfd and a pipe) that catches what leaves the group and what outlives
 //!   the test binary; `Namespace` makes that supervisor init of a PID namespace.
 //! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
 //!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
