@@ -1,7 +1,9 @@
 //! The benchmarks of issue 6, each with its comparison in the same group, measured under
 //! the issue's conditions: at least 300 unrelated idle processes alive, and an ancestor
-//! chain at least 5 nested shells deep (see `support`). `cargo bench` runs them;
-//! `cargo run --release --example report` prints the same figures as a markdown table.
+//! chain at least 5 nested shells deep (see `support`). `cargo bench -p pgroup-benches`
+//! runs them; `cargo run --release -p pgroup-benches --example report` prints the same
+//! figures as a markdown table. (They are the package `pgroup-benches`, benches/Cargo.toml,
+//! so that the library's own tests and examples never build criterion or process-wrap.)
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -18,10 +18,11 @@
 /// | `Namespace` | also every process in the new PID namespace, which nothing can leave | root, or unprivileged user namespaces | 5.0–5.2x, growing likewise |
 ///
 /// The default is `Group`, by the rule "the strongest tier whose spawn plus teardown costs
-/// at most 2x the `Group` tier", measured with `cargo run --release --example report` on a
-/// 2-core machine from a 2 MiB process. The supervised tiers fork the test binary (std
-/// cannot use `posix_spawn` with a `pre_exec` hook), so their cost grows with its resident
-/// memory: `Supervised` took about 2 ms at 16 MB and 50 ms at 256 MB.
+/// at most 2x the `Group` tier", measured with
+/// `cargo run --release -p pgroup-benches --example report` on a 2-core machine from a
+/// 2 MiB process. The supervised tiers fork the test binary (std cannot use `posix_spawn`
+/// with a `pre_exec` hook), so their cost grows with its resident memory: `Supervised` took
+/// about 2 ms at 16 MB and 50 ms at 256 MB.
 ///
 /// Every row is backed by a test in `tests/containment.rs`.
 ///

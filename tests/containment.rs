@@ -86,6 +86,34 @@ fn a_setsid_escaper(
     check_after_teardown(&marker, tier, 1);
 }
 
+/// The daemon's pid once `double_fork_daemon.sh` has settled: two live marked processes,
+/// both running `sleep` (the leader, after its `exec`, and the daemon), neither leading a
+/// session (the intermediate, which called `setsid`, is gone).
+fn daemon_settled(states: &[(i32, String, bool)]) -> Option<i32> {
+    let [a, b] = states else {
+        return None;
+    };
+    if [a, b]
+        .iter()
+        .any(|(_, comm, leads)| comm != "sleep" || *leads)
+    {
+        return None;
+    }
+    let session = |pid: i32| {
+        procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .ok()
+            .map(|s| s.session)
+    };
+    // The leader stays in the test's session; the daemon is in the intermediate's.
+    let test_session = nix::unistd::getsid(None).ok().map(|s| s.as_raw());
+    match (session(a.0) == test_session, session(b.0) == test_session) {
+        (true, false) => Some(b.0),
+        (false, true) => Some(a.0),
+        _ => None,
+    }
+}
+
 #[rstest]
 fn a_double_fork_daemon(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
@@ -95,10 +123,14 @@ fn a_double_fork_daemon(
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "double_fork_daemon.sh", &[]);
     // The daemon is orphaned inside its own session (not a session leader: it was forked by
-    // the one that called setsid, which has exited).
+    // the one that called setsid, which has exited). Wait for exactly that state: the leader
+    // has exec'd `sleep`, which it does only after `wait` reaped the intermediate, and the
+    // daemon has exec'd `sleep` too. (Counting two live processes is not enough: the leader
+    // and the intermediate, before it forked the daemon, are two as well.)
     support::wait_until("the daemon runs and the leader sleeps", || {
-        support::marked_alive(&marker).len() == 2
+        daemon_settled(&support::marked_states(&marker)).is_some()
     });
+    let daemon = daemon_settled(&support::marked_states(&marker)).expect("settled, and stays");
     let before: Vec<String> = support::marked_alive(&marker)
         .iter()
         .map(|pid| {
@@ -116,10 +148,9 @@ fn a_double_fork_daemon(
         assert_eq!(report.escapees.len(), 1, "{report:?} {before:?}");
         support::assert_no_leaks(&marker);
     } else {
-        thread::sleep(Duration::from_millis(100));
         assert_eq!(
-            support::marked_alive(&marker).len(),
-            1,
+            support::marked_alive(&marker),
+            vec![daemon],
             "Group tier: the daemon outlives teardown"
         );
         support::kill_marked(&marker);
@@ -135,9 +166,17 @@ fn a_bounded_fork_bomb(
     let marker = support::marker("bomb");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "fork_bomb.sh", &["5"]);
-    // 63 shells and 32 setsid sleeps.
+    // 63 shells and 32 setsid sleeps, every sleep in a session of its own: no process of
+    // the bomb exits, so 95 is the final count, but a leaf's `setsid` may be counted before
+    // it has called setsid(2); until then teardown's killpg still reaches it.
     support::wait_until("the bomb is fully up", || {
-        support::marked_alive(&marker).len() == 95
+        let states = support::marked_states(&marker);
+        states.len() == 95
+            && states
+                .iter()
+                .filter(|(_, comm, leads)| comm == "sleep" && *leads)
+                .count()
+                == 32
     });
     let report = group.shutdown().expect("shutdown");
     if catches_escapees(tier) {
@@ -234,10 +273,14 @@ fn hold_role(_logs: support::Logs<'_>) -> i32 {
     let forgotten = spawn("tree.sh");
     HELD.get_or_init(|| Mutex::new(vec![in_static, from_thread]));
     std::mem::forget(forgotten);
-    // setsid sleep + its leader, daemon + its leader, tree (10): 14 processes.
-    support::wait_until("everything runs", || {
-        support::marked_alive(&marker).len() >= 15
-    });
+    // The fixtures once settled: the escaper (its leader `sh`, which forks its last
+    // `sleep`, and the `sleep` in a session of its own), the daemon (its leader, exec'd into
+    // `sleep`, and the daemon `sleep`) and the tree (4 `sh`, 6 `sleep`): 5 `sh` and 10
+    // `sleep`, one of them leading a session. (This role and the tiers' supervisors, forks
+    // of it, carry the marker too.) Nothing here exits, except the daemon's intermediate
+    // `sh`, a session leader; all 10 `sleep`s mean every fork and exec is done (the daemon's
+    // leader execs only after reaping the intermediate).
+    support::wait_until("everything runs", || fixtures_settled(&marker));
     println!("READY");
     if env::var("PGROUP_HOLD_EXIT").as_deref() == Ok("1") {
         std::mem::forget(lock);
@@ -245,6 +288,19 @@ fn hold_role(_logs: support::Logs<'_>) -> i32 {
     }
     thread::sleep(Duration::from_secs(600));
     1
+}
+
+/// Whether the fixtures of the `hold` role run in their final state (see there).
+fn fixtures_settled(marker: &str) -> bool {
+    let states = support::marked_states(marker);
+    let count = |name: &str| states.iter().filter(|(_, comm, _)| comm == name).count();
+    count("sh") == 5
+        && count("sleep") == 10
+        && states
+            .iter()
+            .filter(|(_, comm, leads)| *leads && (comm == "sh" || comm == "sleep"))
+            .count()
+            == 1
 }
 
 /// Runs the `hold` role and ends it: with SIGKILL, or by letting it exit on its own.
@@ -318,7 +374,8 @@ fn statics_and_sigkill_of_the_test_binary(
             !lock_freed(&lock, Duration::from_millis(500)),
             "Group tier: expected the groups to leak"
         );
-        assert!(support::marked_alive(&marker).len() >= 14);
+        // Nothing was torn down: the fixtures are as the role left them.
+        assert!(fixtures_settled(&marker));
         support::kill_marked(&marker);
         support::assert_no_leaks(&marker);
     } else if tier == "group" {

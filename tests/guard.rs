@@ -330,28 +330,52 @@ fn check_pgid_edges(#[case] raw: i32, #[case] expected: Option<Refusal>) {
     assert_eq!(check_pgid(raw).err(), expected);
 }
 
-/// The test process's own group, session and parent are refused by `check_pgid` too (which
-/// only asks; nothing is signalled).
+/// The refusal the rules demand for `pgid` when it is one of the test process's own
+/// surroundings (its group, its session, its parent's group): the first rule that matches,
+/// in the order of `GUARD_RULES`. Where the test binary runs as a child of PID 1 of a
+/// container (group and session 1), or in a PID namespace whose init's group lies outside
+/// it (group 0), the first rule, `pgid_le_1`, refuses those ids before the others are asked.
+fn first_rule_for(pgid: i32, own: i32, session: i32, parent: i32) -> Refusal {
+    if pgid <= 1 {
+        Refusal::PgidLe1
+    } else if pgid == own {
+        Refusal::OwnPgroup
+    } else if pgid == session {
+        Refusal::SessionPgroup
+    } else {
+        Refusal::ParentPgroup { parent }
+    }
+}
+
+/// The test process's own group, session and parent's group are refused by `check_pgid`
+/// (which only asks; nothing is signalled), each by the first rule that matches it, also
+/// where those ids are 0 or 1 (`.ci/run` runs the suite a second time as in a container).
 #[test]
 fn check_pgid_refuses_the_test_process_surroundings() {
     let own = nix::unistd::getpgrp().as_raw();
-    if own == 0 {
-        // Only when this test binary runs as a child of a PID namespace's init whose group
-        // lies outside the namespace (a manual `unshare --pid --fork cargo test`).
-        eprintln!("NOTE: the test process's own group is outside its PID namespace; own-group check skipped");
-        return;
-    }
-    assert_eq!(check_pgid(own), Err(Refusal::OwnPgroup));
-    let parent = nix::unistd::getppid();
-    let parent_group = nix::unistd::getpgid(Some(parent))
+    let session = nix::unistd::getsid(None).expect("getsid").as_raw();
+    let parent = nix::unistd::getppid().as_raw();
+    assert_eq!(
+        check_pgid(own),
+        Err(first_rule_for(own, own, session, parent)),
+        "own group {own}"
+    );
+    assert_eq!(
+        check_pgid(session),
+        Err(first_rule_for(session, own, session, parent)),
+        "session {session}"
+    );
+    // getppid() is 0 only when the parent lies outside this PID namespace; the test binary
+    // is always started by cargo or nextest, inside it.
+    assert!(parent > 0, "the test runner is outside this PID namespace");
+    let parent_group = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(parent)))
         .expect("getpgid")
         .as_raw();
-    if parent_group != own {
-        assert!(matches!(
-            check_pgid(parent_group),
-            Err(Refusal::ParentPgroup { .. } | Refusal::SessionPgroup)
-        ));
-    }
+    assert_eq!(
+        check_pgid(parent_group),
+        Err(first_rule_for(parent_group, own, session, parent)),
+        "parent {parent}, its group {parent_group}"
+    );
 }
 
 /// Allowed path in the test process, on a group this test created: `Sent`, with the DEBUG

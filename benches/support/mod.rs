@@ -1,5 +1,6 @@
-//! What the benches (`benches/pgroup.rs`) and the report (`examples/report.rs`) share: the
-//! conditions of issue 6 and the measured cycles, so that both measure the same thing.
+//! What the benches (`benches/pgroup.rs`) and the report (`benches/examples/report.rs`)
+//! share: the conditions of issue 6 and the measured cycles, so that both measure the same
+//! thing.
 //!
 //! The conditions:
 //!
@@ -369,7 +370,7 @@ pub const TREE_CHILDREN: usize = 99;
 /// default grace period, waits until all 99 `sleep`s run, then returns how long `shutdown`
 /// took.
 pub fn tree_teardown() -> io::Result<Duration> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/wide_tree.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/wide_tree.sh");
     let group = SpawnedGroup::spawn(
         command("sh")
             .arg(script)
@@ -392,7 +393,7 @@ pub fn tree_teardown() -> io::Result<Duration> {
 /// wait until all 99 `sleep`s run, then time `killpg(SIGTERM)` until the leader is reaped
 /// and every `sleep` is gone (or a zombie), checked in `/proc` one pid at a time.
 pub fn tree_raw_floor() -> io::Result<Duration> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/wide_tree.sh");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/wide_tree.sh");
     let mut leader = command("sh")
         .arg(script)
         .arg(TREE_CHILDREN.to_string())

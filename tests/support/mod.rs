@@ -492,6 +492,19 @@ pub fn marked_session_leaders(marker: &str) -> Vec<i32> {
         .collect()
 }
 
+/// What /proc says of each live marked process: `(pid, comm, leads its own session)`.
+/// Waits for an exact state use it: which program each process runs now (a forked shell
+/// reads `sh` until it has exec'd) and which of them called `setsid`.
+pub fn marked_states(marker: &str) -> Vec<(i32, String, bool)> {
+    marked_alive(marker)
+        .into_iter()
+        .filter_map(|pid| {
+            let stat = Process::new(pid).and_then(|p| p.stat()).ok()?;
+            Some((pid, stat.comm, stat.session == pid))
+        })
+        .collect()
+}
+
 /// Ends every live process carrying `marker`, by pid, with SIGKILL: the clean-up after a
 /// negative control that shows a leak. Only processes this test started carry its marker.
 pub fn kill_marked(marker: &str) {

@@ -1,10 +1,11 @@
 //! The figures of issue 6 as a markdown table for the README:
-//! `cargo run --release --example report`.
+//! `cargo run --release -p pgroup-benches --example report`.
 //!
-//! It measures under the same conditions as `cargo bench` (at least 300 unrelated idle
-//! processes alive, 5 nested shells above it) and with the same cycles, which live in
-//! `benches/support`. Each comparison is measured interleaved with ours, pair by pair and
-//! in alternating order, so that a burst of load on the machine hits both sides alike.
+//! It measures under the same conditions as `cargo bench -p pgroup-benches` (at least 300
+//! unrelated idle processes alive, 5 nested shells above it) and with the same cycles, which
+//! live in `benches/support`. Each comparison is measured interleaved with ours, pair by
+//! pair and in alternating order, so that a burst of load on the machine hits both sides
+//! alike.
 //! Every figure is a median.
 
 use std::io;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use pgroup::{safe_killpg, Signal};
 
-#[path = "../benches/support/mod.rs"]
+#[path = "../support/mod.rs"]
 mod support;
 
 /// Signals per sample of the guard row: one sample is the mean of this many calls.
