@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
-use crate::guard::safe_killpg_all;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::errno::Errno;
+
+use crate::guard::deliver_to_own_group;
 use crate::leader::Leader;
 use crate::{sys, Containment, Delivery, Pgid, Signal};
 
@@ -403,15 +407,72 @@ impl SpawnedGroup {
         self.signal_all(&[signal])
     }
 
-    /// Signals the group with each of `signals`, after one decision of the guard.
+    /// Signals the group with each of `signals`, after one decision of the guard's rules
+    /// that need no /proc.
+    ///
+    /// The `Group` tier signals through the leader's pidfd with `PIDFD_SIGNAL_PROCESS_GROUP`
+    /// (Linux 6.9): that names this group by the kernel's `struct pid`, never by a number,
+    /// so it reaches the members left even after someone else reaped the leader, and never a
+    /// group that reuses the number. Before 6.9 (and in the supervised tiers, which hold no
+    /// pidfd on the leader) it is `killpg` while the leader is unreaped, and nothing once it
+    /// is not.
     fn signal_all(&self, signals: &[Signal]) -> io::Result<Delivery> {
-        if self.torn_down || !self.leader.is_pinned() {
-            return Err(io::Error::other(format!(
-                "{}: the group id is no longer pinned (its leader was reaped), so it is not signalled",
-                self.context
-            )));
+        if self.torn_down {
+            return Err(self.not_pinned());
         }
-        safe_killpg_all(self.pgid.as_raw(), signals, &self.context)
+        if let Some(pidfd) = self.leader.pidfd() {
+            if pidfd_group_signal_supported(pidfd) {
+                return deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
+                    sys::pidfd_send_signal(pidfd, Some(signal), true)
+                });
+            }
+        }
+        if !self.leader.is_pinned() {
+            return Err(self.not_pinned());
+        }
+        deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
+            sys::killpg(self.pgid, signal)
+        })
+    }
+
+    fn not_pinned(&self) -> io::Error {
+        let why = if self.torn_down {
+            "its leader was reaped by teardown"
+        } else {
+            "its leader was reaped by someone else, and this kernel (before Linux 6.9) has no \
+             PIDFD_SIGNAL_PROCESS_GROUP to reach the group without its number"
+        };
+        io::Error::other(format!(
+            "{}: the group id is no longer pinned ({why}), so it is not signalled",
+            self.context
+        ))
+    }
+
+    /// Signals the leader itself through its pidfd (`Group` tier), but only when it has left
+    /// the group, so that it is not signalled twice. The pidfd names this process and no
+    /// other, wherever it went; `ESRCH` once it has exited.
+    fn signal_leader_if_it_left(&self, signals: &[Signal]) {
+        let Some(pidfd) = self.leader.pidfd() else {
+            return;
+        };
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return;
+        };
+        // While the leader is unreaped its pid is its own; if it was reaped elsewhere, the
+        // pidfd signal below fails with ESRCH whatever this says.
+        if sys::getpgid(pid) == Ok(self.pgid.as_raw()) {
+            return;
+        }
+        for &signal in signals {
+            let outcome = sys::pidfd_send_signal(pidfd, Some(signal), false);
+            tracing::debug!(
+                name: "leader_signalled",
+                pgid = self.pgid.as_raw(),
+                signal = %signal,
+                outcome = ?outcome,
+                "leader_signalled"
+            );
+        }
     }
 
     /// The leader's exit status if it has exited, without blocking and without reaping.
@@ -535,7 +596,7 @@ impl SpawnedGroup {
         let started = Instant::now();
         drop(self.stdin.take());
         let mut errors: Vec<String> = Vec::new();
-        let exited_before_teardown = self.try_wait()?.is_some();
+        let exited_before_teardown = self.leader.has_exited()?;
         let mut descendants_seen = 0;
         let sigkill_needed = if self.grace.is_zero() {
             !exited_before_teardown
@@ -545,13 +606,16 @@ impl SpawnedGroup {
             let descendants = visible_descendants(self.pid);
             descendants_seen = descendants.len();
             self.signal_in_teardown(&[Signal::SIGTERM, Signal::SIGCONT], &mut errors);
-            !self.wait_for_exit(&descendants, started.checked_add(self.grace))?
+            self.signal_leader_if_it_left(&[Signal::SIGTERM, Signal::SIGCONT]);
+            !self.wait_for_exit(descendants, started.checked_add(self.grace))?
         };
-        // The leader is unreaped, so this id is still this group: the final sweep is safe
-        // and catches members teardown could not see.
+        // The leader is unreaped (or, reaped elsewhere, the group is named by its pidfd), so
+        // this is still this group: the final sweep is safe and catches members teardown
+        // could not see.
         self.signal_in_teardown(&[Signal::SIGKILL], &mut errors);
+        self.signal_leader_if_it_left(&[Signal::SIGKILL]);
         let deadline = Instant::now().checked_add(KILL_WAIT_BOUND);
-        let Some(status) = self.wait_until(deadline)? else {
+        if !self.wait_exited(deadline)? {
             // Leave the leader unreaped: its id stays reserved, and we never signal again.
             self.torn_down = true;
             return Err(io::Error::new(
@@ -562,7 +626,27 @@ impl SpawnedGroup {
                     self.context
                 ),
             ));
-        };
+        }
+        if self.leader.reaped_elsewhere() {
+            self.torn_down = true;
+            let _ = self.leader.finish();
+            tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
+            errors.insert(
+                0,
+                "the leader was reaped by someone else in this process (SIGCHLD set to \
+                 SIG_IGN, or a waitpid(-1) elsewhere), so its exit status is lost; the members \
+                 left in its group were torn down through the leader's pidfd"
+                    .to_owned(),
+            );
+            return Err(io::Error::other(format!(
+                "{}: teardown finished with errors: {}",
+                self.context,
+                errors.join("; ")
+            )));
+        }
+        let status = self
+            .try_wait()?
+            .ok_or_else(|| io::Error::other("pgroup: the leader exited without a status"))?;
         // The reap: from here on the id may be recycled, and `torn_down` keeps every method
         // from signalling it again.
         self.torn_down = true;
@@ -657,26 +741,57 @@ pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
 }
 
 impl SpawnedGroup {
-    /// Waits until the leader and every descendant behind `descendants` have exited, or
-    /// `deadline` passes. Returns whether all exited.
-    fn wait_for_exit(
-        &mut self,
-        descendants: &[OwnedFd],
-        deadline: Option<Instant>,
-    ) -> io::Result<bool> {
-        let mut pending: Vec<BorrowedFd<'_>> = descendants.iter().map(AsFd::as_fd).collect();
-        let mut leader_exited = false;
+    /// Waits until the leader has exited (or was reaped elsewhere), or `deadline` passes.
+    fn wait_exited(&mut self, deadline: Option<Instant>) -> io::Result<bool> {
         loop {
-            if !leader_exited {
-                leader_exited = self.leader.peek_exit()?.is_some();
-            }
-            if leader_exited && pending.is_empty() {
+            if self.leader.has_exited()? {
                 return Ok(true);
             }
             let Some(left) = time_left(deadline) else {
                 return Ok(false);
             };
-            let mut watched = pending.clone();
+            sys::poll_readable(&[self.leader.exit_fd()], left)?;
+        }
+    }
+
+    /// Waits until every member of the group has exited, or `deadline` passes; returns
+    /// whether all did.
+    ///
+    /// Event-driven: it waits on the pidfds of the leader and of `descendants`; once those
+    /// have exited, one scan of /proc (a `getpgid` per process, no file opened per process)
+    /// finds the members that are still running (orphans whose parent exited early, such
+    /// as `sh -c 'server & exit 0'`), and the wait goes on on their pidfds, then scans again.
+    /// When all members exit at once, as usual, that is one scan. If /proc cannot be read
+    /// (no descriptor free, not mounted), the members cannot be seen, and the wait lasts the
+    /// whole grace period.
+    fn wait_for_exit(
+        &mut self,
+        descendants: Vec<OwnedFd>,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        let mut pending = descendants;
+        let mut leader_exited = false;
+        loop {
+            if !leader_exited {
+                leader_exited = self.leader.has_exited()?;
+            }
+            if leader_exited && pending.is_empty() {
+                match live_members(self.pgid, self.pid) {
+                    Ok(members) if members.is_empty() => return Ok(true),
+                    Ok(members) => pending = members,
+                    Err(_) => {
+                        // Blind: wait out the grace period (bounded), then SIGKILL.
+                        while let Some(left) = time_left(deadline) {
+                            sys::poll_readable(&[], left)?;
+                        }
+                        return Ok(false);
+                    }
+                }
+            }
+            let Some(left) = time_left(deadline) else {
+                return Ok(false);
+            };
+            let mut watched: Vec<BorrowedFd<'_>> = pending.iter().map(AsFd::as_fd).collect();
             if !leader_exited {
                 watched.push(self.leader.exit_fd());
             }
@@ -685,6 +800,52 @@ impl SpawnedGroup {
             pending.retain(|_| !readable.next().unwrap_or(false));
         }
     }
+}
+
+/// Pidfds on the members of group `pgid` other than its `leader` that have not exited yet,
+/// found by a scan of /proc: a `getpgid` per process. The cost grows with the number of
+/// processes on the machine (see the README's performance section), which is why teardown
+/// runs it only once the leader and the descendants it saw have exited. A number whose
+/// process exits during the scan is skipped; the group is checked again after `pidfd_open`,
+/// so the pidfd is for a process that was a member when it was opened. Only teardown's wait
+/// uses this, never a signal: a mistake costs time within the grace period, nothing more.
+fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
+        if pid == leader || sys::getpgid(raw) != Ok(pgid.as_raw()) {
+            continue;
+        }
+        let Ok(fd) = sys::pidfd_open(pid) else {
+            continue;
+        };
+        if sys::getpgid(raw) != Ok(pgid.as_raw()) {
+            continue;
+        }
+        found.push(fd);
+        if found.len() >= MAX_TRACKED_DESCENDANTS {
+            break;
+        }
+    }
+    // Members that have exited already (zombies not yet reaped by their new parent) are
+    // members still, but nothing to wait for.
+    let exited = sys::poll_readable(
+        &found.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+        Some(Duration::ZERO),
+    )?;
+    let mut exited = exited.into_iter();
+    found.retain(|_| !exited.next().unwrap_or(false));
+    Ok(found)
 }
 
 /// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The
@@ -715,4 +876,25 @@ fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
         }
     }
     found
+}
+
+/// Whether this kernel has `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), asked once with signal 0
+/// on `pidfd`: `EINVAL` says the flag is unknown; `ESRCH` and success both say it is known.
+fn pidfd_group_signal_supported(pidfd: BorrowedFd<'_>) -> bool {
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+    static SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match SUPPORT.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            let answer = match sys::pidfd_send_signal(pidfd, None, true) {
+                Err(Errno::EINVAL | Errno::ENOSYS) => NO,
+                _ => YES,
+            };
+            SUPPORT.store(answer, Ordering::Relaxed);
+            answer == YES
+        }
+    }
 }

@@ -285,6 +285,15 @@ pub fn check_pgid(pgid: i32) -> Result<Pgid, Refusal> {
             Refusal::PgidOutOfRange
         }
     })?;
+    let parent = check_relatives(checked)?;
+    check_ancestors(pgid, parent)?;
+    Ok(checked)
+}
+
+/// The rules that need neither /proc nor a descriptor: the caller's own group, its session
+/// leader's group and its parent's group, one syscall each. Returns the parent's pid.
+fn check_relatives(pgid: Pgid) -> Result<i32, Refusal> {
+    let pgid = pgid.as_raw();
     if sys::getpgrp() == pgid {
         return Err(Refusal::OwnPgroup);
     }
@@ -301,8 +310,7 @@ pub fn check_pgid(pgid: i32) -> Result<Pgid, Refusal> {
             Err(e) => return Err(unverifiable("the parent's process group", e)),
         }
     }
-    check_ancestors(pgid, parent)?;
-    Ok(checked)
+    Ok(parent)
 }
 
 fn unverifiable(what: &'static str, errno: Errno) -> Refusal {
@@ -483,25 +491,60 @@ pub(crate) fn safe_killpg_all(
 ) -> io::Result<Delivery> {
     let target = match check_pgid(pgid) {
         Ok(target) => target,
-        Err(refusal) => {
-            for signal in signals {
-                tracing::warn!(
-                    name: "killpg_guard_refused",
-                    reason = refusal.reason(),
-                    pgid,
-                    signal = %signal,
-                    context,
-                    detail = %refusal,
-                    "killpg_guard_refused"
-                );
-            }
-            return Ok(Delivery::Refused(refusal));
-        }
+        Err(refusal) => return Ok(refused(pgid, signals, context, refusal)),
     };
+    deliver(target, signals, context, |signal| {
+        sys::killpg(target, signal)
+    })
+}
+
+/// Signals a group the crate created itself and still holds (a `SpawnedGroup`), with `send`
+/// doing the delivery: `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP` on the leader's
+/// pidfd, or `killpg` while the leader is unreaped. Such a group cannot be an ancestor's (a
+/// group's id is its creator's pid, and our child created it), so only the rules that need
+/// no /proc and no descriptor are applied: the id is above 1 (by its type), and is not the
+/// caller's own group, its session leader's or its parent's. This is what lets teardown
+/// work with no /proc and no free descriptor. Events and errors as [`safe_killpg`].
+pub(crate) fn deliver_to_own_group(
+    pgid: Pgid,
+    signals: &[Signal],
+    context: &str,
+    send: impl FnMut(Signal) -> Result<(), Errno>,
+) -> io::Result<Delivery> {
+    if let Err(refusal) = check_relatives(pgid) {
+        return Ok(refused(pgid.as_raw(), signals, context, refusal));
+    }
+    deliver(pgid, signals, context, send)
+}
+
+fn refused(pgid: i32, signals: &[Signal], context: &str, refusal: Refusal) -> Delivery {
+    for signal in signals {
+        tracing::warn!(
+            name: "killpg_guard_refused",
+            reason = refusal.reason(),
+            pgid,
+            signal = %signal,
+            context,
+            detail = %refusal,
+            "killpg_guard_refused"
+        );
+    }
+    Delivery::Refused(refusal)
+}
+
+/// Delivers each of `signals` with `send`, reporting each; stops at the first that finds no
+/// group.
+fn deliver(
+    target: Pgid,
+    signals: &[Signal],
+    context: &str,
+    mut send: impl FnMut(Signal) -> Result<(), Errno>,
+) -> io::Result<Delivery> {
+    let pgid = target.as_raw();
     let mut delivery = Delivery::NoSuchGroup;
     for &signal in signals {
         let outcome;
-        (delivery, outcome) = match sys::killpg(target, signal) {
+        (delivery, outcome) = match send(signal) {
             Ok(()) => (Delivery::Sent, "sent"),
             Err(Errno::ESRCH) => (Delivery::NoSuchGroup, "no_such_group"),
             Err(errno) => {
