@@ -39,14 +39,20 @@ pub struct GuardRule {
 /// it, test against it, or check that a newer version of the crate did not drop a rule.
 /// Each rule is checked at call time: the caller's own group, its session, its parent and
 /// the parent's group are read with a syscall on every call, because any of them can
-/// change during a run. The ancestors above the parent are the exception: reading them
-/// costs a /proc read each, so the guard reads the chain (pids and groups) at most every
-/// [`ANCESTOR_REFRESH`], and again whenever the parent changes (a forked child, an orphan)
-/// or a cached entry matches. Between readings it refuses each ancestor's group as read
-/// *and* any group whose id is an ancestor's pid, which is the group that ancestor leads if
-/// it has called `setsid` or `setpgid` since. A process never gains an ancestor (an orphan
-/// is re-parented to a subreaper or init it already descended from), so the chain only
-/// shrinks between readings.
+/// change during a run. The ancestors above the parent are the exception: finding them
+/// costs a /proc read each, so the guard reads the chain of their pids at most every
+/// [`ANCESTOR_REFRESH`], and again whenever the parent changes (a forked child, an orphan),
+/// an ancestor of the chain has died, or the target matches. Their *groups* are never
+/// cached: between readings each cached ancestor's group is asked afresh with `getpgid`
+/// (one syscall each, no /proc), since an ancestor can call `setsid`, or `setpgid` into
+/// any existing group, at any moment. A process never gains an ancestor (an orphan is
+/// re-parented to a subreaper or init it already descended from), so the chain of pids
+/// only shrinks between readings, and a dead ancestor is noticed by `getpgid`'s `ESRCH`.
+///
+/// `SpawnedGroup` signals the groups it created and still holds through the first five
+/// rules only (no /proc, no descriptor needed), and through the leader's pidfd where the
+/// kernel allows (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9), which names that group and no
+/// other: an ancestor's group is never one a test's child created.
 ///
 /// # Examples
 ///
@@ -100,7 +106,8 @@ pub const GUARD_RULES: &[GuardRule] = &[
     },
     GuardRule {
         reason: "ancestor_pgroup",
-        refuses: "the group of any ancestor process up to init (Linux, through /proc)",
+        refuses: "the group of any ancestor process up to init, as it is at the call (Linux: \
+                  the chain of pids through /proc, each one's group with getpgid)",
         why: "ancestors are the shells, multiplexers, editors and terminal emulators the run \
               was started from; none of them is ever a group a test created",
     },
@@ -326,7 +333,8 @@ struct AncestorCache {
     /// re-parented, has another one, and walks its own chain.
     for_parent: i32,
     built: Instant,
-    /// `(pid, pgid)` of each ancestor above the parent, nearest first.
+    /// `(pid, pgid)` of each ancestor above the parent, nearest first; only the pids are
+    /// trusted between readings, the groups are asked afresh.
     ancestors: Vec<(i32, i32)>,
 }
 
@@ -335,10 +343,11 @@ static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
 /// The deepest ancestor chain the guard follows before it gives up (and refuses).
 const MAX_DEPTH: usize = 4096;
 
-/// How long the guard trusts its reading of the ancestors' groups before it reads /proc
-/// again. Walking the chain costs a /proc read per ancestor (tens of microseconds for a
-/// chain of shells, editors and multiplexers), far more than the syscalls of the other
-/// rules; reading it at most this often keeps the allowed path near one microsecond.
+/// How long the guard trusts its reading of the chain of ancestors' pids before it reads
+/// /proc again. Walking the chain costs a /proc read per ancestor (tens of microseconds for
+/// a chain of shells, editors and multiplexers), far more than the syscalls of the other
+/// rules; reading it at most this often keeps the allowed path near one microsecond plus a
+/// `getpgid` per ancestor. The ancestors' groups are not cached: each call reads them anew.
 ///
 /// # Examples
 ///
@@ -353,11 +362,11 @@ fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {
         .as_ref()
         .filter(|c| c.for_parent == parent && c.built.elapsed() < ANCESTOR_REFRESH)
     {
-        if first_in_group(&cached.ancestors, pgid).is_none() {
+        if live_groups_clear(&cached.ancestors, pgid) {
             return Ok(());
         }
-        // A hit on a cached reading: read the chain again before refusing, in case a dead
-        // ancestor's number was recycled or a group changed.
+        // A hit, or an ancestor gone: read the chain again before deciding, in case a dead
+        // ancestor's number was recycled or the chain changed.
     }
     let fresh = AncestorCache {
         for_parent: parent,
@@ -370,6 +379,16 @@ fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {
         Some(ancestor) => Err(Refusal::AncestorPgroup { ancestor }),
         None => Ok(()),
     }
+}
+
+/// Whether no cached ancestor is in group `pgid` *now*: the group of each is read afresh
+/// with `getpgid` (one syscall each, no /proc), since an ancestor may have joined any
+/// existing group with `setpgid(0, G)` since the chain was read. `false` also when an
+/// ancestor cannot be asked (it died: the chain must be read again).
+fn live_groups_clear(ancestors: &[(i32, i32)], pgid: i32) -> bool {
+    ancestors
+        .iter()
+        .all(|&(pid, _)| pid != pgid && sys::getpgid(pid).is_ok_and(|group| group != pgid))
 }
 
 /// The first ancestor whose group is `pgid`, or whose pid is `pgid`: a live process's pid
