@@ -112,6 +112,19 @@ impl Leader {
                 }
                 Ok(spawned)
             }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {
+                // Gone already, and so reaped by someone else (SIGCHLD ignored, a
+                // waitpid(-1) elsewhere): its number may be recycled, so it is not killed.
+                drop(child);
+                Err(context_err(
+                    &e,
+                    &format!(
+                        "pgroup: {what} (pid {pid}) exited and was reaped by someone else in \
+                         this process (SIGCHLD set to SIG_IGN, or a waitpid(-1) elsewhere) \
+                         before it could be pinned"
+                    ),
+                ))
+            }
             Err(e) => {
                 // Our unreaped child: its pid cannot have been recycled.
                 let _ = child.kill();
