@@ -20,8 +20,8 @@ use crate::{sys, Containment, Delivery, Pgid, Signal};
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
 ///
 /// Teardown sends SIGTERM, then waits for the group to exit, and only the wait for a process
-/// that does not exit costs the full period: the wait ends the moment the leader and the
-/// descendants it can see are gone, so a well-behaved child (one that exits within
+/// that does not exit costs the full period: the wait ends the moment every member of the
+/// group is gone (orphans whose parent exited early included), so a well-behaved child (one that exits within
 /// milliseconds of SIGTERM, as servers and CLIs do) costs no more than its own shutdown.
 /// Two seconds lets a server flush logs and remove its socket or pid file, which is what
 /// SIGTERM is for; it also bounds what a stubborn child costs a suite of thousands of tests.
@@ -220,18 +220,22 @@ impl Builder {
 /// [`spawn`](SpawnedGroup::spawn) starts the command in a new process group, whose id is the
 /// leader's pid, and opens a pidfd on the leader. From then on:
 ///
-/// - [`signal`](SpawnedGroup::signal) signals the whole group, always through
-///   [`safe_killpg`](crate::safe_killpg) and its guard.
+/// - [`signal`](SpawnedGroup::signal) signals the whole group: in the `Group` tier through
+///   the leader's pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), which names this
+///   group and no other, otherwise with `killpg` while the leader is unreaped; either way
+///   after the guard's rules that need no /proc (see [`GUARD_RULES`](crate::GUARD_RULES)).
 /// - [`try_wait`](SpawnedGroup::try_wait), [`wait`](SpawnedGroup::wait) and
 ///   [`wait_timeout`](SpawnedGroup::wait_timeout) report the leader's exit status. They look
 ///   at it with `waitid(WNOWAIT)` and do **not** reap it: the leader's zombie stays until
 ///   teardown, which keeps the group id reserved (see *Pinning*). Repeated calls return the
 ///   same status.
 /// - [`shutdown`](SpawnedGroup::shutdown), or dropping the value, tears the group down:
-///   SIGTERM and SIGCONT to the group; a wait of up to the grace period for the leader and
-///   the descendants teardown can see (driven by pidfd events, never by sleeping); SIGKILL to
-///   the group, whether or not the leader already exited, so that grandchildren still in the
-///   group die too; and finally the leader is reaped.
+///   SIGTERM and SIGCONT to the group (and to the leader through its pidfd if it left the
+///   group); a wait of up to the grace period for every member of the group (driven by
+///   pidfd events; once the leader and the descendants it saw are gone, a scan of /proc
+///   finds the members left, such as orphans); SIGKILL to the group and the leader, whether
+///   or not the leader already exited, so that grandchildren still in the group die too;
+///   and finally the leader is reaped.
 ///
 /// # Pinning
 ///
@@ -248,6 +252,18 @@ impl Builder {
 /// crate never calls `waitpid(-1)` or `waitpid(-pgid)`, which in a test binary would steal
 /// the exit statuses of other tests' children: the only reap is `waitpid` on the leader's
 /// own pid. Teardown's waits are bounded by the grace period and by [`KILL_WAIT_BOUND`].
+///
+/// # Someone else reaping the leader
+///
+/// If the test binary sets SIGCHLD to `SIG_IGN`, or a thread runs `waitpid(-1)`, the
+/// kernel or that thread reaps the leader, and its number is free. The crate notices
+/// (`waitid(P_PIDFD, WNOWAIT)` fails with `ECHILD`) and never signals that number again:
+/// [`try_wait`](SpawnedGroup::try_wait) and [`wait`](SpawnedGroup::wait) return an error (the
+/// status is lost), and teardown still ends the members left in the group through the
+/// leader's pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`; while a group has members, its number is
+/// not reused), then returns an error that says so. On kernels before 6.9, which lack that
+/// flag, such a group cannot be signalled safely by number: its members are left alone and
+/// the error says so.
 ///
 /// # What teardown cannot reach
 ///
@@ -314,7 +330,7 @@ pub struct Teardown {
     pub status: ExitStatus,
     /// Whether the leader had already exited when teardown began.
     pub exited_before_teardown: bool,
-    /// Whether the leader, or a descendant teardown could see, was still running when the
+    /// Whether the leader, or another member of the group, was still running when the
     /// grace period ended (always the case for a running leader when the grace period is
     /// zero). The group receives a final SIGKILL either way.
     pub sigkill_needed: bool,
@@ -385,12 +401,17 @@ impl SpawnedGroup {
     /// The leader is never reaped before teardown, so the group id cannot have been
     /// recycled: this reaches this group even after the leader exited (grandchildren that
     /// are still members get the signal; if none is left, the leader's zombie still counts as
-    /// a member and the result is [`Delivery::Sent`]).
+    /// a member and the result is [`Delivery::Sent`]). If someone else reaped the leader,
+    /// the `Group` tier still reaches the members left through the leader's pidfd (Linux
+    /// 6.9), and [`Delivery::NoSuchGroup`] once there are none: never a group that reuses
+    /// the number.
     ///
     /// # Errors
     ///
-    /// As [`safe_killpg`](crate::safe_killpg): an OS error other than `ESRCH`, naming the group and the signal.
-    /// A refusal of the guard is not an error but [`Delivery::Refused`].
+    /// As [`safe_killpg`](crate::safe_killpg): an OS error other than `ESRCH`, naming the
+    /// group and the signal. After teardown, or on a kernel before 6.9 once someone else
+    /// reaped the leader, an error says the group is no longer pinned. A refusal of the
+    /// guard is not an error but [`Delivery::Refused`].
     ///
     /// # Examples
     ///
@@ -559,9 +580,9 @@ impl SpawnedGroup {
 
     /// Tears the group down and reports what happened: the checked form of Drop.
     ///
-    /// SIGTERM and SIGCONT go to the group; teardown waits up to the grace period for the
-    /// leader and its visible descendants to exit; SIGKILL goes to the group while the leader
-    /// is still unreaped; then the leader is reaped. Pipes still in `stdout` and `stderr` are
+    /// SIGTERM and SIGCONT go to the group; teardown waits up to the grace period for every
+    /// member of the group to exit; SIGKILL goes to the group while the leader is still
+    /// unreaped; then the leader is reaped. Pipes still in `stdout` and `stderr` are
     /// closed: take them out first to read what is left in them.
     ///
     /// # Errors
@@ -571,6 +592,8 @@ impl SpawnedGroup {
     ///   by pid and reaped).
     /// - The leader did not die within [`KILL_WAIT_BOUND`] of SIGKILL (uninterruptible
     ///   sleep). It is left unreaped, so its group id stays reserved.
+    /// - Someone else reaped the leader (SIGCHLD ignored, `waitpid(-1)` elsewhere): its
+    ///   status is lost. The members left in the group were still torn down (Linux 6.9).
     ///
     /// # Examples
     ///

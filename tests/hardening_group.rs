@@ -169,7 +169,7 @@ fn reuse_role(_logs: support::Logs<'_>) -> i32 {
     support::wait_until("the leader was reaped", || state_of(leader).is_none());
     // The number is free: hand it to a canary that leads a group of its own. (Retried: the
     // number may be freed a moment after /proc stops showing the process.)
-    let mut spawn_canary = || {
+    let spawn_canary = || {
         std::fs::write("/proc/sys/kernel/ns_last_pid", (leader - 1).to_string())
             .expect("write ns_last_pid");
         support::marked(&marker, "sleep", &["1000"])

@@ -1661,7 +1661,7 @@ fn join_root(_logs: Logs<'_>) -> i32 {
 fn join_ancestor(_logs: Logs<'_>) -> i32 {
     use std::os::fd::{AsRawFd, OwnedFd};
     let marker = env::var(support::MARKER_VAR).unwrap_or_default();
-    let canary = support::raw_target_group(&marker);
+    let mut canary = support::raw_target_group(&marker);
     let group = pid_of(&canary);
     let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe().expect("pipe");
     // The caller inherits the write end (no close-on-exec on it: `pipe` sets none).
@@ -1690,6 +1690,9 @@ fn join_ancestor(_logs: Logs<'_>) -> i32 {
         .unwrap_or(3);
     drop(write);
     let _ = joiner.join();
+    // Our own child, by pid, inside the sandbox.
+    let _ = canary.kill();
+    let _ = canary.wait();
     code
 }
 
