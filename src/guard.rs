@@ -45,7 +45,8 @@ pub struct GuardRule {
 /// an ancestor of the chain has died, or the target matches. Their *groups* are never
 /// cached: between readings each cached ancestor's group is asked afresh with `getpgid`
 /// (one syscall each, no /proc), since an ancestor can call `setsid`, or `setpgid` into
-/// any existing group, at any moment. A process never gains an ancestor (an orphan is
+/// any existing group of its session, at any moment; only a session leader, whose group is
+/// its pid for life, is not asked. A process never gains an ancestor (an orphan is
 /// re-parented to a subreaper or init it already descended from), so the chain of pids
 /// only shrinks between readings, and a dead ancestor is noticed by `getpgid`'s `ESRCH`.
 ///
@@ -333,9 +334,19 @@ struct AncestorCache {
     /// re-parented, has another one, and walks its own chain.
     for_parent: i32,
     built: Instant,
-    /// `(pid, pgid)` of each ancestor above the parent, nearest first; only the pids are
-    /// trusted between readings, the groups are asked afresh.
-    ancestors: Vec<(i32, i32)>,
+    /// Each ancestor above the parent, nearest first.
+    ancestors: Vec<Ancestor>,
+}
+
+/// One ancestor as read from /proc. Only its pid, and whether it led its session, are
+/// trusted between readings; its group is asked afresh.
+#[derive(Debug, Clone, Copy)]
+struct Ancestor {
+    pid: i32,
+    pgid: i32,
+    /// It led its session: a session leader can neither `setpgid` (EPERM) nor `setsid` (it
+    /// leads a group), so its group is its pid for the rest of its life.
+    session_leader: bool,
 }
 
 static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
@@ -381,29 +392,30 @@ fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {
     }
 }
 
-/// Whether no cached ancestor is in group `pgid` *now*: the group of each is read afresh
-/// with `getpgid` (one syscall each, no /proc), since an ancestor may have joined any
-/// existing group with `setpgid(0, G)` since the chain was read. `false` also when an
-/// ancestor cannot be asked (it died: the chain must be read again).
-fn live_groups_clear(ancestors: &[(i32, i32)], pgid: i32) -> bool {
-    ancestors
-        .iter()
-        .all(|&(pid, _)| pid != pgid && sys::getpgid(pid).is_ok_and(|group| group != pgid))
+/// Whether no cached ancestor is in group `pgid` *now*. An ancestor may have joined any
+/// existing group of its session with `setpgid(0, G)` since the chain was read, so the
+/// group of each is asked afresh with `getpgid` (one syscall each, no /proc), except for
+/// session leaders, whose group is their pid for life. `false` also when an ancestor cannot
+/// be asked (it died: the chain must be read again).
+fn live_groups_clear(ancestors: &[Ancestor], pgid: i32) -> bool {
+    ancestors.iter().all(|a| {
+        a.pid != pgid && (a.session_leader || sys::getpgid(a.pid).is_ok_and(|group| group != pgid))
+    })
 }
 
 /// The first ancestor whose group is `pgid`, or whose pid is `pgid`: a live process's pid
 /// can name only the group that process leads, so refusing it covers an ancestor that has
 /// become a group leader since the chain was read.
-fn first_in_group(ancestors: &[(i32, i32)], pgid: i32) -> Option<i32> {
+fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
     ancestors
         .iter()
-        .find(|(pid, group)| *group == pgid || *pid == pgid)
-        .map(|(pid, _)| *pid)
+        .find(|a| a.pgid == pgid || a.pid == pgid)
+        .map(|a| a.pid)
 }
 
 /// Reads the chain of ancestors above the parent from /proc, checking first that /proc
 /// belongs to the caller's PID namespace.
-fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<(i32, i32)>, Refusal> {
+fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     let proc_err = |what: &'static str| {
         move |e: procfs::ProcError| {
             let errno = match e {
@@ -439,7 +451,11 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<(i32, i32)>, Refusal> {
             });
         }
         let stat = read(next)?;
-        ancestors.push((stat.pid, stat.pgrp));
+        ancestors.push(Ancestor {
+            pid: stat.pid,
+            pgid: stat.pgrp,
+            session_leader: stat.session == stat.pid,
+        });
         next = stat.ppid;
     }
     Ok(ancestors)
