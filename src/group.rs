@@ -826,13 +826,26 @@ impl SpawnedGroup {
 }
 
 /// Pidfds on the members of group `pgid` other than its `leader` that have not exited yet,
-/// found by a scan of /proc: a `getpgid` per process. The cost grows with the number of
-/// processes on the machine (see the README's performance section), which is why teardown
-/// runs it only once the leader and the descendants it saw have exited. A number whose
-/// process exits during the scan is skipped; the group is checked again after `pidfd_open`,
-/// so the pidfd is for a process that was a member when it was opened. Only teardown's wait
-/// uses this, never a signal: a mistake costs time within the grace period, nothing more.
+/// found by a scan of /proc: a `getpgid` per process started after the leader. The cost
+/// grows with the number of processes on the machine (the listing) and with those started
+/// since the leader (the syscalls), which is why teardown runs it only once the leader and
+/// the descendants it saw have exited. A number whose process exits during the scan is
+/// skipped; the group is checked again after `pidfd_open`, so the pidfd is for a process
+/// that was a member when it was opened. Only teardown's wait uses this, never a signal: a
+/// member it misses gets SIGKILL before the grace period ends, nothing worse.
 fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
+    // Members are started after the leader, so their pids were handed out after the
+    // leader's: above it, or, if the pid counter has wrapped since, at most the last pid
+    // handed out. Older processes (most of a machine's) are skipped without a syscall.
+    // (A process older than the leader that joins its group with `setpgid` is missed.)
+    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let started_after_leader = |pid: u32| match last {
+        Some(last) if last < leader => pid > leader || pid <= last,
+        Some(_) => pid > leader,
+        None => pid != leader,
+    };
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
@@ -846,7 +859,7 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
         let Ok(raw) = i32::try_from(pid) else {
             continue;
         };
-        if pid == leader || sys::getpgid(raw) != Ok(pgid.as_raw()) {
+        if !started_after_leader(pid) || sys::getpgid(raw) != Ok(pgid.as_raw()) {
             continue;
         }
         let Ok(fd) = sys::pidfd_open(pid) else {
