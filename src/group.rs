@@ -50,6 +50,10 @@ pub const KILL_WAIT_BOUND: Duration = Duration::from_secs(5);
 /// Teardown tracks at most this many descendants of the leader with a pidfd of their own.
 const MAX_TRACKED_DESCENDANTS: usize = 1024;
 
+/// Teardown's search for the members left asks each pid handed out since the leader's, one
+/// `getpgid` each, up to this many; beyond, listing /proc is cheaper.
+const MAX_PIDS_ASKED: u32 = 1024;
+
 /// Options for spawning a [`SpawnedGroup`].
 ///
 /// # Examples
@@ -826,51 +830,66 @@ impl SpawnedGroup {
 }
 
 /// Pidfds on the members of group `pgid` other than its `leader` that have not exited yet,
-/// found by a scan of /proc: a `getpgid` per process started after the leader. The cost
-/// grows with the number of processes on the machine (the listing) and with those started
-/// since the leader (the syscalls), which is why teardown runs it only once the leader and
-/// the descendants it saw have exited. A number whose process exits during the scan is
+/// found by a `getpgid` per pid handed out since the leader's (up to [`MAX_PIDS_ASKED`]
+/// of them; beyond, from a listing of /proc, for the processes started after the leader).
+/// The cost grows with the number of pids handed out since the leader started (or, beyond
+/// that bound, with the number of processes on the machine), which is why teardown runs it
+/// only once the leader and the descendants it saw have exited. A number whose process exits during the scan is
 /// skipped; the group is checked again after `pidfd_open`, so the pidfd is for a process
 /// that was a member when it was opened. Only teardown's wait uses this, never a signal: a
 /// member it misses gets SIGKILL before the grace period ends, nothing worse.
 fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
     // Members are started after the leader, so their pids were handed out after the
     // leader's: above it, or, if the pid counter has wrapped since, at most the last pid
-    // handed out. Older processes (most of a machine's) are skipped without a syscall.
-    // (A process older than the leader that joins its group with `setpgid` is missed.)
+    // handed out. (A process older than the leader that joins its group with `setpgid` is
+    // missed.) When few pids were handed out since, each is asked directly; otherwise /proc
+    // is listed, and the older processes in it (most of a machine's) are skipped.
     let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok());
-    let started_after_leader = |pid: u32| match last {
-        Some(last) if last < leader => pid > leader || pid <= last,
-        Some(_) => pid > leader,
-        None => pid != leader,
-    };
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    let mut consider = |pid: u32| {
         let Ok(raw) = i32::try_from(pid) else {
-            continue;
-        };
-        if !started_after_leader(pid) || sys::getpgid(raw) != Ok(pgid.as_raw()) {
-            continue;
-        }
-        let Ok(fd) = sys::pidfd_open(pid) else {
-            continue;
+            return true;
         };
         if sys::getpgid(raw) != Ok(pgid.as_raw()) {
-            continue;
+            return true;
         }
-        found.push(fd);
-        if found.len() >= MAX_TRACKED_DESCENDANTS {
-            break;
+        let Ok(fd) = sys::pidfd_open(pid) else {
+            return true;
+        };
+        if sys::getpgid(raw) == Ok(pgid.as_raw()) {
+            found.push(fd);
+        }
+        found.len() < MAX_TRACKED_DESCENDANTS
+    };
+    match last {
+        Some(last) if last >= leader && last - leader <= MAX_PIDS_ASKED => {
+            for pid in leader + 1..=last {
+                if !consider(pid) {
+                    break;
+                }
+            }
+        }
+        _ => {
+            let started_after_leader = |pid: u32| match last {
+                Some(last) if last < leader => pid > leader || pid <= last,
+                Some(_) => pid > leader,
+                None => pid != leader,
+            };
+            for entry in std::fs::read_dir("/proc")? {
+                let Ok(entry) = entry else { continue };
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if started_after_leader(pid) && !consider(pid) {
+                    break;
+                }
+            }
         }
     }
     // Members that have exited already (zombies not yet reaped by their new parent) are
