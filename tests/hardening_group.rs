@@ -16,7 +16,7 @@ use std::thread;
 use std::time::Duration;
 
 use nix::sys::signal::{self, SigHandler};
-use pgroup::{Builder, Signal};
+use pgroup::{Builder, Containment, Signal};
 use rstest::rstest;
 use tracing_test::traced_test;
 
@@ -230,9 +230,12 @@ fn a_recycled_leader_number_is_never_signalled() {
 /// Item 2: `sh -c 'server & exit 0'`: the server is an orphan in the group when teardown
 /// starts, and it needs time after SIGTERM to finish. Teardown waits for it within the
 /// grace period, and ends without SIGKILL once it is gone.
-#[test]
-fn an_orphaned_member_gets_its_grace_period() {
-    let marker = support::marker("orphan-grace");
+#[rstest]
+fn an_orphaned_member_gets_its_grace_period(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker(&format!("orphan-grace-{tier:?}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("server.log");
     let server = format!(
@@ -243,6 +246,7 @@ fn an_orphaned_member_gets_its_grace_period() {
     let script = format!("sh -c \"{server}\" & exit 0");
     let mut group = Builder::new()
         .grace_period(Duration::from_secs(20))
+        .containment(tier)
         .spawn(support::marked(&marker, "sh", &["-c", &script]).stdin(Stdio::null()))
         .expect("spawn");
     group.wait().expect("the leader exits at once");
