@@ -95,7 +95,20 @@ impl Leader {
             .spawn()
             .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         let pid = child.id();
-        match sys::pidfd_open(pid) {
+        // With SIGCHLD ignored (or a `waitpid(-1)` elsewhere) the leader may have been
+        // reaped before `pidfd_open`, and its number given to another process. A pidfd on a
+        // process that is alive and not our child is such a stranger: not ours to signal.
+        let pinned = sys::pidfd_open(pid).and_then(|pidfd| {
+            let stranger = matches!(
+                sys::peek_exit(pidfd.as_fd()),
+                Err(ref e) if e.raw_os_error() == Some(nix::libc::ECHILD)
+            ) && !sys::poll_readable(&[pidfd.as_fd()], Some(Duration::ZERO))?[0];
+            if stranger {
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(pidfd)
+        });
+        match pinned {
             Ok(pidfd) => {
                 let mut spawned = Spawned::new(
                     Leader::Direct {
