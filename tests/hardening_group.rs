@@ -32,6 +32,7 @@ fn role_entry() {
             ("reaped-elsewhere", reaped_elsewhere_role),
             ("reuse", reuse_role),
             ("no-fd", no_fd_role),
+            ("foreign-proc", foreign_proc_role),
             ("join-group", join_group_role),
         ],
     );
@@ -268,28 +269,7 @@ fn an_orphaned_member_gets_its_grace_period(
 /// included.
 fn no_fd_role(_logs: support::Logs<'_>) -> i32 {
     let marker = env::var(support::MARKER_VAR).expect("marker");
-    let member = "(trap '' TERM; exec sleep 1000) & (trap '' TERM; exec sleep 1000) & \
-                  trap '' TERM; echo ready; while :; do sleep 1; done";
-    let mut group = Builder::new()
-        .grace_period(SHORT_GRACE)
-        .spawn(
-            support::marked(&marker, "sh", &["-c", member])
-                .stdout(Stdio::piped())
-                .stdin(Stdio::null()),
-        )
-        .expect("spawn");
-    let pgid = group.pgid().as_raw();
-    let mut ready = String::new();
-    BufReader::new(group.stdout.take().expect("piped"))
-        .read_line(&mut ready)
-        .expect("read ready");
-    support::wait_until("both members run", || {
-        support::members_of(pgid)
-            .iter()
-            .filter(|(pid, _)| i64::from(*pid) != i64::from(pgid))
-            .count()
-            >= 2
-    });
+    let group = spawn_stubborn_group(&marker);
     let saved = nofile_limit(None);
     let open = nix::libc::rlim_t::try_from(support::open_fds()).expect("fits");
     nofile_limit(Some(nix::libc::rlimit {
@@ -317,6 +297,80 @@ fn no_fd_role(_logs: support::Logs<'_>) -> i32 {
     support::wait_until("every member is dead", || members_alive(&marker) == 0);
     println!("MEMBERS_LEFT {}", members_alive(&marker));
     0
+}
+
+/// A group whose leader and two members ignore SIGTERM, running when this returns (known
+/// from their output, not from /proc).
+fn spawn_stubborn_group(marker: &str) -> pgroup::SpawnedGroup {
+    let script = "(trap '' TERM; echo member; exec sleep 1000) & \
+                  (trap '' TERM; echo member; exec sleep 1000) & \
+                  trap '' TERM; echo leader; while :; do sleep 1; done";
+    let mut group = Builder::new()
+        .grace_period(SHORT_GRACE)
+        .spawn(
+            support::marked(marker, "sh", &["-c", script])
+                .stdout(Stdio::piped())
+                .stdin(Stdio::null()),
+        )
+        .expect("spawn");
+    let lines = BufReader::new(group.stdout.take().expect("piped"));
+    let started = lines.lines().map_while(Result::ok).take(3).count();
+    assert_eq!(started, 3, "the leader and both members report");
+    group
+}
+
+/// Marked `sleep` processes still alive (the stubborn members), from whatever /proc shows.
+fn marked_sleeps_alive(marker: &str) -> usize {
+    support::marked_alive(marker)
+        .into_iter()
+        .filter(|pid| {
+            procfs::process::Process::new(*pid)
+                .and_then(|p| p.stat())
+                .is_ok_and(|s| s.comm == "sleep")
+        })
+        .count()
+}
+
+/// Item 3 with a /proc of another PID namespace (the sandbox keeps the host's): the guard's
+/// ancestor walk cannot run, and the group is torn down anyway.
+fn foreign_proc_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    if std::process::id() != 1 {
+        println!("ERROR not PID 1 of a namespace");
+        return 2;
+    }
+    let own_proc = procfs::process::Process::myself().is_ok_and(|p| p.pid == 1);
+    println!("FOREIGN_PROC {}", !own_proc);
+    let group = spawn_stubborn_group(&marker);
+    let shutdown = group.shutdown();
+    println!(
+        "SHUTDOWN {}",
+        match &shutdown {
+            Ok(report) => format!("Ok {report:?}"),
+            Err(e) => format!("Err {e}"),
+        }
+    );
+    // The host's /proc shows the members under their outer pids. (Everything in the
+    // namespace dies with this process, so the check must happen here.)
+    support::wait_until("every member is dead", || marked_sleeps_alive(&marker) == 0);
+    println!("MEMBERS_LEFT {}", marked_sleeps_alive(&marker));
+    0
+}
+
+#[test]
+fn teardown_needs_no_proc_of_its_own() {
+    let marker = support::marker("foreign-proc");
+    let out =
+        support::run_sandboxed_without_own_proc(&marker, "foreign-proc", Duration::from_secs(60));
+    support::assert_no_leaks(&marker);
+    let Some(out) = out else {
+        eprintln!("REDUCED: no sandbox, the foreign-/proc check did not run");
+        assert_ne!(env::var(support::REQUIRE_SANDBOX_VAR).as_deref(), Ok("1"));
+        return;
+    };
+    assert_eq!(out.one("FOREIGN_PROC"), "true", "{:#?}", out.lines);
+    assert!(out.one("SHUTDOWN").starts_with("Ok"), "{:#?}", out.lines);
+    assert_eq!(out.one("MEMBERS_LEFT"), "0", "{:#?}", out.lines);
 }
 
 /// Sets `RLIMIT_NOFILE` to `new` if given; returns the limit as it was.
