@@ -400,7 +400,12 @@ impl SpawnedGroup {
         self.pid
     }
 
-    /// Sends `signal` to every process in the group, through [`safe_killpg`](crate::safe_killpg).
+    /// Sends `signal` to every process in the group, after the rules of
+    /// [`GUARD_RULES`](crate::GUARD_RULES) that need no /proc (the group is this value's own:
+    /// never the caller's, its session leader's or its parent's). The `Group` tier signals
+    /// through the leader's pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), which names
+    /// this group and no other; before 6.9, and in the supervised tiers, it is `killpg`
+    /// while the leader is unreaped. Events as [`safe_killpg`](crate::safe_killpg)'s.
     ///
     /// The leader is never reaped before teardown, so the group id cannot have been
     /// recycled: this reaches this group even after the leader exited (grandchildren that
