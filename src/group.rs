@@ -9,15 +9,19 @@ use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
-use crate::guard::safe_killpg_all;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::errno::Errno;
+
+use crate::guard::deliver_to_own_group;
 use crate::leader::Leader;
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
 ///
 /// Teardown sends SIGTERM, then waits for the group to exit, and only the wait for a process
-/// that does not exit costs the full period: the wait ends the moment the leader and the
-/// descendants it can see are gone, so a well-behaved child (one that exits within
+/// that does not exit costs the full period: the wait ends the moment every member of the
+/// group is gone (orphans whose parent exited early included), so a well-behaved child (one that exits within
 /// milliseconds of SIGTERM, as servers and CLIs do) costs no more than its own shutdown.
 /// Two seconds lets a server flush logs and remove its socket or pid file, which is what
 /// SIGTERM is for; it also bounds what a stubborn child costs a suite of thousands of tests.
@@ -47,6 +51,10 @@ pub const KILL_WAIT_BOUND: Duration = Duration::from_secs(5);
 
 /// Teardown tracks at most this many descendants of the leader with a pidfd of their own.
 const MAX_TRACKED_DESCENDANTS: usize = 1024;
+
+/// Teardown's search for the members left asks each pid handed out since the leader's, one
+/// `getpgid` each, up to this many; beyond, listing /proc is cheaper.
+const MAX_PIDS_ASKED: u32 = 1024;
 
 /// Options for spawning a [`SpawnedGroup`].
 ///
@@ -239,18 +247,22 @@ impl Builder {
 /// [`spawn`](SpawnedGroup::spawn) starts the command in a new process group, whose id is the
 /// leader's pid, and opens a pidfd on the leader. From then on:
 ///
-/// - [`signal`](SpawnedGroup::signal) signals the whole group, always through
-///   [`safe_killpg`](crate::safe_killpg) and its guard.
+/// - [`signal`](SpawnedGroup::signal) signals the whole group: in the `Group` tier through
+///   the leader's pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), which names this
+///   group and no other, otherwise with `killpg` while the leader is unreaped; either way
+///   after the guard's rules that need no /proc (see [`GUARD_RULES`](crate::GUARD_RULES)).
 /// - [`try_wait`](SpawnedGroup::try_wait), [`wait`](SpawnedGroup::wait) and
 ///   [`wait_timeout`](SpawnedGroup::wait_timeout) report the leader's exit status. They look
 ///   at it with `waitid(WNOWAIT)` and do **not** reap it: the leader's zombie stays until
 ///   teardown, which keeps the group id reserved (see *Pinning*). Repeated calls return the
 ///   same status.
 /// - [`shutdown`](SpawnedGroup::shutdown), or dropping the value, tears the group down:
-///   SIGTERM and SIGCONT to the group; a wait of up to the grace period for the leader and
-///   the descendants teardown can see (driven by pidfd events, never by sleeping); SIGKILL to
-///   the group, whether or not the leader already exited, so that grandchildren still in the
-///   group die too; and finally the leader is reaped.
+///   SIGTERM and SIGCONT to the group (and to the leader through its pidfd if it left the
+///   group); a wait of up to the grace period for every member of the group (driven by
+///   pidfd events; once the leader and the descendants it saw are gone, a scan of /proc
+///   finds the members left, such as orphans); SIGKILL to the group and the leader, whether
+///   or not the leader already exited, so that grandchildren still in the group die too;
+///   and finally the leader is reaped.
 ///
 /// # Pinning
 ///
@@ -267,6 +279,18 @@ impl Builder {
 /// crate never calls `waitpid(-1)` or `waitpid(-pgid)`, which in a test binary would steal
 /// the exit statuses of other tests' children: the only reap is `waitpid` on the leader's
 /// own pid. Teardown's waits are bounded by the grace period and by [`KILL_WAIT_BOUND`].
+///
+/// # Someone else reaping the leader
+///
+/// If the test binary sets SIGCHLD to `SIG_IGN`, or a thread runs `waitpid(-1)`, the
+/// kernel or that thread reaps the leader, and its number is free. The crate notices
+/// (`waitid(P_PIDFD, WNOWAIT)` fails with `ECHILD`) and never signals that number again:
+/// [`try_wait`](SpawnedGroup::try_wait) and [`wait`](SpawnedGroup::wait) return an error (the
+/// status is lost), and teardown still ends the members left in the group through the
+/// leader's pidfd (`PIDFD_SIGNAL_PROCESS_GROUP`; while a group has members, its number is
+/// not reused), then returns an error that says so. On kernels before 6.9, which lack that
+/// flag, such a group cannot be signalled safely by number: its members are left alone and
+/// the error says so.
 ///
 /// # What teardown cannot reach
 ///
@@ -336,7 +360,7 @@ pub struct Teardown {
     pub status: ExitStatus,
     /// Whether the leader had already exited when teardown began.
     pub exited_before_teardown: bool,
-    /// Whether the leader, or a descendant teardown could see, was still running when the
+    /// Whether the leader, or another member of the group, was still running when the
     /// grace period ended (always the case for a running leader when the grace period is
     /// zero). The group receives a final SIGKILL either way.
     pub sigkill_needed: bool,
@@ -402,17 +426,27 @@ impl SpawnedGroup {
         self.pid
     }
 
-    /// Sends `signal` to every process in the group, through [`safe_killpg`](crate::safe_killpg).
+    /// Sends `signal` to every process in the group, after the rules of
+    /// [`GUARD_RULES`](crate::GUARD_RULES) that need no /proc (the group is this value's own:
+    /// never the caller's, its session leader's or its parent's). The `Group` tier signals
+    /// through the leader's pidfd with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), which names
+    /// this group and no other; before 6.9, and in the supervised tiers, it is `killpg`
+    /// while the leader is unreaped. Events as [`safe_killpg`](crate::safe_killpg)'s.
     ///
     /// The leader is never reaped before teardown, so the group id cannot have been
     /// recycled: this reaches this group even after the leader exited (grandchildren that
     /// are still members get the signal; if none is left, the leader's zombie still counts as
-    /// a member and the result is [`Delivery::Sent`]).
+    /// a member and the result is [`Delivery::Sent`]). If someone else reaped the leader,
+    /// the `Group` tier still reaches the members left through the leader's pidfd (Linux
+    /// 6.9), and [`Delivery::NoSuchGroup`] once there are none: never a group that reuses
+    /// the number.
     ///
     /// # Errors
     ///
-    /// As [`safe_killpg`](crate::safe_killpg): an OS error other than `ESRCH`, naming the group and the signal.
-    /// A refusal of the guard is not an error but [`Delivery::Refused`].
+    /// As [`safe_killpg`](crate::safe_killpg): an OS error other than `ESRCH`, naming the
+    /// group and the signal. After teardown, or on a kernel before 6.9 once someone else
+    /// reaped the leader, an error says the group is no longer pinned. A refusal of the
+    /// guard is not an error but [`Delivery::Refused`].
     ///
     /// # Examples
     ///
@@ -429,15 +463,72 @@ impl SpawnedGroup {
         self.signal_all(&[signal])
     }
 
-    /// Signals the group with each of `signals`, after one decision of the guard.
+    /// Signals the group with each of `signals`, after one decision of the guard's rules
+    /// that need no /proc.
+    ///
+    /// The `Group` tier signals through the leader's pidfd with `PIDFD_SIGNAL_PROCESS_GROUP`
+    /// (Linux 6.9): that names this group by the kernel's `struct pid`, never by a number,
+    /// so it reaches the members left even after someone else reaped the leader, and never a
+    /// group that reuses the number. Before 6.9 (and in the supervised tiers, which hold no
+    /// pidfd on the leader) it is `killpg` while the leader is unreaped, and nothing once it
+    /// is not.
     fn signal_all(&self, signals: &[Signal]) -> io::Result<Delivery> {
-        if self.torn_down || !self.leader.is_pinned() {
-            return Err(io::Error::other(format!(
-                "{}: the group id is no longer pinned (its leader was reaped), so it is not signalled",
-                self.context
-            )));
+        if self.torn_down {
+            return Err(self.not_pinned());
         }
-        safe_killpg_all(self.pgid.as_raw(), signals, &self.context)
+        if let Some(pidfd) = self.leader.pidfd() {
+            if pidfd_group_signal_supported(pidfd) {
+                return deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
+                    sys::pidfd_send_signal(pidfd, Some(signal), true)
+                });
+            }
+        }
+        if !self.leader.is_pinned() {
+            return Err(self.not_pinned());
+        }
+        deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
+            sys::killpg(self.pgid, signal)
+        })
+    }
+
+    fn not_pinned(&self) -> io::Error {
+        let why = if self.torn_down {
+            "its leader was reaped by teardown"
+        } else {
+            "its leader was reaped by someone else, and this kernel (before Linux 6.9) has no \
+             PIDFD_SIGNAL_PROCESS_GROUP to reach the group without its number"
+        };
+        io::Error::other(format!(
+            "{}: the group id is no longer pinned ({why}), so it is not signalled",
+            self.context
+        ))
+    }
+
+    /// Signals the leader itself through its pidfd (`Group` tier), but only when it has left
+    /// the group, so that it is not signalled twice. The pidfd names this process and no
+    /// other, wherever it went; `ESRCH` once it has exited.
+    fn signal_leader_if_it_left(&self, signals: &[Signal]) {
+        let Some(pidfd) = self.leader.pidfd() else {
+            return;
+        };
+        let Ok(pid) = i32::try_from(self.pid) else {
+            return;
+        };
+        // While the leader is unreaped its pid is its own; if it was reaped elsewhere, the
+        // pidfd signal below fails with ESRCH whatever this says.
+        if sys::getpgid(pid) == Ok(self.pgid.as_raw()) {
+            return;
+        }
+        for &signal in signals {
+            let outcome = sys::pidfd_send_signal(pidfd, Some(signal), false);
+            tracing::debug!(
+                name: "leader_signalled",
+                pgid = self.pgid.as_raw(),
+                signal = %signal,
+                outcome = ?outcome,
+                "leader_signalled"
+            );
+        }
     }
 
     /// The leader's exit status if it has exited, without blocking and without reaping.
@@ -524,9 +615,9 @@ impl SpawnedGroup {
 
     /// Tears the group down and reports what happened: the checked form of Drop.
     ///
-    /// SIGTERM and SIGCONT go to the group; teardown waits up to the grace period for the
-    /// leader and its visible descendants to exit; SIGKILL goes to the group while the leader
-    /// is still unreaped; then the leader is reaped. Pipes still in `stdout` and `stderr` are
+    /// SIGTERM and SIGCONT go to the group; teardown waits up to the grace period for every
+    /// member of the group to exit; SIGKILL goes to the group while the leader is still
+    /// unreaped; then the leader is reaped. Pipes still in `stdout` and `stderr` are
     /// closed: take them out first to read what is left in them.
     ///
     /// # Errors
@@ -536,6 +627,8 @@ impl SpawnedGroup {
     ///   by pid and reaped).
     /// - The leader did not die within [`KILL_WAIT_BOUND`] of SIGKILL (uninterruptible
     ///   sleep). It is left unreaped, so its group id stays reserved.
+    /// - Someone else reaped the leader (SIGCHLD ignored, `waitpid(-1)` elsewhere): its
+    ///   status is lost. The members left in the group were still torn down (Linux 6.9).
     ///
     /// # Examples
     ///
@@ -561,7 +654,7 @@ impl SpawnedGroup {
         let started = Instant::now();
         drop(self.stdin.take());
         let mut errors: Vec<String> = Vec::new();
-        let exited_before_teardown = self.try_wait()?.is_some();
+        let exited_before_teardown = self.leader.has_exited()?;
         let mut descendants_seen = 0;
         let sigkill_needed = if self.grace.is_zero() {
             !exited_before_teardown
@@ -571,13 +664,16 @@ impl SpawnedGroup {
             let descendants = visible_descendants(self.pid);
             descendants_seen = descendants.len();
             self.signal_in_teardown(&[Signal::SIGTERM, Signal::SIGCONT], &mut errors);
-            !self.wait_for_exit(&descendants, started.checked_add(self.grace))?
+            self.signal_leader_if_it_left(&[Signal::SIGTERM, Signal::SIGCONT]);
+            !self.wait_for_exit(descendants, started.checked_add(self.grace))?
         };
-        // The leader is unreaped, so this id is still this group: the final sweep is safe
-        // and catches members teardown could not see.
+        // The leader is unreaped (or, reaped elsewhere, the group is named by its pidfd), so
+        // this is still this group: the final sweep is safe and catches members teardown
+        // could not see.
         self.signal_in_teardown(&[Signal::SIGKILL], &mut errors);
+        self.signal_leader_if_it_left(&[Signal::SIGKILL]);
         let deadline = Instant::now().checked_add(KILL_WAIT_BOUND);
-        let Some(status) = self.wait_until(deadline)? else {
+        if !self.wait_exited(deadline)? {
             // Leave the leader unreaped: its id stays reserved, and we never signal again.
             self.torn_down = true;
             return Err(io::Error::new(
@@ -588,7 +684,28 @@ impl SpawnedGroup {
                     self.context
                 ),
             ));
-        };
+        }
+        if self.leader.reaped_elsewhere() {
+            self.torn_down = true;
+            drop(self.lifeline.take());
+            let _ = self.leader.finish();
+            tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
+            errors.insert(
+                0,
+                "the leader was reaped by someone else in this process (SIGCHLD set to \
+                 SIG_IGN, or a waitpid(-1) elsewhere), so its exit status is lost; the members \
+                 left in its group were torn down through the leader's pidfd"
+                    .to_owned(),
+            );
+            return Err(io::Error::other(format!(
+                "{}: teardown finished with errors: {}",
+                self.context,
+                errors.join("; ")
+            )));
+        }
+        let status = self
+            .try_wait()?
+            .ok_or_else(|| io::Error::other("pgroup: the leader exited without a status"))?;
         // The reap: from here on the id may be recycled, and `torn_down` keeps every method
         // from signalling it again.
         self.torn_down = true;
@@ -689,26 +806,57 @@ pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
 }
 
 impl SpawnedGroup {
-    /// Waits until the leader and every descendant behind `descendants` have exited, or
-    /// `deadline` passes. Returns whether all exited.
-    fn wait_for_exit(
-        &mut self,
-        descendants: &[OwnedFd],
-        deadline: Option<Instant>,
-    ) -> io::Result<bool> {
-        let mut pending: Vec<BorrowedFd<'_>> = descendants.iter().map(AsFd::as_fd).collect();
-        let mut leader_exited = false;
+    /// Waits until the leader has exited (or was reaped elsewhere), or `deadline` passes.
+    fn wait_exited(&mut self, deadline: Option<Instant>) -> io::Result<bool> {
         loop {
-            if !leader_exited {
-                leader_exited = self.leader.peek_exit()?.is_some();
-            }
-            if leader_exited && pending.is_empty() {
+            if self.leader.has_exited()? {
                 return Ok(true);
             }
             let Some(left) = time_left(deadline) else {
                 return Ok(false);
             };
-            let mut watched = pending.clone();
+            sys::poll_readable(&[self.leader.exit_fd()], left)?;
+        }
+    }
+
+    /// Waits until every member of the group has exited, or `deadline` passes; returns
+    /// whether all did.
+    ///
+    /// Event-driven: it waits on the pidfds of the leader and of `descendants`; once those
+    /// have exited, one scan of /proc (a `getpgid` per process, no file opened per process)
+    /// finds the members that are still running (orphans whose parent exited early, such
+    /// as `sh -c 'server & exit 0'`), and the wait goes on on their pidfds, then scans again.
+    /// When all members exit at once, as usual, that is one scan. If /proc cannot be read
+    /// (no descriptor free, not mounted), the members cannot be seen, and the wait lasts the
+    /// whole grace period.
+    fn wait_for_exit(
+        &mut self,
+        descendants: Vec<OwnedFd>,
+        deadline: Option<Instant>,
+    ) -> io::Result<bool> {
+        let mut pending = descendants;
+        let mut leader_exited = false;
+        loop {
+            if !leader_exited {
+                leader_exited = self.leader.has_exited()?;
+            }
+            if leader_exited && pending.is_empty() {
+                match live_members(self.pgid, self.pid) {
+                    Ok(members) if members.is_empty() => return Ok(true),
+                    Ok(members) => pending = members,
+                    Err(_) => {
+                        // Blind: wait out the grace period (bounded), then SIGKILL.
+                        while let Some(left) = time_left(deadline) {
+                            sys::poll_readable(&[], left)?;
+                        }
+                        return Ok(false);
+                    }
+                }
+            }
+            let Some(left) = time_left(deadline) else {
+                return Ok(false);
+            };
+            let mut watched: Vec<BorrowedFd<'_>> = pending.iter().map(AsFd::as_fd).collect();
             if !leader_exited {
                 watched.push(self.leader.exit_fd());
             }
@@ -717,6 +865,80 @@ impl SpawnedGroup {
             pending.retain(|_| !readable.next().unwrap_or(false));
         }
     }
+}
+
+/// Pidfds on the members of group `pgid` other than its `leader` that have not exited yet,
+/// found by a `getpgid` per pid handed out since the leader's (up to [`MAX_PIDS_ASKED`]
+/// of them; beyond, from a listing of /proc, for the processes started after the leader).
+/// The cost grows with the number of pids handed out since the leader started (or, beyond
+/// that bound, with the number of processes on the machine), which is why teardown runs it
+/// only once the leader and the descendants it saw have exited. A number whose process exits during the scan is
+/// skipped; the group is checked again after `pidfd_open`, so the pidfd is for a process
+/// that was a member when it was opened. Only teardown's wait uses this, never a signal: a
+/// member it misses gets SIGKILL before the grace period ends, nothing worse.
+fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
+    // Members are started after the leader, so their pids were handed out after the
+    // leader's: above it, or, if the pid counter has wrapped since, at most the last pid
+    // handed out. (A process older than the leader that joins its group with `setpgid` is
+    // missed.) When few pids were handed out since, each is asked directly; otherwise /proc
+    // is listed, and the older processes in it (most of a machine's) are skipped.
+    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    let mut found = Vec::new();
+    let mut consider = |pid: u32| {
+        let Ok(raw) = i32::try_from(pid) else {
+            return true;
+        };
+        if sys::getpgid(raw) != Ok(pgid.as_raw()) {
+            return true;
+        }
+        let Ok(fd) = sys::pidfd_open(pid) else {
+            return true;
+        };
+        if sys::getpgid(raw) == Ok(pgid.as_raw()) {
+            found.push(fd);
+        }
+        found.len() < MAX_TRACKED_DESCENDANTS
+    };
+    match last {
+        Some(last) if last >= leader && last - leader <= MAX_PIDS_ASKED => {
+            for pid in leader + 1..=last {
+                if !consider(pid) {
+                    break;
+                }
+            }
+        }
+        _ => {
+            let started_after_leader = |pid: u32| match last {
+                Some(last) if last < leader => pid > leader || pid <= last,
+                Some(_) => pid > leader,
+                None => pid != leader,
+            };
+            for entry in std::fs::read_dir("/proc")? {
+                let Ok(entry) = entry else { continue };
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if started_after_leader(pid) && !consider(pid) {
+                    break;
+                }
+            }
+        }
+    }
+    // Members that have exited already (zombies not yet reaped by their new parent) are
+    // members still, but nothing to wait for.
+    let exited = sys::poll_readable(
+        &found.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+        Some(Duration::ZERO),
+    )?;
+    let mut exited = exited.into_iter();
+    found.retain(|_| !exited.next().unwrap_or(false));
+    Ok(found)
 }
 
 /// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The
@@ -747,4 +969,25 @@ fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
         }
     }
     found
+}
+
+/// Whether this kernel has `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), asked once with signal 0
+/// on `pidfd`: `EINVAL` says the flag is unknown; `ESRCH` and success both say it is known.
+fn pidfd_group_signal_supported(pidfd: BorrowedFd<'_>) -> bool {
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    const NO: u8 = 2;
+    static SUPPORT: AtomicU8 = AtomicU8::new(UNKNOWN);
+    match SUPPORT.load(Ordering::Relaxed) {
+        YES => true,
+        NO => false,
+        _ => {
+            let answer = match sys::pidfd_send_signal(pidfd, None, true) {
+                Err(Errno::EINVAL | Errno::ENOSYS) => NO,
+                _ => YES,
+            };
+            SUPPORT.store(answer, Ordering::Relaxed);
+            answer == YES
+        }
+    }
 }

@@ -39,14 +39,21 @@ pub struct GuardRule {
 /// it, test against it, or check that a newer version of the crate did not drop a rule.
 /// Each rule is checked at call time: the caller's own group, its session, its parent and
 /// the parent's group are read with a syscall on every call, because any of them can
-/// change during a run. The ancestors above the parent are the exception: reading them
-/// costs a /proc read each, so the guard reads the chain (pids and groups) at most every
-/// [`ANCESTOR_REFRESH`], and again whenever the parent changes (a forked child, an orphan)
-/// or a cached entry matches. Between readings it refuses each ancestor's group as read
-/// *and* any group whose id is an ancestor's pid, which is the group that ancestor leads if
-/// it has called `setsid` or `setpgid` since. A process never gains an ancestor (an orphan
-/// is re-parented to a subreaper or init it already descended from), so the chain only
-/// shrinks between readings.
+/// change during a run. The ancestors above the parent are the exception: finding them
+/// costs a /proc read each, so the guard reads the chain of their pids at most every
+/// [`ANCESTOR_REFRESH`], and again whenever the parent changes (a forked child, an orphan),
+/// an ancestor of the chain has died, or the target matches. Their *groups* are never
+/// cached: between readings each cached ancestor's group is asked afresh with `getpgid`
+/// (one syscall each, no /proc), since an ancestor can call `setsid`, or `setpgid` into
+/// any existing group of its session, at any moment; only a session leader, whose group is
+/// its pid for life, is not asked. A process never gains an ancestor (an orphan is
+/// re-parented to a subreaper or init it already descended from), so the chain of pids
+/// only shrinks between readings, and a dead ancestor is noticed by `getpgid`'s `ESRCH`.
+///
+/// `SpawnedGroup` signals the groups it created and still holds through the first five
+/// rules only (no /proc, no descriptor needed), and through the leader's pidfd where the
+/// kernel allows (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9), which names that group and no
+/// other: an ancestor's group is never one a test's child created.
 ///
 /// # Examples
 ///
@@ -100,7 +107,8 @@ pub const GUARD_RULES: &[GuardRule] = &[
     },
     GuardRule {
         reason: "ancestor_pgroup",
-        refuses: "the group of any ancestor process up to init (Linux, through /proc)",
+        refuses: "the group of any ancestor process up to init, as it is at the call (Linux: \
+                  the chain of pids through /proc, each one's group with getpgid)",
         why: "ancestors are the shells, multiplexers, editors and terminal emulators the run \
               was started from; none of them is ever a group a test created",
     },
@@ -291,6 +299,15 @@ pub fn check_pgid(pgid: i32) -> Result<Pgid, Refusal> {
             Refusal::PgidOutOfRange
         }
     })?;
+    let parent = check_relatives(checked)?;
+    check_ancestors(pgid, parent)?;
+    Ok(checked)
+}
+
+/// The rules that need neither /proc nor a descriptor: the caller's own group, its session
+/// leader's group and its parent's group, one syscall each. Returns the parent's pid.
+fn check_relatives(pgid: Pgid) -> Result<i32, Refusal> {
+    let pgid = pgid.as_raw();
     if sys::getpgrp() == pgid {
         return Err(Refusal::OwnPgroup);
     }
@@ -307,8 +324,7 @@ pub fn check_pgid(pgid: i32) -> Result<Pgid, Refusal> {
             Err(e) => return Err(unverifiable("the parent's process group", e)),
         }
     }
-    check_ancestors(pgid, parent)?;
-    Ok(checked)
+    Ok(parent)
 }
 
 fn unverifiable(what: &'static str, errno: Errno) -> Refusal {
@@ -324,8 +340,19 @@ struct AncestorCache {
     /// re-parented, has another one, and walks its own chain.
     for_parent: i32,
     built: Instant,
-    /// `(pid, pgid)` of each ancestor above the parent, nearest first.
-    ancestors: Vec<(i32, i32)>,
+    /// Each ancestor above the parent, nearest first.
+    ancestors: Vec<Ancestor>,
+}
+
+/// One ancestor as read from /proc. Only its pid, and whether it led its session, are
+/// trusted between readings; its group is asked afresh.
+#[derive(Debug, Clone, Copy)]
+struct Ancestor {
+    pid: i32,
+    pgid: i32,
+    /// It led its session: a session leader can neither `setpgid` (EPERM) nor `setsid` (it
+    /// leads a group), so its group is its pid for the rest of its life.
+    session_leader: bool,
 }
 
 static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
@@ -333,10 +360,11 @@ static ANCESTORS: Mutex<Option<AncestorCache>> = Mutex::new(None);
 /// The deepest ancestor chain the guard follows before it gives up (and refuses).
 const MAX_DEPTH: usize = 4096;
 
-/// How long the guard trusts its reading of the ancestors' groups before it reads /proc
-/// again. Walking the chain costs a /proc read per ancestor (tens of microseconds for a
-/// chain of shells, editors and multiplexers), far more than the syscalls of the other
-/// rules; reading it at most this often keeps the allowed path near one microsecond.
+/// How long the guard trusts its reading of the chain of ancestors' pids before it reads
+/// /proc again. Walking the chain costs a /proc read per ancestor (tens of microseconds for
+/// a chain of shells, editors and multiplexers), far more than the syscalls of the other
+/// rules; reading it at most this often keeps the allowed path near one microsecond plus a
+/// `getpgid` per ancestor. The ancestors' groups are not cached: each call reads them anew.
 ///
 /// # Examples
 ///
@@ -351,11 +379,11 @@ fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {
         .as_ref()
         .filter(|c| c.for_parent == parent && c.built.elapsed() < ANCESTOR_REFRESH)
     {
-        if first_in_group(&cached.ancestors, pgid).is_none() {
+        if live_groups_clear(&cached.ancestors, pgid) {
             return Ok(());
         }
-        // A hit on a cached reading: read the chain again before refusing, in case a dead
-        // ancestor's number was recycled or a group changed.
+        // A hit, or an ancestor gone: read the chain again before deciding, in case a dead
+        // ancestor's number was recycled or the chain changed.
     }
     let fresh = AncestorCache {
         for_parent: parent,
@@ -370,19 +398,30 @@ fn check_ancestors(pgid: i32, parent: i32) -> Result<(), Refusal> {
     }
 }
 
+/// Whether no cached ancestor is in group `pgid` *now*. An ancestor may have joined any
+/// existing group of its session with `setpgid(0, G)` since the chain was read, so the
+/// group of each is asked afresh with `getpgid` (one syscall each, no /proc), except for
+/// session leaders, whose group is their pid for life. `false` also when an ancestor cannot
+/// be asked (it died: the chain must be read again).
+fn live_groups_clear(ancestors: &[Ancestor], pgid: i32) -> bool {
+    ancestors.iter().all(|a| {
+        a.pid != pgid && (a.session_leader || sys::getpgid(a.pid).is_ok_and(|group| group != pgid))
+    })
+}
+
 /// The first ancestor whose group is `pgid`, or whose pid is `pgid`: a live process's pid
 /// can name only the group that process leads, so refusing it covers an ancestor that has
 /// become a group leader since the chain was read.
-fn first_in_group(ancestors: &[(i32, i32)], pgid: i32) -> Option<i32> {
+fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
     ancestors
         .iter()
-        .find(|(pid, group)| *group == pgid || *pid == pgid)
-        .map(|(pid, _)| *pid)
+        .find(|a| a.pgid == pgid || a.pid == pgid)
+        .map(|a| a.pid)
 }
 
 /// Reads the chain of ancestors above the parent from /proc, checking first that /proc
 /// belongs to the caller's PID namespace.
-fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<(i32, i32)>, Refusal> {
+fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     let proc_err = |what: &'static str| {
         move |e: procfs::ProcError| {
             let errno = match e {
@@ -418,7 +457,11 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<(i32, i32)>, Refusal> {
             });
         }
         let stat = read(next)?;
-        ancestors.push((stat.pid, stat.pgrp));
+        ancestors.push(Ancestor {
+            pid: stat.pid,
+            pgid: stat.pgrp,
+            session_leader: stat.session == stat.pid,
+        });
         next = stat.ppid;
     }
     Ok(ancestors)
@@ -489,25 +532,60 @@ pub(crate) fn safe_killpg_all(
 ) -> io::Result<Delivery> {
     let target = match check_pgid(pgid) {
         Ok(target) => target,
-        Err(refusal) => {
-            for signal in signals {
-                tracing::warn!(
-                    name: "killpg_guard_refused",
-                    reason = refusal.reason(),
-                    pgid,
-                    signal = %signal,
-                    context,
-                    detail = %refusal,
-                    "killpg_guard_refused"
-                );
-            }
-            return Ok(Delivery::Refused(refusal));
-        }
+        Err(refusal) => return Ok(refused(pgid, signals, context, refusal)),
     };
+    deliver(target, signals, context, |signal| {
+        sys::killpg(target, signal)
+    })
+}
+
+/// Signals a group the crate created itself and still holds (a `SpawnedGroup`), with `send`
+/// doing the delivery: `pidfd_send_signal` with `PIDFD_SIGNAL_PROCESS_GROUP` on the leader's
+/// pidfd, or `killpg` while the leader is unreaped. Such a group cannot be an ancestor's (a
+/// group's id is its creator's pid, and our child created it), so only the rules that need
+/// no /proc and no descriptor are applied: the id is above 1 (by its type), and is not the
+/// caller's own group, its session leader's or its parent's. This is what lets teardown
+/// work with no /proc and no free descriptor. Events and errors as [`safe_killpg`].
+pub(crate) fn deliver_to_own_group(
+    pgid: Pgid,
+    signals: &[Signal],
+    context: &str,
+    send: impl FnMut(Signal) -> Result<(), Errno>,
+) -> io::Result<Delivery> {
+    if let Err(refusal) = check_relatives(pgid) {
+        return Ok(refused(pgid.as_raw(), signals, context, refusal));
+    }
+    deliver(pgid, signals, context, send)
+}
+
+fn refused(pgid: i32, signals: &[Signal], context: &str, refusal: Refusal) -> Delivery {
+    for signal in signals {
+        tracing::warn!(
+            name: "killpg_guard_refused",
+            reason = refusal.reason(),
+            pgid,
+            signal = %signal,
+            context,
+            detail = %refusal,
+            "killpg_guard_refused"
+        );
+    }
+    Delivery::Refused(refusal)
+}
+
+/// Delivers each of `signals` with `send`, reporting each; stops at the first that finds no
+/// group.
+fn deliver(
+    target: Pgid,
+    signals: &[Signal],
+    context: &str,
+    mut send: impl FnMut(Signal) -> Result<(), Errno>,
+) -> io::Result<Delivery> {
+    let pgid = target.as_raw();
     let mut delivery = Delivery::NoSuchGroup;
     for &signal in signals {
         let outcome;
-        (delivery, outcome) = match sys::killpg(target, signal) {
+        (delivery, outcome) = match send(signal) {
             Ok(()) => (Delivery::Sent, "sent"),
             Err(Errno::ESRCH) => (Delivery::NoSuchGroup, "no_such_group"),
             Err(errno) => {

@@ -24,6 +24,9 @@ pub(crate) enum Leader {
         child: Option<Child>,
         pidfd: OwnedFd,
         exit: Option<ExitStatus>,
+        /// Someone else reaped it (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)` elsewhere in
+        /// the process): its number is free, and its exit status is lost.
+        reaped_elsewhere: bool,
     },
     /// The leader's parent is a supervisor, our child, which reports through a pipe.
     Supervised(Supervised),
@@ -103,13 +106,27 @@ impl Leader {
             .spawn()
             .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         let pid = child.id();
-        match sys::pidfd_open(pid) {
+        // With SIGCHLD ignored (or a `waitpid(-1)` elsewhere) the leader may have been
+        // reaped before `pidfd_open`, and its number given to another process. A pidfd on a
+        // process that is alive and not our child is such a stranger: not ours to signal.
+        let pinned = sys::pidfd_open(pid).and_then(|pidfd| {
+            let stranger = matches!(
+                sys::peek_exit(pidfd.as_fd()),
+                Err(ref e) if e.raw_os_error() == Some(nix::libc::ECHILD)
+            ) && !sys::poll_readable(&[pidfd.as_fd()], Some(Duration::ZERO))?[0];
+            if stranger {
+                return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+            }
+            Ok(pidfd)
+        });
+        match pinned {
             Ok(pidfd) => {
                 let mut spawned = Spawned::new(
                     Leader::Direct {
                         child: None,
                         pidfd,
                         exit: None,
+                        reaped_elsewhere: false,
                     },
                     pid,
                     &mut child,
@@ -118,6 +135,19 @@ impl Leader {
                     *slot = Some(child);
                 }
                 Ok(spawned)
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {
+                // Gone already, and so reaped by someone else (SIGCHLD ignored, a
+                // waitpid(-1) elsewhere): its number may be recycled, so it is not killed.
+                drop(child);
+                Err(context_err(
+                    &e,
+                    &format!(
+                        "pgroup: {what} (pid {pid}) exited and was reaped by someone else in \
+                         this process (SIGCHLD set to SIG_IGN, or a waitpid(-1) elsewhere) \
+                         before it could be pinned"
+                    ),
+                ))
             }
             Err(e) => {
                 // Our unreaped child: its pid cannot have been recycled.
@@ -204,14 +234,6 @@ impl Leader {
         }
     }
 
-    /// The leader's pidfd, when the leader is our own child.
-    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
-        match self {
-            Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
-            Leader::Supervised(_) => None,
-        }
-    }
-
     /// The descriptor that becomes readable when the leader's state may have changed.
     pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
         match self {
@@ -220,12 +242,28 @@ impl Leader {
         }
     }
 
-    /// The leader's exit status if it has exited, without blocking or reaping.
+    /// The leader's exit status if it has exited, without blocking or reaping. An error if
+    /// someone else reaped it (see [`Leader::reaped_elsewhere`]).
     pub(crate) fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
         match self {
-            Leader::Direct { pidfd, exit, .. } => {
+            Leader::Direct {
+                pidfd,
+                exit,
+                reaped_elsewhere,
+                ..
+            } => {
+                if *reaped_elsewhere {
+                    return Err(reaped_elsewhere_error());
+                }
                 if exit.is_none() {
-                    *exit = sys::peek_exit(pidfd.as_fd())?;
+                    match sys::peek_exit(pidfd.as_fd()) {
+                        Ok(status) => *exit = status,
+                        Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
+                            *reaped_elsewhere = true;
+                            return Err(reaped_elsewhere_error());
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 Ok(*exit)
             }
@@ -241,23 +279,70 @@ impl Leader {
         }
     }
 
-    /// Whether the group id is still pinned, so that the group may be signalled.
+    /// Whether someone other than this crate reaped the leader, which only a `Direct` leader
+    /// can suffer here: its pid and group id are then no longer pinned, and its status is
+    /// lost. Checked afresh (one `waitid`) until it is seen once.
+    pub(crate) fn reaped_elsewhere(&mut self) -> bool {
+        match self {
+            Leader::Direct { .. } => match self.peek_exit() {
+                Ok(_) => false,
+                Err(_) => matches!(
+                    self,
+                    Leader::Direct {
+                        reaped_elsewhere: true,
+                        ..
+                    }
+                ),
+            },
+            Leader::Supervised(_) => false,
+        }
+    }
+
+    /// Whether the leader has exited: its status is known, or someone else reaped it.
+    pub(crate) fn has_exited(&mut self) -> io::Result<bool> {
+        match self.peek_exit() {
+            Ok(status) => Ok(status.is_some()),
+            Err(_) if self.reaped_elsewhere() => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The leader's pidfd, for the `Direct` tier only: the handle through which the crate
+    /// signals the group (`PIDFD_SIGNAL_PROCESS_GROUP`) and the leader itself. The
+    /// supervised tiers hold no pidfd on the leader (it is not our child).
+    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        match self {
+            Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
+            Leader::Supervised(_) => None,
+        }
+    }
+
+    /// Whether the group id is still pinned, so that the group may be signalled by number.
     pub(crate) fn is_pinned(&self) -> bool {
         match self {
-            Leader::Direct { child, .. } => child.is_some(),
+            // Our child, and unreaped: `waitid(P_PIDFD, WNOWAIT)` still answers for it
+            // (ECHILD once someone else reaped it; any failure counts as unpinned).
+            Leader::Direct {
+                child,
+                pidfd,
+                reaped_elsewhere,
+                ..
+            } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd.as_fd()).is_ok(),
             // The supervisor holds the leader unreaped for as long as it lives, and its end
             // of the status pipe closes only when it exits.
             Leader::Supervised(sup) => sup.control.is_some() && !sys::hung_up(sup.status.as_fd()),
         }
     }
 
-    /// Kills the leader by pid when the group cannot be signalled (safe: it is unreaped).
+    /// Kills the leader through its pidfd, which names that process and no other even
+    /// after its number is recycled, wherever it is (also when it left its group).
     pub(crate) fn kill_leader(&mut self) {
-        if let Leader::Direct {
-            child: Some(child), ..
-        } = self
-        {
-            let _ = child.kill();
+        if let Leader::Direct { pidfd, .. } = self {
+            let _ = sys::pidfd_send_signal(
+                pidfd.as_fd(),
+                Some(nix::sys::signal::Signal::SIGKILL),
+                false,
+            );
         }
         // A supervisor kills everything itself on `finish`.
     }
@@ -275,9 +360,16 @@ impl Leader {
     /// working on its own (it has a bound of its own) and is reaped in the background.
     pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<u32>> {
         match self {
-            Leader::Direct { child, .. } => {
+            Leader::Direct {
+                child,
+                reaped_elsewhere,
+                ..
+            } => {
                 if let Some(mut child) = child.take() {
-                    child.wait()?;
+                    // Someone else reaped it: there is nothing left to reap.
+                    if !*reaped_elsewhere {
+                        child.wait()?;
+                    }
                 }
                 Ok(Vec::new())
             }
@@ -497,6 +589,15 @@ fn binfmt_misc_in_use() -> bool {
             .flatten()
             .any(|e| e.file_name() != "register" && e.file_name() != "status")
     })
+}
+
+/// The error for a leader that someone else reaped.
+fn reaped_elsewhere_error() -> io::Error {
+    io::Error::other(
+        "pgroup: the leader was reaped by someone else in this process (SIGCHLD set to \
+         SIG_IGN, or a waitpid(-1) or waitpid(-pgid) elsewhere): its exit status is lost, and \
+         its pid is no longer pinned",
+    )
 }
 
 /// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;

@@ -87,6 +87,9 @@ fn role_entry() {
             ("refresh-root", refresh_root),
             ("refresh-middle", refresh_middle),
             ("refresh-caller", refresh_caller),
+            ("join-root", join_root),
+            ("join-ancestor", join_ancestor),
+            ("join-caller", join_caller),
         ],
     );
 }
@@ -1636,4 +1639,137 @@ fn the_ancestor_chain_is_trusted_for_the_refresh_window_then_read_again() {
         second, first,
         "inside the window the guard uses what it read"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 10, item 5: an ancestor that joins another existing group while the chain is cached.
+// ---------------------------------------------------------------------------------------------
+
+/// PID 1 -> ancestor A (a group of its own, with a canary `sleep` in a second group G of the
+/// same session) -> parent `sh` -> caller. A joins G with `setpgid(0, G)` when the caller
+/// writes a byte to the pipe it inherited.
+fn join_root(_logs: Logs<'_>) -> i32 {
+    let mut ancestor = support::role_command("join-ancestor");
+    ancestor.process_group(0);
+    ancestor
+        .status()
+        .expect("run the ancestor")
+        .code()
+        .unwrap_or(3)
+}
+
+fn join_ancestor(_logs: Logs<'_>) -> i32 {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let marker = env::var(support::MARKER_VAR).unwrap_or_default();
+    let mut canary = support::raw_target_group(&marker);
+    let group = pid_of(&canary);
+    let (read, write): (OwnedFd, OwnedFd) = nix::unistd::pipe().expect("pipe");
+    // The caller inherits the write end (no close-on-exec on it: `pipe` sets none).
+    let joiner = std::thread::spawn(move || {
+        let mut byte = [0_u8; 1];
+        if nix::unistd::read(&read, &mut byte) == Ok(1) {
+            let joined = nix::unistd::setpgid(
+                nix::unistd::Pid::from_raw(0),
+                nix::unistd::Pid::from_raw(group),
+            );
+            println!("JOINED {joined:?}");
+        }
+    });
+    let caller = support::role_command("join-caller");
+    let relay = "\"$@\"; exit $?";
+    let code = Command::new("sh")
+        .args(["-c", relay, "sh"])
+        .arg(caller.get_program())
+        .args(caller.get_args())
+        .env(support::ROLE_VAR, "join-caller")
+        .env("PGROUP_JOIN_GROUP", group.to_string())
+        .env("PGROUP_JOIN_FD", write.as_raw_fd().to_string())
+        .status()
+        .expect("run the parent sh")
+        .code()
+        .unwrap_or(3);
+    drop(write);
+    let _ = joiner.join();
+    // Our own child, by pid, inside the sandbox.
+    let _ = canary.kill();
+    let _ = canary.wait();
+    code
+}
+
+/// Fills the guard's ancestor cache with a check of G, has the ancestor join G, then asks
+/// again at once (well inside `ANCESTOR_REFRESH`), and only then signals G.
+fn join_caller(_logs: Logs<'_>) -> i32 {
+    use std::os::fd::{BorrowedFd, RawFd};
+    let group: i32 = env::var("PGROUP_JOIN_GROUP")
+        .expect("group")
+        .parse()
+        .expect("a number");
+    let fd: RawFd = env::var("PGROUP_JOIN_FD")
+        .expect("fd")
+        .parse()
+        .expect("a number");
+    let parent = i32::try_from(std::os::unix::process::parent_id()).expect("pid fits");
+    let ancestor = Process::new(parent)
+        .and_then(|p| p.stat())
+        .expect("the parent's stat")
+        .ppid;
+    println!("ANCESTOR {ancestor}");
+    let first = check_pgid(group).map(Pgid::as_raw);
+    let read_at = Instant::now();
+    // SAFETY: the descriptor was inherited from the ancestor, which opened it for this, and
+    // stays open for the rest of this process's life.
+    let pipe = unsafe { BorrowedFd::borrow_raw(fd) };
+    nix::unistd::write(pipe, &[1]).expect("ask the ancestor to join");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pgrp_of(ancestor) != Some(group) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    println!("ANCESTOR_GROUP {:?}", pgrp_of(ancestor));
+    let second = check_pgid(group).map(Pgid::as_raw);
+    println!(
+        "WITHIN_WINDOW {}",
+        read_at.elapsed() < pgroup::ANCESTOR_REFRESH
+    );
+    println!("FIRST {first:?}");
+    println!("SECOND {second:?}");
+    let _ = std::io::stdout().flush();
+    let delivery = safe_killpg(group, Signal::SIGKILL, "join").expect("safe_killpg");
+    println!("DELIVERY {delivery:?}");
+    println!("ANCESTOR_ALIVE {}", !support::is_dead_or_dying(ancestor));
+    0
+}
+
+/// An ancestor above the parent joins another existing group G (`setpgid(0, G)`) while the
+/// guard's reading of the chain is fresh: the guard asks each ancestor's group afresh, so G
+/// is refused at once and the ancestor survives. (Before issue 10 the cached groups were
+/// trusted for `ANCESTOR_REFRESH`, and SIGKILL to G was allowed and killed the ancestor.)
+#[test]
+fn an_ancestor_joining_another_group_is_seen_at_once() {
+    let marker = support::marker("join");
+    let out = support::run_sandboxed_std(&marker, "join-root", &[], Duration::from_secs(60), true);
+    support::assert_no_leaks(&marker);
+    let Some(out) = out else {
+        reduced_mode("the ancestor-joins-a-group check");
+        return;
+    };
+    let ancestor = out.one("ANCESTOR");
+    assert_eq!(out.one("JOINED"), "Ok(())", "{:#?}", out.lines);
+    assert!(out.one("FIRST").starts_with("Ok("), "{:#?}", out.lines);
+    assert_eq!(
+        out.one("WITHIN_WINDOW"),
+        "true",
+        "the join took longer than the refresh window, so the check proves nothing: {:#?}",
+        out.lines
+    );
+    assert_eq!(
+        out.one("SECOND"),
+        format!("Err(AncestorPgroup {{ ancestor: {ancestor} }})"),
+        "{:#?}",
+        out.lines
+    );
+    assert_eq!(
+        out.one("DELIVERY"),
+        format!("Refused(AncestorPgroup {{ ancestor: {ancestor} }})")
+    );
+    assert_eq!(out.one("ANCESTOR_ALIVE"), "true");
 }

@@ -503,7 +503,12 @@ fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
         if ret == 0 || group_errno != Errno::EINVAL {
             return;
         }
-        // EINVAL: a kernel before 6.9, without the group flag.
+        // EINVAL: a kernel before 6.9, without the group flag. The number is safe to signal
+        // only while the leader is unreaped; someone else may have reaped it (SIGCHLD
+        // ignored, a `waitpid(-1)` elsewhere), which waitid(WNOWAIT) on the pidfd tells.
+        if !leader_unreaped(fd) {
+            return;
+        }
     }
     // SAFETY: getpgrp(2) cannot fail; kill(2) with a negative id signals that group. The id
     // is greater than 1 (never `kill(0)` or `kill(-1)`) and not the caller's own group, and
@@ -511,6 +516,32 @@ fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
     unsafe {
         if pgid > 1 && pgid != libc::getpgrp() {
             libc::kill(-pgid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether the leader behind `pidfd` (our child) is still unreaped: `waitid(P_PIDFD,
+/// WEXITED | WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it.
+fn leader_unreaped(pidfd: RawFd) -> bool {
+    let Ok(id) = libc::id_t::try_from(pidfd) else {
+        return false;
+    };
+    loop {
+        // SAFETY: waitid(2) writes one siginfo_t on our stack and reaps nothing (WNOWAIT).
+        let ret = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PIDFD,
+                id,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        if ret == 0 {
+            return true;
+        }
+        if Errno::last() != Errno::EINTR {
+            return false;
         }
     }
 }
