@@ -47,7 +47,12 @@
 //!   Every refusal emits a WARN tracing event `killpg_guard_refused` with the fields
 //!   `reason`, `pgid`, `signal` and `context`; every delivery a DEBUG event
 //!   `killpg_delivered`. The caller's own group, session, parent and parent's group are
-//!   read on every call; the ancestors above the parent at most every [`ANCESTOR_REFRESH`].
+//!   read on every call, and so is the group of each ancestor above the parent (one
+//!   `getpgid` each; session leaders are skipped, their group never changes); the chain of
+//!   ancestor pids is read from /proc at most every [`ANCESTOR_REFRESH`]. A
+//!   [`SpawnedGroup`] signals its own group through the leader's pidfd
+//!   (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9) with the guard's rules that need no /proc, so
+//!   teardown works without /proc or a free descriptor.
 //! - [`SpawnedGroup`], [`Builder`], [`Teardown`]: the RAII group. Waiting is driven by the
 //!   leader's pidfd; the leader is observed with `waitid(WNOWAIT)` and reaped only at the end
 //!   of teardown, with `waitpid` on its own pid, never `waitpid(-1)`. Teardown emits DEBUG
@@ -55,8 +60,9 @@
 //!   `group_teardown_failed`.
 //! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
 //!   `Supervised` adds a supervisor process (the leader's parent, a child subreaper that
-//!   reaps orphans, tied to the test binary's life by a pidfd and a pipe) that catches what leaves the group and what outlives
-//!   the test binary; `Namespace` makes that supervisor init of a PID namespace.
+//!   reaps orphans, tied to the test binary's life by a pidfd and a pipe) that catches what
+//!   leaves the group and what outlives the test binary; `Namespace` makes that supervisor
+//!   init of a PID namespace.
 //! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
 //!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
 //! - All unsafe code and raw syscalls live in one private module, `sys`, with the
@@ -71,6 +77,15 @@
 //! panic and blocks for at most the grace period plus [`KILL_WAIT_BOUND`]. Its errors are
 //! reported as tracing events; [`SpawnedGroup::shutdown`] is the checked form that returns
 //! them.
+//!
+//! Teardown waits up to the grace period for every member of the group, not only the leader:
+//! the members left after the leader exited are found with one `getpgid` per pid handed out
+//! since the leader started (a /proc listing beyond 1024 of them). If the test binary ignores
+//! SIGCHLD, or a thread calls `waitpid(-1)`, the `Group` tier's leader is reaped by someone
+//! else: the crate notices and never signals its number again. On Linux 6.9 and later it
+//! still tears down the members left in the group, through the leader's pidfd; the leader's
+//! exit status is lost, and teardown returns an error saying so. On older kernels the members
+//! of such a group are not signalled.
 //!
 //! Where Drop does not run, the [`lifeline`] takes over, in every tier and with the default
 //! settings: when the test binary dies of SIGINT, SIGTERM, SIGHUP, SIGQUIT or SIGABRT, or
