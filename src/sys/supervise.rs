@@ -178,7 +178,7 @@ pub(crate) fn hook(plan: Plan) -> io::Result<()> {
 /// A pidfd on this process's parent, the test binary. `getppid` is read again after
 /// `pidfd_open`: if it changed, the parent died in between and the descriptor may name
 /// whoever inherited us, so set-up fails (nobody is left to report to anyway).
-fn watch_parent() -> io::Result<RawFd> {
+pub(super) fn watch_parent() -> io::Result<RawFd> {
     // SAFETY: getppid and pidfd_open take and return plain integers.
     unsafe {
         let parent = libc::getppid();
@@ -488,7 +488,7 @@ fn wait_for_children(sfd: RawFd, deadline: i64) {
 /// The supervisor's life: report the leader's pid, reap orphans as they exit, report the
 /// leader's exit, and on the teardown command or the test binary's death, kill and reap
 /// everything. Never returns.
-fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
+pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
     // SAFETY (whole function): async-signal-safe syscalls on stack data. `leader` and every
     // pid we signal are our own unreaped children at the moment we signal them, so their
     // numbers (and the group ids equal to them) cannot have been recycled.
