@@ -210,7 +210,12 @@ pub(crate) fn spawn(cmd: &mut Command, plan: Plan) -> io::Result<Respawned> {
     // it would (see the module documentation).
     let pid = unsafe {
         let top = stack.cast::<u8>().add(STACK_LEN).cast::<c_void>();
-        libc::clone(spawner, top, flags, ptr::from_mut(&mut ctx).cast::<c_void>())
+        libc::clone(
+            spawner,
+            top,
+            flags,
+            ptr::from_mut(&mut ctx).cast::<c_void>(),
+        )
     };
     let clone_error = io::Error::last_os_error();
     // SAFETY: restores the mask saved above; the spawner is gone (exec'd or exited), so the
@@ -341,8 +346,7 @@ fn become_supervisor(ctx: &Context<'_>, leader: u32) -> io::Error {
         }
         let value = format!(
             "PGROUP_SUPERVISOR={MAGIC}:{}:{}:{test_binary}:{leader}",
-            plan.control_read,
-            plan.status_write,
+            plan.control_read, plan.status_write,
         );
         let Ok(value) = CString::new(value) else {
             return io::Error::other("supervisor plan");
