@@ -42,7 +42,16 @@
 //!   ignores it (std's `posix_spawn` passes an ignored SIGCHLD on, and the supervisor must
 //!   not ignore it while the leader lives, or the kernel would reap the leader).
 //! - It needs the library's `.init_array` entry in the executable, which is there whenever
-//!   the executable links `pgroup` (not when the library is loaded with `dlopen`).
+//!   the executable links `pgroup` (not when the library is loaded with `dlopen` into
+//!   another program: unsupported). Where the entry did not run at all, and with
+//!   `PGROUP_EXEC_SUPERVISOR=off`, the forked supervisor is used.
+//! - The spawner does more than a `vfork` child should: std's `spawn` allocates and takes
+//!   std's environment lock. It does so in place of the suspended calling thread, with
+//!   every signal blocked and no handler installed, and holds no lock when it execs; only a
+//!   SIGKILL aimed at the spawner's own pid during those microseconds could leave a lock
+//!   of the test binary held.
+//! - The supervisor process is named `exe` (the kernel names it after `/proc/self/exe`) and
+//!   carries the test binary's environment, as the forked one did.
 
 use std::ffi::{CStr, CString};
 use std::io;

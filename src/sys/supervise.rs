@@ -1,17 +1,23 @@
 //! The supervisor of the `Supervised` and `Namespace` containment tiers.
 //!
-//! # Why it is forked, not exec'd
+//! # Exec'd or forked
 //!
-//! A library cannot count on an executable of its own being installed, and the test binary
-//! that links it is a libtest binary whose `main` we do not control, so re-executing it as a
-//! supervisor is not possible either. The supervisor is therefore forked from the test
-//! binary: std forks the child for the `Command` as usual, and a `pre_exec` hook, which runs
-//! in that child between fork and exec, forks once more. The grandchild returns from the
-//! hook and std execs the user's program in it: it becomes the group's leader. The child
-//! never returns from the hook: it becomes the supervisor. Because it was forked from a
-//! multi-threaded process, everything in this file that runs in a forked process is
-//! async-signal-safe: raw syscalls on stack buffers (and one anonymous `mmap`), no
-//! allocation, no locks, no panics, and `_exit` at the end.
+//! The `Supervised` tier runs this loop in an *exec'd* copy of the test binary (see
+//! `respawn.rs`): a spawner made with `clone(CLONE_VM | CLONE_VFORK)` runs std's `spawn` for
+//! the leader and then execs `/proc/self/exe`, whose `.init_array` entry calls
+//! [`supervise`] before `main`. No page table of the test binary is copied.
+//!
+//! The `Namespace` tier (and `Supervised` with `PGROUP_EXEC_SUPERVISOR=off`, or where the
+//! `.init_array` entry did not run) forks it instead: std forks the child for the
+//! `Command` as usual, and a `pre_exec` hook, which runs in that child between fork and
+//! exec, forks once more. The grandchild returns from the hook and std execs the user's
+//! program in it: it becomes the group's leader. The child never returns from the hook: it
+//! becomes the supervisor. (A PID namespace's init must be set up before the leader is
+//! forked, and `unshare(CLONE_NEWUSER)` refuses a process that shares its memory, so the
+//! spawner cannot do that part.) Because it was forked from a multi-threaded process,
+//! everything in this file that runs in a forked process is async-signal-safe: raw
+//! syscalls on stack buffers (and one anonymous `mmap`), no allocation, no locks, no
+//! panics, and `_exit` at the end. The exec'd supervisor runs the same code.
 //!
 //! # What it does not trust
 //!
