@@ -221,7 +221,7 @@ impl Leader {
             )
         })?;
         let mut leader = started.spawned.leader;
-        let mut sup = Supervised {
+        let sup = Supervised {
             supervisor: Some(SupervisorProcess::Exec(started.spawned.supervisor)),
             control: Some(started.control),
             status: started.status,
@@ -234,27 +234,13 @@ impl Leader {
             done: false,
             eof: false,
         };
+        // The leader's pid is std's; the supervisor's report of it is not waited for, so
+        // that its start (an exec of the test binary) overlaps the caller's work. Until it
+        // runs, the leader is already its unreaped child (pinned), and if it never runs, its
+        // end of the status pipe closes: the group then counts as unpinned and is never
+        // signalled by number, and teardown reports the supervisor's failure.
         let pid = leader.id();
-        let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
-        match reported {
-            Ok(inner) if u32::try_from(inner).ok() == Some(pid) => {
-                Ok(Spawned::new(Leader::Supervised(sup), pid, &mut leader))
-            }
-            other => {
-                let e = match other {
-                    Ok(inner) => io::Error::other(format!(
-                        "the supervisor reported leader pid {inner}, not {pid}"
-                    )),
-                    Err(e) => e,
-                };
-                // Closing the control pipe makes the supervisor kill and reap everything.
-                let _ = sup.finish(true, Instant::now() + crate::KILL_WAIT_BOUND);
-                Err(context_err(
-                    &e,
-                    &format!("pgroup: Containment::Supervised for {what} failed to start"),
-                ))
-            }
-        }
+        Ok(Spawned::new(Leader::Supervised(sup), pid, &mut leader))
     }
 
     fn spawn_supervised(
