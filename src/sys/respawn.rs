@@ -50,8 +50,8 @@
 //!   every signal blocked and no handler installed, and holds no lock when it execs; only a
 //!   SIGKILL aimed at the spawner's own pid during those microseconds could leave a lock
 //!   of the test binary held.
-//! - The supervisor process is named `exe` (the kernel names it after `/proc/self/exe`) and
-//!   carries the test binary's environment, as the forked one did.
+//! - The supervisor process is named `pgroup-superv` (its argv\[0\] is `pgroup-supervisor`)
+//!   and carries the test binary's environment, as the forked one did.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -105,6 +105,10 @@ extern "C" fn supervisor_entry() {
     let Some(plan) = parse(value) else {
         return;
     };
+    // Named for `ps` (the kernel named it `exe`, after `/proc/self/exe`).
+    let name = b"pgroup-superv\0";
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
     supervise::supervise(plan.0, plan.1, plan.2);
 }
 
