@@ -54,7 +54,7 @@
 //!   and carries the test binary's environment, as the forked one did.
 
 use std::ffi::{CStr, CString};
-use std::io;
+use std::io::{self, Write};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Child, Command};
@@ -147,10 +147,14 @@ pub(crate) fn available() -> bool {
 struct Context<'a> {
     cmd: &'a mut Command,
     plan: Plan,
-    /// The test binary's environment as `NAME=value` strings, for the supervisor's exec.
-    env: Vec<CString>,
+    /// The buffer the spawner writes `PGROUP_SUPERVISOR=...` into (NUL-terminated).
+    plan_var: Vec<u8>,
+    /// `env`'s pointers, then `plan_var`'s, then null: the supervisor's `envp`. Built
+    /// here, by the calling thread, because whatever the spawner allocated before its exec
+    /// would never be freed (it is the test binary's heap, and exec runs no destructor).
     /// Set by the spawner: std's answer, or why it did not get that far.
     spawned: Option<io::Result<Child>>,
+    envp: Vec<*const c_char>,
     /// The calling thread's signal mask, which std passes on to the leader (as in `Group`).
     mask: libc::sigset_t,
     /// Set by the spawner when the leader was spawned but the supervisor could not be
@@ -170,7 +174,7 @@ pub(crate) struct Respawned {
 /// Spawns `cmd` (already set to `process_group(0)` or a new session) as the child of an
 /// exec'd supervisor that talks through `plan`'s pipes. See the module documentation.
 pub(crate) fn spawn(cmd: &mut Command, plan: Plan) -> io::Result<Respawned> {
-    let env = std::env::vars_os()
+    let env: Vec<CString> = std::env::vars_os()
         .filter(|(key, _)| key.as_bytes() != VAR)
         .filter_map(|(key, value)| {
             let mut entry = key.as_bytes().to_vec();
@@ -179,10 +183,16 @@ pub(crate) fn spawn(cmd: &mut Command, plan: Plan) -> io::Result<Respawned> {
             CString::new(entry).ok()
         })
         .collect();
+    let plan_var = vec![0_u8; 160];
+    let mut envp: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
+    envp.push(plan_var.as_ptr().cast());
+    envp.push(ptr::null());
+    // `env` holds the strings `envp` points to; it lives until this function returns.
     let mut ctx = Context {
         cmd,
         plan,
-        env,
+        plan_var,
+        envp,
         spawned: None,
         exec_failed: None,
         // SAFETY: sigset_t is plain data; filled in below, before the spawner runs.
@@ -337,11 +347,11 @@ fn prepare() -> io::Result<()> {
 
 /// Takes a private descriptor table, keeps the supervisor's descriptors across exec, and
 /// execs the supervisor. Returns only on failure.
-fn become_supervisor(ctx: &Context<'_>, leader: u32) -> io::Error {
+fn become_supervisor(ctx: &mut Context<'_>, leader: u32) -> io::Error {
     let plan = ctx.plan;
     // SAFETY: unshare, close, fcntl and execve on this process's own descriptor table and
-    // on strings built here, alive until execve. Allocation is sound here: the spawner acts
-    // for the suspended thread (see the module documentation).
+    // on the strings `spawn` built, alive until execve. Nothing here allocates: whatever
+    // it would allocate would leak in the test binary's heap.
     unsafe {
         if libc::unshare(libc::CLONE_FILES) != 0 {
             return io::Error::last_os_error();
@@ -357,18 +367,23 @@ fn become_supervisor(ctx: &Context<'_>, leader: u32) -> io::Error {
                 return io::Error::last_os_error();
             }
         }
-        let value = format!(
+        // Formatting into a slice allocates nothing; the last byte stays NUL.
+        let len = ctx.plan_var.len() - 1;
+        let mut out = &mut ctx.plan_var[..len];
+        if write!(
+            out,
             "PGROUP_SUPERVISOR={MAGIC}:{}:{}:{test_binary}:{leader}",
             plan.control_read, plan.status_write,
-        );
-        let Ok(value) = CString::new(value) else {
-            return io::Error::other("supervisor plan");
-        };
-        let mut envp: Vec<*const c_char> = ctx.env.iter().map(|e| e.as_ptr()).collect();
-        envp.push(value.as_ptr());
-        envp.push(ptr::null());
+        )
+        .is_err()
+        {
+            return io::Error::from_raw_os_error(libc::E2BIG);
+        }
+        // The slot before the final null (taken afresh after the write above).
+        let slot = ctx.envp.len() - 2;
+        ctx.envp[slot] = ctx.plan_var.as_ptr().cast();
         let argv: [*const c_char; 2] = [c"pgroup-supervisor".as_ptr(), ptr::null()];
-        libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), ctx.envp.as_ptr());
         io::Error::last_os_error()
     }
 }
