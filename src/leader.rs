@@ -32,8 +32,42 @@ pub(crate) enum Leader {
     Supervised(Supervised),
 }
 
+/// The supervisor process, our child either way.
+enum SupervisorProcess {
+    /// Forked by std (with the supervisor's `pre_exec` hook).
+    Forked(Child),
+    /// Exec'd by the spawner that `clone` made (see `sys/respawn.rs`).
+    Exec(u32),
+}
+
+impl SupervisorProcess {
+    fn id(&self) -> u32 {
+        match self {
+            SupervisorProcess::Forked(child) => child.id(),
+            SupervisorProcess::Exec(pid) => *pid,
+        }
+    }
+
+    /// Whether it has exited (and is now reaped).
+    fn try_wait(&mut self) -> io::Result<bool> {
+        match self {
+            SupervisorProcess::Forked(child) => child.try_wait().map(|s| s.is_some()),
+            SupervisorProcess::Exec(pid) => sys::try_reap_pid(*pid),
+        }
+    }
+
+    fn wait(self) {
+        match self {
+            SupervisorProcess::Forked(mut child) => {
+                let _ = child.wait();
+            }
+            SupervisorProcess::Exec(pid) => sys::reap_pid(pid),
+        }
+    }
+}
+
 pub(crate) struct Supervised {
-    supervisor: Option<Child>,
+    supervisor: Option<SupervisorProcess>,
     control: Option<OwnedFd>,
     status: OwnedFd,
     buf: Vec<u8>,
@@ -85,12 +119,19 @@ impl Leader {
         // cannot execute with /bin/sh. `posix_spawnp`, the plain `Group` path, fails by
         // itself, and this check (about 30 µs with a long PATH) is not paid there.
         let saw_path = cmd.get_envs().any(|(key, _)| key == "PATH");
-        if containment != Containment::Group || new_session || saw_path {
+        // The `Supervised` tier's exec'd supervisor spawns the leader as `Group` does.
+        let exec_supervisor =
+            containment == Containment::Supervised && sys::exec_supervisor_available();
+        let forked_supervisor = containment != Containment::Group && !exec_supervisor;
+        if forked_supervisor || new_session || saw_path {
             check_exec_format(cmd)
                 .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         }
         match containment {
             Containment::Group => Leader::spawn_direct(cmd, new_session, what),
+            Containment::Supervised if exec_supervisor => {
+                Leader::spawn_exec_supervised(cmd, new_session, what)
+            }
             Containment::Supervised => Leader::spawn_supervised(cmd, false, new_session, what),
             Containment::Namespace => Leader::spawn_supervised(cmd, true, new_session, what),
         }
@@ -161,6 +202,47 @@ impl Leader {
         }
     }
 
+    /// The `Supervised` tier without a fork of the test binary (see `sys/respawn.rs`): std
+    /// spawns the leader as in `Group`, from a process that then execs the supervisor.
+    fn spawn_exec_supervised(
+        cmd: &mut Command,
+        new_session: bool,
+        what: &str,
+    ) -> io::Result<Spawned> {
+        if new_session {
+            sys::set_new_session(cmd);
+        } else {
+            cmd.process_group(0);
+        }
+        let started = sys::spawn_exec_supervised(cmd).map_err(|e| {
+            context_err(
+                &e,
+                &format!("pgroup: cannot spawn {what} with Containment::Supervised"),
+            )
+        })?;
+        let mut leader = started.spawned.leader;
+        let sup = Supervised {
+            supervisor: Some(SupervisorProcess::Exec(started.spawned.supervisor)),
+            control: Some(started.control),
+            status: started.status,
+            buf: Vec::new(),
+            reported_pid: None,
+            failed: None,
+            exit: None,
+            escapees: Vec::new(),
+            stuck: None,
+            done: false,
+            eof: false,
+        };
+        // The leader's pid is std's; the supervisor's report of it is not waited for, so
+        // that its start (an exec of the test binary) overlaps the caller's work. Until it
+        // runs, the leader is already its unreaped child (pinned), and if it never runs, its
+        // end of the status pipe closes: the group then counts as unpinned and is never
+        // signalled by number, and teardown reports the supervisor's failure.
+        let pid = leader.id();
+        Ok(Spawned::new(Leader::Supervised(sup), pid, &mut leader))
+    }
+
     fn spawn_supervised(
         cmd: &mut Command,
         namespace: bool,
@@ -218,12 +300,12 @@ impl Leader {
                 let mut child = child;
                 let mut spawned = Spawned::new(Leader::Supervised(sup), pid, &mut child);
                 if let Leader::Supervised(sup) = &mut spawned.leader {
-                    sup.supervisor = Some(child);
+                    sup.supervisor = Some(SupervisorProcess::Forked(child));
                 }
                 Ok(spawned)
             }
             Err(e) => {
-                sup.supervisor = Some(child);
+                sup.supervisor = Some(SupervisorProcess::Forked(child));
                 // Closing the control pipe makes the supervisor kill and reap everything.
                 let _ = sup.finish(true, Instant::now() + crate::KILL_WAIT_BOUND);
                 Err(context_err(
@@ -499,8 +581,8 @@ impl Supervised {
             }
         }
         match supervisor.try_wait() {
-            Ok(Some(_)) | Err(_) => {}
-            Ok(None) => {
+            Ok(true) | Err(_) => {}
+            Ok(false) => {
                 let _ = std::thread::Builder::new()
                     .name("pgroup-reap-supervisor".into())
                     .spawn(move || supervisor.wait());

@@ -23,7 +23,10 @@ use nix::unistd::{self, Pid};
 use crate::Pgid;
 
 pub(crate) mod lifeline;
+mod respawn;
 mod supervise;
+
+pub(crate) use respawn::{available as exec_supervisor_available, Respawned};
 
 pub(crate) use supervise::{
     CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS, TAG_STUCK,
@@ -112,6 +115,74 @@ pub(crate) fn install_supervisor(
         child_ends: (control_read, status_write),
         armed,
     })
+}
+
+/// The test binary's side of a supervisor that was exec'd rather than forked (see
+/// `sys/respawn.rs`): the same two pipes as [`SupervisorPipes`], std's handle on the leader
+/// (for its stdio pipes only: the leader is the supervisor's child) and the supervisor's pid.
+pub(crate) struct ExecSupervised {
+    pub control: OwnedFd,
+    pub status: OwnedFd,
+    pub spawned: Respawned,
+}
+
+/// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under an
+/// exec'd supervisor: no copy of the test binary's page tables, whatever its size.
+pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervised> {
+    let (control_read, control_write) = pipe_above_stdio()?;
+    let (status_read, status_write) = pipe_above_stdio()?;
+    nix::fcntl::fcntl(
+        &status_read,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let plan = supervise::Plan {
+        control_read: control_read.as_raw_fd(),
+        status_write: status_write.as_raw_fd(),
+        control_write: control_write.as_raw_fd(),
+        status_read: status_read.as_raw_fd(),
+        namespace: false,
+        new_session: false,
+    };
+    let spawned = respawn::spawn(cmd, plan);
+    // The supervisor's ends: it has its own copies (or was never exec'd).
+    drop(control_read);
+    drop(status_write);
+    Ok(ExecSupervised {
+        control: control_write,
+        status: status_read,
+        spawned: spawned?,
+    })
+}
+
+/// Reaps our child `pid`, waiting for it (a child that is known to have exited, or to be
+/// about to). Errors (someone else reaped it) are ignored.
+pub(crate) fn reap_pid(pid: u32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    loop {
+        match wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+            Err(Errno::EINTR) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Whether our child `pid` has exited; reaps it if so. Someone else having reaped it
+/// (`ECHILD`) counts as exited.
+pub(crate) fn try_reap_pid(pid: u32) -> io::Result<bool> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    loop {
+        return match wait::waitpid(
+            Pid::from_raw(pid),
+            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
+        ) {
+            Ok(WaitStatus::StillAlive) => Ok(false),
+            Ok(_) | Err(Errno::ECHILD) => Ok(true),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
 }
 
 /// Reads what is available from a non-blocking descriptor into `buf`. Returns whether it

@@ -28,6 +28,16 @@ const TIER_ROUNDS: usize = 101;
 /// The rule for the crate's default tier: the strongest tier whose spawn plus teardown costs
 /// at most this many times the Group tier's.
 const DEFAULT_TIER_MAX_RATIO: f64 = 2.0;
+/// The resident sizes of the sweep, in MiB (the first is the report as it is, about 2 MiB).
+const SWEEP_MIB: [i64; 3] = [2, 64, 256];
+/// Rounds per size of the sweep: each round runs one cycle of every variant, rotated.
+const SWEEP_ROUNDS: usize = 41;
+/// Processes per setting of the lifeline row, and cycles measured in each.
+const LIFELINE_PROCESSES: usize = 3;
+const LIFELINE_CYCLES: usize = 301;
+/// The environment variable that makes the report measure only the lifeline row's cycle
+/// and print its median in nanoseconds.
+const LIFELINE_MODE: &str = "PGROUP_REPORT_LIFELINE_ONLY";
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort_unstable();
@@ -454,7 +464,175 @@ fn many_rows() -> io::Result<(Row, Vec<String>)> {
     Ok((row, lines))
 }
 
+/// The variants of the resident-size sweep: the tier, whether the `Supervised` tier may use
+/// its exec'd supervisor (`PGROUP_EXEC_SUPERVISOR=off` forces the forked one), and a name.
+const SWEEP_VARIANTS: [(pgroup::Containment, bool, &str); 4] = [
+    (pgroup::Containment::Group, true, "Group"),
+    (pgroup::Containment::Supervised, true, "Supervised"),
+    (
+        pgroup::Containment::Supervised,
+        false,
+        "Supervised, forked supervisor (PGROUP_EXEC_SUPERVISOR=off)",
+    ),
+    (pgroup::Containment::Namespace, true, "Namespace"),
+];
+
+/// Grows this process to `mib` MiB resident (pages written, so that a fork must copy their
+/// page-table entries) by adding to `ballast`.
+fn grow_to(mib: i64, ballast: &mut Vec<Vec<u8>>) {
+    let now = support::rss_kib() / 1024;
+    if mib <= now {
+        return;
+    }
+    let len = usize::try_from(mib - now).unwrap_or(0) << 20;
+    let mut block = vec![0_u8; len];
+    for i in (0..len).step_by(4096) {
+        block[i] = 1;
+    }
+    std::hint::black_box(&block);
+    ballast.push(block);
+}
+
+/// The resident-size sweep: spawn `sleep 1000` + teardown (grace 0) per variant, at each
+/// size of [`SWEEP_MIB`], as table rows; the ratio is the median of per-round ratios to
+/// the Group cycle of the same round.
+fn sweep_rows() -> io::Result<Vec<Row>> {
+    let mut ballast = Vec::new();
+    let mut rows = Vec::new();
+    let set_exec = |on: bool| {
+        if on {
+            std::env::remove_var("PGROUP_EXEC_SUPERVISOR");
+        } else {
+            std::env::set_var("PGROUP_EXEC_SUPERVISOR", "off");
+        }
+    };
+    for mib in SWEEP_MIB {
+        grow_to(mib, &mut ballast);
+        let rss = support::rss_kib() / 1024;
+        let mut available = Vec::new();
+        for (i, (tier, exec, _)) in SWEEP_VARIANTS.iter().enumerate() {
+            set_exec(*exec);
+            if support::tier_cycle(*tier, false).is_ok() {
+                available.push(i);
+            }
+        }
+        let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); SWEEP_VARIANTS.len()];
+        for round in 0..SWEEP_ROUNDS {
+            for k in 0..available.len() {
+                let i = available[(round + k) % available.len()];
+                let (tier, exec, _) = SWEEP_VARIANTS[i];
+                set_exec(exec);
+                let started = Instant::now();
+                support::tier_cycle(tier, false)?;
+                samples[i].push(started.elapsed());
+            }
+        }
+        set_exec(true);
+        let group = samples[0].clone();
+        for &i in available.iter().skip(1) {
+            let mut ratios: Vec<f64> = samples[i]
+                .iter()
+                .zip(&group)
+                .map(|(x, y)| x.as_secs_f64() / y.as_secs_f64())
+                .collect();
+            ratios.sort_unstable_by(f64::total_cmp);
+            let (ratio, low, high) = median_ci(&ratios);
+            rows.push(Row {
+                name: "resident-size sweep: spawn `sleep 1000` + teardown, grace 0",
+                ours: format!(
+                    "{rss} MiB resident, {}: {}",
+                    SWEEP_VARIANTS[i].2,
+                    fmt(median(samples[i].clone()))
+                ),
+                comparison: format!("Group: {}", fmt(median(group.clone()))),
+                ratio: format!("{ratio:.2}× Group (95%: {low:.2}–{high:.2}); target ≤ 2"),
+                met: if ratio <= DEFAULT_TIER_MAX_RATIO {
+                    "yes"
+                } else {
+                    "**no**"
+                },
+            });
+        }
+    }
+    drop(ballast);
+    Ok(rows)
+}
+
+/// In the lifeline mode: the median of [`LIFELINE_CYCLES`] Group grace-0 cycles, in ns.
+fn lifeline_only() -> io::Result<()> {
+    let mut samples = Vec::with_capacity(LIFELINE_CYCLES);
+    support::ours_grace_zero()?;
+    for _ in 0..LIFELINE_CYCLES {
+        let started = Instant::now();
+        support::ours_grace_zero()?;
+        samples.push(started.elapsed());
+    }
+    println!("{}", median(samples).as_nanos());
+    Ok(())
+}
+
+/// The lifeline's cost per spawn: this report re-run in [`LIFELINE_MODE`], alternately with
+/// `PGROUP_LIFELINE=off` and on, [`LIFELINE_PROCESSES`] times each.
+fn lifeline_row() -> io::Result<Row> {
+    let exe = std::env::current_exe()?;
+    let run = |setting: &str| -> io::Result<Duration> {
+        let out = std::process::Command::new(&exe)
+            .env(LIFELINE_MODE, "1")
+            .env(pgroup::lifeline::ENV_VAR, setting)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let ns: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| io::Error::other(format!("lifeline run said {text:?}")))?;
+        Ok(Duration::from_nanos(ns))
+    };
+    let mut on = Vec::new();
+    let mut off = Vec::new();
+    for _ in 0..LIFELINE_PROCESSES {
+        off.push(run("off")?);
+        on.push(run("on")?);
+    }
+    let (on, off) = (median(on), median(off));
+    let extra = on.as_secs_f64() - off.as_secs_f64();
+    Ok(Row {
+        name: "lifeline cost: spawn `sleep` + teardown, grace 0, PGROUP_LIFELINE on vs off",
+        ours: format!("on: {}", fmt(on)),
+        comparison: format!("off: {}", fmt(off)),
+        ratio: format!(
+            "{:.3}× ({:+.1} µs per spawn; medians of {LIFELINE_PROCESSES} processes × \
+             {LIFELINE_CYCLES} cycles)",
+            on.as_secs_f64() / off.as_secs_f64(),
+            extra * 1e6
+        ),
+        met: "(informative)",
+    })
+}
+
 fn main() -> io::Result<()> {
+    if std::env::var_os(LIFELINE_MODE).is_some() {
+        return lifeline_only();
+    }
+    if std::env::var_os("PGROUP_REPORT_SWEEP_ONLY").is_some() {
+        // Only the rows of issue 14: the resident-size sweep and the lifeline's cost.
+        println!(
+            "Machine: {}. Load average {} before.",
+            support::machine_line(),
+            support::load_average()
+        );
+        let mut rows = sweep_rows()?;
+        rows.push(lifeline_row()?);
+        println!("| what | ours (median) | comparison (median) | ratio / target | met? |");
+        println!("| --- | --- | --- | --- | --- |");
+        for row in &rows {
+            println!(
+                "| {} | {} | {} | {} | {} |",
+                row.name, row.ours, row.comparison, row.ratio, row.met
+            );
+        }
+        println!("Load average {} after.", support::load_average());
+        return Ok(());
+    }
     support::reexec_under_nested_shells();
     let depth = support::verify_depth();
     let idle = support::IdleProcesses::start()?;
@@ -503,6 +681,8 @@ fn main() -> io::Result<()> {
     ));
     rows.push(grace_row()?);
     rows.push(tree_row()?);
+    rows.push(lifeline_row()?);
+    rows.extend(sweep_rows()?);
     let (many, many_lines) = many_rows()?;
     rows.push(many);
     let load_after = support::load_average();
@@ -560,9 +740,10 @@ fn main() -> io::Result<()> {
         cpu_line(&tiers_default),
     );
     println!(
-        "Measured from the report's process, {} MiB resident: the supervised tiers fork the \
-         spawning process (a `pre_exec` hook takes std off `posix_spawn`), so in a larger \
-         test binary their cost, and these ratios, grow; the Group tier's does not.",
+        "Tier rows measured from the report's process, {} MiB resident. `Supervised` execs \
+         its supervisor and copies no page table, so its cost does not grow with the test \
+         binary's memory; `Namespace` (and `Supervised` with PGROUP_EXEC_SUPERVISOR=off) \
+         fork the spawning process twice, so theirs does: see the resident-size sweep rows.",
         rss_kib / 1024
     );
     for line in &unavailable {

@@ -1,17 +1,23 @@
 //! The supervisor of the `Supervised` and `Namespace` containment tiers.
 //!
-//! # Why it is forked, not exec'd
+//! # Exec'd or forked
 //!
-//! A library cannot count on an executable of its own being installed, and the test binary
-//! that links it is a libtest binary whose `main` we do not control, so re-executing it as a
-//! supervisor is not possible either. The supervisor is therefore forked from the test
-//! binary: std forks the child for the `Command` as usual, and a `pre_exec` hook, which runs
-//! in that child between fork and exec, forks once more. The grandchild returns from the
-//! hook and std execs the user's program in it: it becomes the group's leader. The child
-//! never returns from the hook: it becomes the supervisor. Because it was forked from a
-//! multi-threaded process, everything in this file that runs in a forked process is
-//! async-signal-safe: raw syscalls on stack buffers (and one anonymous `mmap`), no
-//! allocation, no locks, no panics, and `_exit` at the end.
+//! The `Supervised` tier runs this loop in an *exec'd* copy of the test binary (see
+//! `respawn.rs`): a spawner made with `clone(CLONE_VM | CLONE_VFORK)` runs std's `spawn` for
+//! the leader and then execs `/proc/self/exe`, whose `.init_array` entry calls
+//! [`supervise`] before `main`. No page table of the test binary is copied.
+//!
+//! The `Namespace` tier (and `Supervised` with `PGROUP_EXEC_SUPERVISOR=off`, or where the
+//! `.init_array` entry did not run) forks it instead: std forks the child for the
+//! `Command` as usual, and a `pre_exec` hook, which runs in that child between fork and
+//! exec, forks once more. The grandchild returns from the hook and std execs the user's
+//! program in it: it becomes the group's leader. The child never returns from the hook: it
+//! becomes the supervisor. (A PID namespace's init must be set up before the leader is
+//! forked, and `unshare(CLONE_NEWUSER)` refuses a process that shares its memory, so the
+//! spawner cannot do that part.) Because it was forked from a multi-threaded process,
+//! everything in this file that runs in a forked process is async-signal-safe: raw
+//! syscalls on stack buffers (and one anonymous `mmap`), no allocation, no locks, no
+//! panics, and `_exit` at the end. The exec'd supervisor runs the same code.
 //!
 //! # What it does not trust
 //!
@@ -178,7 +184,7 @@ pub(crate) fn hook(plan: Plan) -> io::Result<()> {
 /// A pidfd on this process's parent, the test binary. `getppid` is read again after
 /// `pidfd_open`: if it changed, the parent died in between and the descriptor may name
 /// whoever inherited us, so set-up fails (nobody is left to report to anyway).
-fn watch_parent() -> io::Result<RawFd> {
+pub(super) fn watch_parent() -> io::Result<RawFd> {
     // SAFETY: getppid and pidfd_open take and return plain integers.
     unsafe {
         let parent = libc::getppid();
@@ -488,7 +494,7 @@ fn wait_for_children(sfd: RawFd, deadline: i64) {
 /// The supervisor's life: report the leader's pid, reap orphans as they exit, report the
 /// leader's exit, and on the teardown command or the test binary's death, kill and reap
 /// everything. Never returns.
-fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
+pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
     // SAFETY (whole function): async-signal-safe syscalls on stack data. `leader` and every
     // pid we signal are our own unreaped children at the moment we signal them, so their
     // numbers (and the group ids equal to them) cannot have been recycled.

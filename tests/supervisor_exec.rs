@@ -1,0 +1,249 @@
+//! Issue 14: the `Supervised` tier's exec'd supervisor. It copies none of the test binary's
+//! memory, and the leader gets the `Command` exactly as std would give it in the `Group`
+//! tier (signal mask, `pre_exec` hooks in the leader, `env_clear`, `arg0`, cwd).
+
+mod support;
+
+use std::env;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal};
+use pgroup::{Builder, Containment, SpawnedGroup};
+use procfs::process::Process;
+use rstest::rstest;
+use tracing_test::traced_test;
+
+/// How much the `rss` role grows its own resident memory before it spawns.
+const BALLAST_MIB: usize = 64;
+
+#[test]
+#[ignore = "entry point of the helper processes the other tests re-execute this binary as"]
+#[traced_test]
+fn role_entry() {
+    support::role_main(&|s| logs_contain(s), &[("rss", rss_role)]);
+}
+
+fn spawn_in(tier: Containment, cmd: &mut Command) -> SpawnedGroup {
+    Builder::new()
+        .containment(tier)
+        .grace_period(Duration::ZERO)
+        .spawn(cmd)
+        .expect("spawn")
+}
+
+fn parent_of(pid: u32) -> i32 {
+    let pid = i32::try_from(pid).expect("pid fits");
+    Process::new(pid).and_then(|p| p.stat()).expect("stat").ppid
+}
+
+/// A `/proc/<pid>/status` field, in its unit (kB for memory).
+fn status_field(pid: i32, name: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| u64::from_str_radix(n, if name.starts_with("Sig") { 16 } else { 10 }).ok())
+        .unwrap_or_else(|| panic!("no {name} in the status of {pid}"))
+}
+
+/// Grows this process by [`BALLAST_MIB`] of written pages, spawns a supervised `sleep` and
+/// prints the supervisor's resident size (`SUPERVISOR_KIB`) and the ballast's
+/// (`BALLAST_KIB`).
+fn rss_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    let len = BALLAST_MIB << 20;
+    let mut ballast = vec![0_u8; len];
+    for i in (0..len).step_by(4096) {
+        ballast[i] = 1;
+    }
+    std::hint::black_box(&ballast);
+    let group = spawn_in(
+        Containment::Supervised,
+        &mut support::marked(&marker, "sleep", &["1000"]),
+    );
+    let supervisor = parent_of(group.id());
+    assert_ne!(
+        u32::try_from(supervisor).ok(),
+        Some(std::process::id()),
+        "the leader's parent is a supervisor"
+    );
+    println!("SUPERVISOR_KIB {}", status_field(supervisor, "VmRSS:"));
+    println!("BALLAST_KIB {}", len / 1024);
+    group.shutdown().expect("shutdown");
+    0
+}
+
+/// The supervisor holds none of the test binary's memory: with 64 MiB written in the test
+/// binary, the supervisor's resident size stays small, so spawning costs the same whatever
+/// the test binary's size (before, the supervisor was a fork of the test binary and its
+/// resident size included all 64 MiB, whose page tables every spawn copied twice). The
+/// negative control, the forked supervisor (`PGROUP_EXEC_SUPERVISOR=off`), shows that the
+/// measurement sees such a copy.
+#[rstest]
+fn the_supervisor_holds_none_of_the_test_binarys_memory(#[values(true, false)] exec: bool) {
+    let marker = support::marker("rss");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let mut cmd = support::role_command("rss");
+    cmd.env(support::MARKER_VAR, &marker)
+        .stdout(std::process::Stdio::piped());
+    if !exec {
+        cmd.env("PGROUP_EXEC_SUPERVISOR", "off");
+    }
+    let out = support::run_collecting(cmd, Duration::from_secs(60));
+    let supervisor: u64 = out.one("SUPERVISOR_KIB").parse().expect("number");
+    let ballast: u64 = out.one("BALLAST_KIB").parse().expect("number");
+    if exec {
+        assert!(
+            supervisor < ballast / 4,
+            "the exec'd supervisor is {supervisor} KiB resident, with {ballast} KiB of \
+             ballast in the test binary"
+        );
+    } else {
+        assert!(
+            supervisor >= ballast,
+            "negative control: a forked supervisor maps the test binary's {ballast} KiB, \
+             but {supervisor} KiB were seen"
+        );
+    }
+    support::assert_no_leaks(&marker);
+}
+
+/// The leader starts with the spawning thread's signal mask and the process's ignored
+/// signals, in `Supervised` as in `Group` (the exec'd supervisor's spawner blocks every
+/// signal while it runs; before, the leader inherited that: all blocked, so a `sh` that
+/// waits for SIGCHLD hung).
+#[test]
+fn the_leader_gets_the_callers_signal_mask() {
+    let marker = support::marker("mask");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    // This test's own thread only: SIGUSR2 blocked while it spawns.
+    let mut set = SigSet::empty();
+    set.add(NixSignal::SIGUSR2);
+    let mut old = SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old))
+        .expect("block SIGUSR2 in this thread");
+    let groups: Vec<SpawnedGroup> = [Containment::Group, Containment::Supervised]
+        .into_iter()
+        .map(|tier| spawn_in(tier, &mut support::marked(&marker, "sleep", &["1000"])))
+        .collect();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)
+        .expect("restore the mask");
+    let usr2 = 1_u64 << (NixSignal::SIGUSR2 as u32 - 1);
+    let masks: Vec<(u64, u64)> = groups
+        .iter()
+        .map(|g| {
+            let pid = i32::try_from(g.id()).expect("pid");
+            (status_field(pid, "SigBlk:"), status_field(pid, "SigIgn:"))
+        })
+        .collect();
+    assert!(
+        old.contains(NixSignal::SIGUSR2) || masks[0].0 & usr2 != 0,
+        "{masks:x?}"
+    );
+    assert_eq!(
+        masks[0], masks[1],
+        "Group vs Supervised (blocked, ignored): {masks:x?}"
+    );
+    for group in groups {
+        group.shutdown().expect("shutdown");
+    }
+    support::assert_no_leaks(&marker);
+}
+
+/// A `pre_exec` hook of the `Command` runs in the leader, before its exec, in `Supervised`
+/// as in `Group` (before, it ran in the supervisor: another process).
+#[rstest]
+fn a_pre_exec_hook_runs_in_the_leader(
+    #[values(Containment::Group, Containment::Supervised)] tier: Containment,
+) {
+    let marker = support::marker("hook");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let (read, write): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+    let raw = write.as_raw_fd();
+    let mut cmd = support::marked(&marker, "sleep", &["1000"]);
+    // SAFETY: the hook calls only getpid and write, both async-signal-safe, on a stack
+    // buffer and a descriptor that stays open in the parent until spawn has returned.
+    unsafe {
+        cmd.pre_exec(move || {
+            let pid = nix::libc::getpid().to_le_bytes();
+            nix::libc::write(raw, pid.as_ptr().cast(), pid.len());
+            Ok(())
+        });
+    }
+    let group = spawn_in(tier, &mut cmd);
+    drop(write);
+    let mut bytes = Vec::new();
+    std::fs::File::from(read)
+        .read_to_end(&mut bytes)
+        .expect("read");
+    let hook_pid =
+        u32::try_from(i32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"))).expect("pid");
+    assert_eq!(hook_pid, group.id(), "{tier:?}: the hook ran in the leader");
+    group.shutdown().expect("shutdown");
+    support::assert_no_leaks(&marker);
+}
+
+/// `env_clear`, `arg0` and the working directory reach the leader as std sets them, in
+/// every tier.
+#[rstest]
+fn env_clear_arg0_and_cwd_reach_the_leader(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("cmdcfg");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("1000")
+        .env_clear()
+        .env(support::MARKER_VAR, &marker)
+        .env("ONLY", "this")
+        .arg0("renamed")
+        .current_dir(dir.path());
+    let group = match Builder::new()
+        .containment(tier)
+        .grace_period(Duration::ZERO)
+        .spawn(&mut cmd)
+    {
+        Ok(group) => group,
+        Err(e) if tier == Containment::Namespace => {
+            println!("Namespace cannot run here: {e}");
+            return;
+        }
+        Err(e) => panic!("spawn: {e}"),
+    };
+    let pid = group.id();
+    // `spawn` returns once the exec is past its point of no return; the new image's
+    // arguments and environment are in place a moment later.
+    support::wait_until("the leader's exec is complete", || {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| !e.is_empty())
+    });
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let mut vars: Vec<&[u8]> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .collect();
+    vars.sort_unstable();
+    let wanted = format!("{}={marker}", support::MARKER_VAR);
+    assert_eq!(
+        vars,
+        vec![b"ONLY=this".as_slice(), wanted.as_bytes()],
+        "{tier:?}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
+    assert!(cmdline.starts_with(b"renamed\0"), "{tier:?}");
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+    assert_eq!(
+        cwd.canonicalize().expect("cwd"),
+        dir.path().canonicalize().expect("dir"),
+        "{tier:?}"
+    );
+    group.shutdown().expect("shutdown");
+    support::assert_no_leaks(&marker);
+}
