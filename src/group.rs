@@ -3,8 +3,9 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use procfs::process::Process;
@@ -16,6 +17,7 @@ use nix::errno::Errno;
 
 use crate::guard::deliver_to_own_group;
 use crate::leader::{ExitWatch, Leader};
+use crate::output::{self, NotReady, NotReadyReason, Reader, Stream};
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
@@ -78,6 +80,7 @@ pub struct Builder {
     grace: Duration,
     new_session: bool,
     containment: Containment,
+    capture: bool,
 }
 
 impl Default for Builder {
@@ -102,6 +105,7 @@ impl Builder {
             grace: DEFAULT_GRACE_PERIOD,
             new_session: false,
             containment: Containment::default(),
+            capture: false,
         }
     }
 
@@ -124,8 +128,9 @@ impl Builder {
     /// Starts the leader in a new session (`setsid(2)`) instead of only a new process group.
     /// It then has no controlling terminal, as a daemon would, and is the leader of both the
     /// session and the group, whose ids equal its pid. Teardown is the same. This uses a
-    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`, and it
-    /// fails with `EPERM` if the `Command` was also given a [`process_group`] of its own.
+    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`. It
+    /// cannot be combined with a [`process_group`] of the `Command`'s own (`setsid` fails in
+    /// a group leader): [`spawn`](Builder::spawn) then fails with an error that names both.
     ///
     /// [`process_group`]: std::os::unix::process::CommandExt::process_group
     ///
@@ -161,6 +166,44 @@ impl Builder {
         self
     }
 
+    /// Captures the leader's stdout and stderr: each is read into a bounded buffer (its last
+    /// [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes) by a thread of the group's, instead of
+    /// going to the test's terminal. Then:
+    ///
+    /// - [`SpawnedGroup::wait_for_line`] waits for a line that matches (a server's ready
+    ///   line, with its port);
+    /// - [`SpawnedGroup::captured`] reads a tail at any time;
+    /// - [`Teardown`] carries both tails (in `stdout` and `stderr`), complete once every
+    ///   process holding the pipes is gone;
+    /// - when the group is dropped while its thread panics (a failed assertion), the tails
+    ///   are printed to stderr, where libtest and nextest show them with the failure;
+    /// - readiness errors ([`NotReady`]) include them.
+    ///
+    /// The `Command`'s own stdout and stderr settings are replaced by pipes, so the
+    /// `stdout` and `stderr` fields of the group stay `None`. A program that buffers its
+    /// output when it is not a terminal (Python without `-u` or `PYTHONUNBUFFERED=1`, C's
+    /// stdio) writes its lines only when its buffer fills or it exits: capture cannot see a
+    /// line before the program writes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let group = pgroup::Builder::new()
+    ///     .capture_output(true)
+    ///     .spawn(Command::new("sh").args(["-c", "echo out; echo err >&2"]))?;
+    /// group.wait()?;
+    /// let report = group.shutdown()?;
+    /// assert_eq!(report.stdout.as_deref(), Some("out\n"));
+    /// assert_eq!(report.stderr.as_deref(), Some("err\n"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn capture_output(&mut self, capture: bool) -> &mut Self {
+        self.capture = capture;
+        self
+    }
+
     /// Spawns `cmd` as the leader of a new process group.
     ///
     /// The `Command` is changed: it is given [`process_group(0)`] (or, with
@@ -181,6 +224,14 @@ impl Builder {
     ///   (kind [`InvalidInput`](io::ErrorKind::InvalidInput), naming the value), or the test
     ///   binary is already dying of a signal or `exit` and the [`lifeline`](crate::lifeline)
     ///   is killing its groups. Nothing is started.
+    /// - [`new_session`](Builder::new_session) was asked for a `Command` that has a
+    ///   [`process_group`](std::os::unix::process::CommandExt::process_group) of its own
+    ///   (`setsid` cannot make a group leader a session leader): kind
+    ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both, before anything starts
+    ///   when std's `Debug` of the `Command` shows the group, otherwise from the spawn's
+    ///   `EPERM`.
+    /// - With [`capture_output`](Builder::capture_output), the reader thread cannot be
+    ///   started: the group is torn down and the error returned.
     ///
     /// # Examples
     ///
@@ -208,7 +259,24 @@ impl Builder {
         } else {
             None
         };
-        let mut spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
+        if self.new_session && has_process_group(cmd) {
+            return Err(session_conflict(&what));
+        }
+        if self.capture {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut spawned =
+            Leader::spawn(cmd, self.containment, self.new_session, &what).map_err(|e| {
+                // setsid in a process that std already made a group leader.
+                if self.new_session
+                    && self.containment == Containment::Group
+                    && e.raw_os_error() == Some(nix::libc::EPERM)
+                {
+                    session_conflict(&what)
+                } else {
+                    e
+                }
+            })?;
         let pid = spawned.pid;
         let pgid = match Pgid::try_from(pid) {
             Ok(pgid) => pgid,
@@ -221,11 +289,25 @@ impl Builder {
         };
         let lifeline = lifeline::register(pgid, spawned.leader.pidfd());
         drop(window);
-        let group = SpawnedGroup {
+        let (stdout, stderr, capture) = if self.capture {
+            (
+                None,
+                None,
+                spawned
+                    .stdout
+                    .take()
+                    .map(OwnedFd::from)
+                    .zip(spawned.stderr.take().map(OwnedFd::from)),
+            )
+        } else {
+            (spawned.stdout, spawned.stderr, None)
+        };
+        let mut group = SpawnedGroup {
             lifeline,
             stdin: spawned.stdin,
-            stdout: spawned.stdout,
-            stderr: spawned.stderr,
+            stdout,
+            stderr,
+            capture: None,
             watch: spawned.leader.watch(),
             leader: Mutex::new(spawned.leader),
             pgid,
@@ -236,6 +318,15 @@ impl Builder {
             context: format!("pgroup::SpawnedGroup of {what} (leader pid {pid})"),
             torn_down: false,
         };
+        if let Some((out, err)) = capture {
+            // On failure, the group is dropped: torn down before the error is returned.
+            group.capture = Some(Reader::start(
+                Some(out),
+                Some(err),
+                group.watch.leader_pidfd(),
+                format!("pgroup-output-{pid}"),
+            )?);
+        }
         tracing::debug!(name: "group_spawned", pgid = pid, program = ?group.program, "group_spawned");
         Ok(group)
     }
@@ -347,6 +438,8 @@ pub struct SpawnedGroup {
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
     pub stderr: Option<ChildStderr>,
+    /// The reader of the captured stdout and stderr ([`Builder::capture_output`]).
+    capture: Option<Reader>,
     /// The group's place in the lifeline's registry, released right before the reap. It is
     /// declared before `leader` so that it is also released before the pidfd is closed.
     lifeline: Option<lifeline::Slot>,
@@ -402,6 +495,13 @@ pub struct Teardown {
     /// namespace for [`Containment::Namespace`]). Always empty for [`Containment::Group`],
     /// which cannot see them.
     pub escapees: Vec<u32>,
+    /// The captured tail of the leader's stdout ([`Builder::capture_output`]; `None`
+    /// without it): its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, read until
+    /// every process holding the pipe was gone (or, if one that left the group still holds
+    /// it, for at most half a second after the reap).
+    pub stdout: Option<String>,
+    /// The captured tail of the leader's stderr, as `stdout`.
+    pub stderr: Option<String>,
 }
 
 impl SpawnedGroup {
@@ -774,6 +874,7 @@ impl SpawnedGroup {
             .finish_by(deadline.unwrap_or_else(Instant::now))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
+        let (stdout, stderr) = self.finish_capture(deadline.unwrap_or_else(Instant::now));
         let report = Teardown {
             status,
             exited_before_teardown,
@@ -782,6 +883,8 @@ impl SpawnedGroup {
             elapsed: started.elapsed(),
             containment: self.containment,
             escapees,
+            stdout,
+            stderr,
         };
         tracing::debug!(
             name: "group_torn_down",
@@ -822,17 +925,43 @@ impl Drop for SpawnedGroup {
     /// tracing event named `group_teardown_failed`. It does not panic, also not while the
     /// thread unwinds from a failed assertion, and it blocks for at most the grace period
     /// plus [`KILL_WAIT_BOUND`].
+    ///
+    /// With [`Builder::capture_output`], a drop while the thread panics (a failed assertion
+    /// unwinding) prints the captured tails to stderr with `eprint!`, which libtest captures
+    /// and shows with the failed test, as nextest does.
     fn drop(&mut self) {
-        if self.torn_down {
-            return;
-        }
-        if let Err(error) = self.teardown() {
-            tracing::warn!(
-                name: "group_teardown_failed",
-                pgid = self.pgid.as_raw(),
-                error = %error,
-                "group_teardown_failed"
-            );
+        let status = if self.torn_down {
+            None
+        } else {
+            match self.teardown() {
+                Ok(report) => Some(report.status),
+                Err(error) => {
+                    tracing::warn!(
+                        name: "group_teardown_failed",
+                        pgid = self.pgid.as_raw(),
+                        error = %error,
+                        "group_teardown_failed"
+                    );
+                    None
+                }
+            }
+        };
+        if std::thread::panicking() {
+            if let Some(reader) = &mut self.capture {
+                reader.finish(Instant::now() + CAPTURE_DRAIN_BOUND);
+                let mut report = format!("\n---- {}: captured output", self.context);
+                if let Some(status) = status {
+                    report.push_str(&format!(" (leader: {status})"));
+                }
+                report.push_str(" ----");
+                let capture = reader.capture();
+                let _ = output::write_tails(
+                    &mut report,
+                    capture.text(Stream::Stdout).as_deref(),
+                    capture.text(Stream::Stderr).as_deref(),
+                );
+                eprintln!("{report}");
+            }
         }
     }
 }
@@ -847,6 +976,225 @@ impl fmt::Debug for SpawnedGroup {
             .field("grace", &self.grace)
             .field("torn_down", &self.torn_down)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long teardown waits, after the reap, for the captured pipes to reach end of file: only
+/// a process that left the group and still holds them makes it wait that long.
+const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
+
+/// Whether std's `Debug` of `cmd` (its alternate form, which lists the settings) shows a
+/// `process_group`. Std has no getter for it; where the form does not show it, the spawn's
+/// `EPERM` is mapped instead.
+fn has_process_group(cmd: &Command) -> bool {
+    format!("{cmd:#?}")
+        .lines()
+        .any(|line| line.trim_start().starts_with("pgroup: Some("))
+}
+
+fn session_conflict(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "pgroup: cannot spawn {what}: Builder::new_session(true) and a Command with a \
+             process_group of its own conflict (setsid fails in a process that already leads \
+             a group, with EPERM): drop the process_group, the new session makes a new group \
+             anyway"
+        ),
+    )
+}
+
+impl SpawnedGroup {
+    /// The captured tail of `stream` so far (its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT)
+    /// bytes, lossily decoded as UTF-8), or `None` without
+    /// [`Builder::capture_output`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use pgroup::Stream;
+    ///
+    /// let group = pgroup::Builder::new()
+    ///     .capture_output(true)
+    ///     .spawn(Command::new("sh").args(["-c", "echo hello; sleep 30"]))?;
+    /// group.wait_for_line(Stream::Stdout, std::time::Duration::from_secs(10), |_| true)?;
+    /// assert_eq!(group.captured(Stream::Stdout).as_deref(), Some("hello\n"));
+    /// assert_eq!(group.captured(Stream::Stderr).as_deref(), Some(""));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn captured(&self, stream: Stream) -> Option<String> {
+        self.capture.as_ref()?.capture().text(stream)
+    }
+
+    /// Waits until a line of the captured `stream` matches `predicate`, and returns it
+    /// (without its line end), so that a port can be read from it.
+    ///
+    /// Every line still in the captured tail is looked at first, then each new one as it
+    /// arrives, so a line printed before the call counts and two calls with the same
+    /// predicate return the same line. The wait is driven by the reader thread, which wakes
+    /// it for each new line: no polling. It ends early, with an error, when the leader
+    /// exits (after the lines it wrote before its exit were looked at) or the stream is
+    /// closed. The predicate runs on the calling thread, with no lock held.
+    ///
+    /// A program that buffers its output when it is not a terminal writes the line only
+    /// when its buffer fills or it exits, which usually means never: run Python with `-u`,
+    /// and see [`Builder::capture_output`].
+    ///
+    /// # Errors
+    ///
+    /// An [`io::Error`] whose payload is a [`NotReady`] (with the reason, the leader's exit
+    /// status and the captured tails, all in its message too), of kind `TimedOut` when
+    /// `timeout` passed, `UnexpectedEof` when the leader exited or the stream was closed
+    /// first, `InvalidInput` when the output is not captured. Or as
+    /// [`try_wait`](SpawnedGroup::try_wait), for the exit status.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    /// use pgroup::{Builder, Stream};
+    ///
+    /// let server = Builder::new().capture_output(true).spawn(
+    ///     Command::new("sh").args(["-c", "echo 'listening on 127.0.0.1:8123'; sleep 30"]),
+    /// )?;
+    /// let line = server.wait_for_line(Stream::Stdout, Duration::from_secs(10), |l| {
+    ///     l.starts_with("listening on")
+    /// })?;
+    /// let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    /// assert_eq!(port, 8123);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_line(
+        &self,
+        stream: Stream,
+        timeout: Duration,
+        mut predicate: impl FnMut(&str) -> bool,
+    ) -> io::Result<String> {
+        let awaited = format!("a matching line on {stream}");
+        let Some(reader) = &self.capture else {
+            return Err(self.not_ready(awaited, NotReadyReason::NotCaptured, None));
+        };
+        let deadline = Instant::now().checked_add(timeout);
+        match reader
+            .capture()
+            .wait_for_line(stream, deadline, &mut predicate)
+        {
+            Ok(line) => Ok(line),
+            Err(ended) => {
+                let mut reason = ended.map_or(NotReadyReason::TimedOut, NotReadyReason::from);
+                let status = match reason {
+                    NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
+                    NotReadyReason::LeaderExited => self.try_wait()?,
+                    // An exiting leader closes its pipes a moment before the kernel reports
+                    // its exit: say which it was.
+                    _ => self.wait_timeout(CAPTURE_DRAIN_BOUND)?,
+                };
+                if status.is_some() {
+                    reason = NotReadyReason::LeaderExited;
+                }
+                Err(self.not_ready(awaited, reason, status))
+            }
+        }
+    }
+
+    /// Waits until `addr` accepts TCP connections (a connection is made and closed at
+    /// once), or `timeout` passes, or the leader exits.
+    ///
+    /// Connecting is a poll by nature: attempts are spaced by a backoff from 5 ms, doubling
+    /// up to 100 ms, and between attempts the wait watches the leader's exit, so a server
+    /// that dies ends the wait at once. `addr` is resolved once, before the first attempt;
+    /// each of its addresses is tried. The server sees each attempt as a connection that
+    /// closes without a request. Output capture is not needed, but with it the error
+    /// carries the tails.
+    ///
+    /// # Errors
+    ///
+    /// `addr` cannot be resolved; or an [`io::Error`] with a [`NotReady`] payload (kind
+    /// `TimedOut`, or `UnexpectedEof` when the leader exited first, with its status);
+    /// or as [`try_wait`](SpawnedGroup::try_wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    ///
+    /// // Nothing listens on port 1 of localhost, and this "server" exits at once.
+    /// let server = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 7"]))?;
+    /// let err = server.wait_for_tcp("127.0.0.1:1", Duration::from_secs(10)).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    /// assert!(err.to_string().contains("exit status: 7"), "{err}");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_tcp(&self, addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now().checked_add(timeout);
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        let awaited = match addrs.as_slice() {
+            [one] => format!("{one} accepted a connection"),
+            many => format!("one of {many:?} accepted a connection"),
+        };
+        let mut backoff = output::TCP_BACKOFF_MIN;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
+            }
+            for addr in &addrs {
+                let Some(left) = time_left(deadline) else {
+                    break;
+                };
+                let attempt =
+                    left.map_or(Duration::from_secs(1), |l| l.min(Duration::from_secs(1)));
+                if TcpStream::connect_timeout(addr, attempt).is_ok() {
+                    return Ok(());
+                }
+            }
+            let Some(left) = time_left(deadline) else {
+                return Err(self.not_ready(awaited, NotReadyReason::TimedOut, None));
+            };
+            let pause = left.map_or(backoff, |l| l.min(backoff));
+            if let Some(status) = self.wait_timeout(pause)? {
+                return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
+            }
+            backoff = (backoff * 2).min(output::TCP_BACKOFF_MAX);
+        }
+    }
+
+    /// The error of a readiness wait, with the captured tails.
+    pub(crate) fn not_ready(
+        &self,
+        awaited: String,
+        reason: NotReadyReason,
+        status: Option<ExitStatus>,
+    ) -> io::Error {
+        if let (Some(_), Some(reader)) = (status, &self.capture) {
+            // The leader's last words may still be in the pipes.
+            reader
+                .capture()
+                .await_leader_exit(Instant::now() + CAPTURE_DRAIN_BOUND);
+        }
+        NotReady {
+            group: self.context.clone(),
+            awaited,
+            reason,
+            status,
+            stdout: self.captured(Stream::Stdout),
+            stderr: self.captured(Stream::Stderr),
+        }
+        .into_io()
+    }
+
+    /// Ends the capture (bounded by `deadline` and [`CAPTURE_DRAIN_BOUND`]) and returns the
+    /// tails.
+    fn finish_capture(&mut self, deadline: Instant) -> (Option<String>, Option<String>) {
+        let Some(reader) = &mut self.capture else {
+            return (None, None);
+        };
+        reader.finish(deadline.min(Instant::now() + CAPTURE_DRAIN_BOUND));
+        let capture = reader.capture();
+        (capture.text(Stream::Stdout), capture.text(Stream::Stderr))
     }
 }
 

@@ -435,6 +435,11 @@ pub(crate) struct ExitWatch {
 }
 
 impl ExitWatch {
+    /// The pidfd on the leader (every tier has one once spawned).
+    pub(crate) fn leader_pidfd(&self) -> Option<Arc<OwnedFd>> {
+        self.leader.clone()
+    }
+
     /// The descriptors to poll.
     pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
         self.leader

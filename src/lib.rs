@@ -129,6 +129,7 @@ mod group;
 mod guard;
 mod leader;
 pub mod lifeline;
+mod output;
 mod pgid;
 mod sys;
 
@@ -137,6 +138,7 @@ pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT
 pub use guard::{
     check_pgid, safe_killpg, Delivery, GuardRule, Refusal, ANCESTOR_REFRESH, GUARD_RULES,
 };
+pub use output::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
 
 /// The signals the crate sends: nix's [`Signal`], re-exported.
