@@ -95,31 +95,37 @@ fn an_http_server_becomes_ready_with_its_port_read_from_its_output(
 
 /// Negative control: a program that buffers its output (Python without `-u`, its stdout a
 /// pipe) does not write its ready line while it runs, so readiness by a line cannot work;
-/// the line arrives only when the program exits and flushes (here on SIGINT, which Python
-/// turns into a clean exit).
+/// readiness by its port does. The line arrives only when the program exits and flushes
+/// (here on SIGINT, which Python turns into a clean exit).
 #[test]
 fn a_buffered_ready_line_arrives_only_when_the_program_exits() {
     let marker = support::marker("http_buffered");
+    let port = free_port();
     let server = Builder::new()
         .capture_output(true)
-        .spawn(&mut http_server(&marker, true, "0"))
+        .spawn(&mut http_server(&marker, true, &port.to_string()))
         .expect("spawn");
+    server
+        .wait_for_tcp(("127.0.0.1", port), READY)
+        .expect("serving");
     let err = server
-        .wait_for_line(Stream::Stdout, Duration::from_secs(2), |l| {
+        .wait_for_line(Stream::Stdout, Duration::from_millis(500), |l| {
             l.starts_with("Serving HTTP on")
         })
         .expect_err("the line is in Python's buffer");
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
     assert_eq!(not_ready(&err).reason, NotReadyReason::TimedOut);
-    // Python has started serving meanwhile: it answers on stderr only once it gets a
-    // request, but its ready line stays in the buffer. SIGINT makes it flush and exit.
+    assert_eq!(
+        not_ready(&err).stdout.as_deref(),
+        Some(""),
+        "nothing written yet"
+    );
     assert!(server.signal(Signal::SIGINT).expect("signal").is_sent());
     let line = server
         .wait_for_line(Stream::Stdout, READY, |l| l.starts_with("Serving HTTP on"))
         .expect("flushed at exit");
-    port_of(&line);
-    let status = server.wait().expect("wait");
-    assert!(status.success() || status.code().is_some(), "{status}");
+    assert_eq!(port_of(&line), port);
+    assert_eq!(server.wait().expect("wait").code(), Some(0));
     drop(server);
     support::assert_no_leaks(&marker);
 }
