@@ -494,10 +494,10 @@ pub struct Teardown {
     /// The containment tier the group ran under.
     pub containment: Containment,
     /// Processes that had left the group (`setsid`, `setpgid`) and were found and killed by
-    /// the supervisor at teardown: their pids as the supervisor saw them (inside the PID
-    /// namespace for [`Containment::Namespace`]). Always empty for [`Containment::Group`],
-    /// which cannot see them.
-    pub escapees: Vec<u32>,
+    /// the supervisor at teardown, with the pids the caller can use (and, for
+    /// [`Containment::Namespace`], also their pids inside the namespace). Always empty for
+    /// [`Containment::Group`], which cannot see them.
+    pub escapees: Vec<Escapee>,
     /// The captured tail of the leader's stdout ([`Builder::capture_output`]; `None`
     /// without it): its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, read until
     /// every process holding the pipe was gone (or, if one that left the group still holds
@@ -505,6 +505,35 @@ pub struct Teardown {
     pub stdout: Option<String>,
     /// The captured tail of the leader's stderr, as `stdout`.
     pub stderr: Option<String>,
+}
+
+/// A process that had left the group and was killed by the supervisor at teardown: an entry
+/// of [`Teardown::escapees`].
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use pgroup::{Builder, Containment};
+///
+/// let group = Builder::new()
+///     .containment(Containment::Supervised)
+///     .spawn(Command::new("sh").args(["-c", "setsid sleep 30 & sleep 30"]))?;
+/// for escapee in group.shutdown()?.escapees {
+///     println!("killed {:?} (in the namespace: {:?})", escapee.pid, escapee.pid_in_namespace);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Escapee {
+    /// Its pid in the caller's PID namespace: the one [`SpawnedGroup::id`], /proc and
+    /// `kill` use in the test binary. `None` only in the `Namespace` tier, for a process
+    /// that was started after teardown began and could not be looked up.
+    pub pid: Option<u32>,
+    /// Its pid inside the group's PID namespace, as the process saw itself (`getpid`, a pid
+    /// file it wrote): [`Containment::Namespace`] only.
+    pub pid_in_namespace: Option<u32>,
 }
 
 impl SpawnedGroup {

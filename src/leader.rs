@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use procfs::process::Process;
 
 use crate::group::time_left;
-use crate::{sys, Containment};
+use crate::{sys, Containment, Escapee};
 
 /// How long spawning waits for a supervisor to report the leader's pid.
 const SUPERVISOR_REPORT_BOUND: Duration = Duration::from_secs(5);
@@ -48,6 +48,11 @@ pub(crate) struct Supervised {
     failed: Option<i32>,
     exit: Option<ExitStatus>,
     escapees: Vec<u32>,
+    /// `Namespace` tier: the namespace's init, by its pid in the test binary's namespace.
+    ns_init: Option<u32>,
+    /// `Namespace` tier: `(pid in the namespace, pid here)` of every process in the
+    /// namespace, read right before teardown, to translate the escapees' pids.
+    ns_pids: Vec<(u32, u32)>,
     /// How many processes the supervisor could not kill within its bound.
     stuck: Option<i32>,
     done: bool,
@@ -209,6 +214,8 @@ impl Leader {
             failed: None,
             exit: None,
             escapees: Vec::new(),
+            ns_init: None,
+            ns_pids: Vec::new(),
             stuck: None,
             done: false,
             eof: false,
@@ -216,7 +223,9 @@ impl Leader {
         let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
         let pid = reported.and_then(|inner| {
             if namespace {
-                outer_leader_pid(supervisor_pid, inner)
+                let (init, leader) = outer_leader_pid(supervisor_pid, inner)?;
+                sup.ns_init = Some(init);
+                Ok(leader)
             } else {
                 u32::try_from(inner).map_err(|_| io::Error::other("negative leader pid"))
             }
@@ -395,7 +404,7 @@ impl Leader {
     /// Reaps the leader (after the final SIGKILL): from here on its id may be recycled.
     /// Returns the escapees a supervisor found and killed. A supervisor gets
     /// [`crate::KILL_WAIT_BOUND`] from now to finish; see [`Leader::finish_by`].
-    pub(crate) fn finish(&mut self) -> io::Result<Vec<u32>> {
+    pub(crate) fn finish(&mut self) -> io::Result<Vec<Escapee>> {
         self.finish_by(Instant::now() + crate::KILL_WAIT_BOUND)
     }
 
@@ -403,7 +412,7 @@ impl Leader {
     /// deadline of the wait for the leader after the final SIGKILL, so that the whole of
     /// teardown keeps the bound the docs give). A supervisor that is not done by then keeps
     /// working on its own (it has a bound of its own) and is reaped in the background.
-    pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<u32>> {
+    pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         match self {
             Leader::Direct {
                 child,
@@ -524,10 +533,15 @@ impl Supervised {
     /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
     /// which it takes as the test binary's death), waits for it until `deadline`, and reaps
     /// it (in the background if it has not exited by then).
-    fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<u32>> {
+    fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<Escapee>> {
         let mut result = Ok(());
         if let Some(control) = self.control.take() {
             if !abandon {
+                // The escapees are alive until the supervisor kills them: read their pids
+                // here while /proc still has them.
+                if let Some(init) = self.ns_init {
+                    self.ns_pids = namespace_pids(init);
+                }
                 result = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN);
             }
         }
@@ -571,7 +585,22 @@ impl Supervised {
                 "the supervisor ended without finishing its teardown",
             ));
         }
-        Ok(std::mem::take(&mut self.escapees))
+        let translate = |inner: u32| Escapee {
+            pid: if self.ns_init.is_some() {
+                self.ns_pids
+                    .iter()
+                    .find(|(ns, _)| *ns == inner)
+                    .map(|(_, here)| *here)
+            } else {
+                Some(inner)
+            },
+            pid_in_namespace: self.ns_init.map(|_| inner),
+        };
+        Ok(self
+            .escapees
+            .iter()
+            .map(|&inner| translate(inner))
+            .collect())
     }
 
     /// Reaps the supervisor if it exits by `deadline`; otherwise a thread waits for it (for
@@ -694,18 +723,62 @@ fn reaped_elsewhere_error() -> io::Error {
     )
 }
 
+/// The children of `pid` (of its main thread), from /proc.
+fn children_of(pid: u32) -> io::Result<Vec<u32>> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    Process::new(pid)
+        .and_then(|p| p.task_main_thread())
+        .and_then(|t| t.children())
+        .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
+}
+
+/// The innermost pid (`NSpid`'s last) of the process `pid` of this namespace.
+fn innermost_pid(pid: u32) -> Option<i32> {
+    let pid = i32::try_from(pid).ok()?;
+    Process::new(pid)
+        .and_then(|p| p.status())
+        .ok()
+        .and_then(|s| s.nspid)
+        .and_then(|ids| ids.last().copied())
+}
+
+/// `(pid in the namespace, pid here)` of every process under the namespace's `init` (every
+/// process of a PID namespace descends from its init: orphans are re-parented to it). A
+/// bounded walk of /proc's `children` lists, so its cost grows with the namespace, not with
+/// the machine. Processes that exit meanwhile are skipped.
+fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
+    const MAX: usize = 65_536;
+    let mut found = Vec::new();
+    let mut queue = vec![init];
+    while let Some(pid) = queue.pop() {
+        let Ok(process) = i32::try_from(pid)
+            .map_err(drop)
+            .and_then(|p| Process::new(p).map_err(drop))
+        else {
+            continue;
+        };
+        let Ok(tasks) = process.tasks() else { continue };
+        for task in tasks.flatten() {
+            for child in task.children().unwrap_or_default() {
+                if found.len() >= MAX {
+                    return found;
+                }
+                if let Some(inner) = innermost_pid(child).and_then(|p| u32::try_from(p).ok()) {
+                    found.push((inner, child));
+                }
+                queue.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;
 /// the test binary needs the one it sees. The leader is the child of the namespace's init
 /// (the only child of the process std spawned) whose innermost pid (`NSpid`) is the one
-/// reported; init's other children are orphans re-parented to it.
-fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<u32> {
-    let children_of = |pid: u32| -> io::Result<Vec<u32>> {
-        let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-        Process::new(pid)
-            .and_then(|p| p.task_main_thread())
-            .and_then(|t| t.children())
-            .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
-    };
+/// reported; init's other children are orphans re-parented to it. Returns init's pid and
+/// the leader's, as the test binary sees them.
+fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<(u32, u32)> {
     let init = match children_of(spawned)?.as_slice() {
         [init] => *init,
         other => {
@@ -715,15 +788,8 @@ fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<u32> {
         }
     };
     for child in children_of(init)? {
-        let Ok(pid) = i32::try_from(child) else {
-            continue;
-        };
-        let nspid = Process::new(pid)
-            .and_then(|p| p.status())
-            .ok()
-            .and_then(|s| s.nspid);
-        if nspid.and_then(|ids| ids.last().copied()) == Some(inner) {
-            return Ok(child);
+        if innermost_pid(child) == Some(inner) {
+            return Ok((init, child));
         }
     }
     Err(io::Error::other(format!(

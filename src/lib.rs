@@ -134,7 +134,7 @@ mod pgid;
 mod sys;
 
 pub use containment::Containment;
-pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
+pub use group::{Builder, Escapee, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
 pub use guard::{
     check_pgid, safe_killpg, Delivery, GuardRule, Refusal, ANCESTOR_REFRESH, GUARD_RULES,
 };

@@ -316,6 +316,48 @@ fn new_session_with_a_process_group_works_when_supervised() {
 
 const GRACE: Duration = Duration::from_millis(300);
 
+/// The escapees of a teardown carry the pid the test binary sees (the one `/proc` and
+/// `kill` use here, and the one `id()` is), and in the `Namespace` tier also the pid inside
+/// the namespace (the one a pid file written by the process holds). They used to be the
+/// inner pids only, which in the `Namespace` tier name other processes here.
+#[rstest]
+fn escapees_are_reported_with_the_pids_the_caller_sees(
+    #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
+) {
+    let marker = support::marker("escapee_pids");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let group = Builder::new()
+        .containment(tier)
+        .grace_period(GRACE)
+        .spawn(&mut support::fixture(&marker, "setsid_escaper.sh", &[]))
+        .expect("spawn");
+    let mut escaper = Vec::new();
+    support::wait_until("the escaper has its own session", || {
+        escaper = support::marked_session_leaders(&marker);
+        escaper.len() == 1
+    });
+    let here = u32::try_from(escaper[0]).expect("pid");
+    let inner = procfs::process::Process::new(escaper[0])
+        .and_then(|p| p.status())
+        .expect("status")
+        .nspid
+        .and_then(|ids| ids.last().copied())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .expect("NSpid");
+    let report = group.shutdown().expect("shutdown");
+    assert_eq!(report.escapees.len(), 1, "{report:?}");
+    let escapee = report.escapees[0];
+    assert_eq!(escapee.pid, Some(here), "{report:?}");
+    if tier == Containment::Namespace {
+        assert_ne!(inner, here, "a pid of the namespace differs");
+        assert_eq!(escapee.pid_in_namespace, Some(inner), "{report:?}");
+    } else {
+        assert_eq!(inner, here);
+        assert_eq!(escapee.pid_in_namespace, None);
+    }
+    support::assert_no_leaks(&marker);
+}
+
 /// Long enough never to end a correct wait; a wait that misses the exit ends with `None`
 /// (a failure that says so) instead of hanging the suite.
 const NEVER: Duration = Duration::from_secs(60);
