@@ -1194,6 +1194,12 @@ impl SpawnedGroup {
         }
     }
 
+    /// The captured output, for the async front end (`Capture::next_lines`).
+    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    pub(crate) fn capture(&self) -> Option<&output::Capture> {
+        self.capture.as_ref().map(Reader::capture)
+    }
+
     /// The error of a readiness wait, with the captured tails.
     pub(crate) fn not_ready(
         &self,

@@ -298,6 +298,10 @@ impl Capture {
                     if let Some(line) = lines.into_iter().find(|line| predicate(line)) {
                         return Ok(line);
                     }
+                    // A stream that never pauses must not outlast the timeout.
+                    if time_left(deadline).is_none() {
+                        return Err(None);
+                    }
                 }
                 Next::Ended(ended) => return Err(Some(ended)),
                 Next::Pending => unreachable!("the loop above returns only other values"),
@@ -663,6 +667,30 @@ mod tests {
             tail.first_line, 4,
             "the three short lines and the long one were dropped"
         );
+    }
+
+    /// A stream that never pauses (a new line arrives while each one is looked at) still
+    /// ends the wait at its timeout. Here the predicate writes the next line itself, and
+    /// gives in after 1000 lines: a wait that only checks its deadline when no line is
+    /// pending would return that line instead of timing out.
+    #[test]
+    fn a_chatty_stream_does_not_outlast_the_timeout() {
+        let capture = Capture::default();
+        {
+            let mut state = capture.lock();
+            state.stdout.captured = true;
+            state.stdout.push(b"line 0\n");
+        }
+        let mut seen = 0;
+        let deadline = Instant::now();
+        let waited = capture.wait_for_line(Stream::Stdout, Some(deadline), &mut |_| {
+            seen += 1;
+            let mut state = capture.lock();
+            state.stdout.push(format!("line {seen}\n").as_bytes());
+            capture.notify(state);
+            seen >= 1000
+        });
+        assert_eq!(waited, Err(None), "after {seen} lines");
     }
 
     #[test]
