@@ -376,6 +376,17 @@ impl Builder {
 /// the exit statuses of other tests' children: the only reap is `waitpid` on the leader's
 /// own pid. Teardown's waits are bounded by the grace period and by [`KILL_WAIT_BOUND`].
 ///
+/// # Readiness and captured output
+///
+/// With [`Builder::capture_output`], a thread of the group reads the leader's stdout and
+/// stderr into bounded tails (the last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes of
+/// each): [`wait_for_line`](SpawnedGroup::wait_for_line) waits for a line that matches (a
+/// server's ready line, with its port), [`captured`](SpawnedGroup::captured) reads a tail,
+/// [`Teardown`] carries both, and a drop during a panic prints them to stderr, so a failed
+/// test shows what its server said. [`wait_for_tcp`](SpawnedGroup::wait_for_tcp) waits for
+/// a port, with or without capture. Every readiness wait ends early when the leader exits,
+/// with an error ([`NotReady`]) that has its exit status and the tails.
+///
 /// # Threads
 ///
 /// `SpawnedGroup` is `Send` and `Sync`. Everything that does not end the group takes
