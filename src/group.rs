@@ -230,9 +230,10 @@ impl Builder {
     ///   `Command` that has a
     ///   [`process_group`](std::os::unix::process::CommandExt::process_group) of its own
     ///   (`setsid` cannot make a group leader a session leader): kind
-    ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both, before anything starts
-    ///   when std's `Debug` of the `Command` shows the group, otherwise from the spawn's
-    ///   `EPERM`.
+    ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both, before anything starts.
+    ///   (Std has no getter for the setting, and this reads it from the alternate `Debug`
+    ///   form of the `Command`; should a version of std not show it there, the spawn's
+    ///   `EPERM` is returned with a note that names the likely conflict.)
     /// - With [`capture_output`](Builder::capture_output), the reader thread cannot be
     ///   started: the group is torn down and the error returned.
     ///
@@ -275,7 +276,16 @@ impl Builder {
                     && self.containment == Containment::Group
                     && e.raw_os_error() == Some(nix::libc::EPERM)
                 {
-                    session_conflict(&what)
+                    // Only where std's `Debug` did not show the group (checked above): say
+                    // what may be the cause, keeping the error.
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e} (if the Command has a process_group of its own: \
+                             Builder::new_session(true) cannot be combined with it, since \
+                             setsid fails with EPERM in a process that leads a group)"
+                        ),
+                    )
                 } else {
                     e
                 }
