@@ -3,18 +3,21 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
 
 use crate::guard::deliver_to_own_group;
-use crate::leader::Leader;
+use crate::leader::{ExitWatch, Leader};
+use crate::output::{self, NotReady, NotReadyReason, Reader, Stream};
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
@@ -77,6 +80,7 @@ pub struct Builder {
     grace: Duration,
     new_session: bool,
     containment: Containment,
+    capture: bool,
 }
 
 impl Default for Builder {
@@ -101,6 +105,7 @@ impl Builder {
             grace: DEFAULT_GRACE_PERIOD,
             new_session: false,
             containment: Containment::default(),
+            capture: false,
         }
     }
 
@@ -123,8 +128,11 @@ impl Builder {
     /// Starts the leader in a new session (`setsid(2)`) instead of only a new process group.
     /// It then has no controlling terminal, as a daemon would, and is the leader of both the
     /// session and the group, whose ids equal its pid. Teardown is the same. This uses a
-    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`, and it
-    /// fails with `EPERM` if the `Command` was also given a [`process_group`] of its own.
+    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`. In the
+    /// `Group` tier it cannot be combined with a [`process_group`] of the `Command`'s own
+    /// (`setsid` fails in a group leader): [`spawn`](Builder::spawn) then fails with an error
+    /// that names both. (In the supervised tiers that setting applies to the supervisor,
+    /// and the leader, forked from it, still gets its session.)
     ///
     /// [`process_group`]: std::os::unix::process::CommandExt::process_group
     ///
@@ -160,6 +168,44 @@ impl Builder {
         self
     }
 
+    /// Captures the leader's stdout and stderr: each is read into a bounded buffer (its last
+    /// [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes) by a thread of the group's, instead of
+    /// going to the test's terminal. Then:
+    ///
+    /// - [`SpawnedGroup::wait_for_line`] waits for a line that matches (a server's ready
+    ///   line, with its port);
+    /// - [`SpawnedGroup::captured`] reads a tail at any time;
+    /// - [`Teardown`] carries both tails (in `stdout` and `stderr`), complete once every
+    ///   process holding the pipes is gone;
+    /// - when the group is dropped while its thread panics (a failed assertion), the tails
+    ///   are printed to stderr, where libtest and nextest show them with the failure;
+    /// - readiness errors ([`NotReady`]) include them.
+    ///
+    /// The `Command`'s own stdout and stderr settings are replaced by pipes, so the
+    /// `stdout` and `stderr` fields of the group stay `None`. A program that buffers its
+    /// output when it is not a terminal (Python without `-u` or `PYTHONUNBUFFERED=1`, C's
+    /// stdio) writes its lines only when its buffer fills or it exits: capture cannot see a
+    /// line before the program writes it.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    ///
+    /// let group = pgroup::Builder::new()
+    ///     .capture_output(true)
+    ///     .spawn(Command::new("sh").args(["-c", "echo out; echo err >&2"]))?;
+    /// group.wait()?;
+    /// let report = group.shutdown()?;
+    /// assert_eq!(report.stdout.as_deref(), Some("out\n"));
+    /// assert_eq!(report.stderr.as_deref(), Some("err\n"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn capture_output(&mut self, capture: bool) -> &mut Self {
+        self.capture = capture;
+        self
+    }
+
     /// Spawns `cmd` as the leader of a new process group.
     ///
     /// The `Command` is changed: it is given [`process_group(0)`] (or, with
@@ -180,6 +226,16 @@ impl Builder {
     ///   (kind [`InvalidInput`](io::ErrorKind::InvalidInput), naming the value), or the test
     ///   binary is already dying of a signal or `exit` and the [`lifeline`](crate::lifeline)
     ///   is killing its groups. Nothing is started.
+    /// - [`new_session`](Builder::new_session) was asked, in the `Group` tier, for a
+    ///   `Command` that has a
+    ///   [`process_group`](std::os::unix::process::CommandExt::process_group) of its own
+    ///   (`setsid` cannot make a group leader a session leader): kind
+    ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both, before anything starts.
+    ///   (Std has no getter for the setting, and this reads it from the alternate `Debug`
+    ///   form of the `Command`; should a version of std not show it there, the spawn's
+    ///   `EPERM` is returned with a note that names the likely conflict.)
+    /// - With [`capture_output`](Builder::capture_output), the reader thread cannot be
+    ///   started: the group is torn down and the error returned.
     ///
     /// # Examples
     ///
@@ -207,7 +263,33 @@ impl Builder {
         } else {
             None
         };
-        let mut spawned = Leader::spawn(cmd, self.containment, self.new_session, &what)?;
+        if self.new_session && self.containment == Containment::Group && has_process_group(cmd) {
+            return Err(session_conflict(&what));
+        }
+        if self.capture {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut spawned =
+            Leader::spawn(cmd, self.containment, self.new_session, &what).map_err(|e| {
+                // setsid in a process that std already made a group leader.
+                if self.new_session
+                    && self.containment == Containment::Group
+                    && e.raw_os_error() == Some(nix::libc::EPERM)
+                {
+                    // Only where std's `Debug` did not show the group (checked above): say
+                    // what may be the cause, keeping the error.
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "{e} (if the Command has a process_group of its own: \
+                             Builder::new_session(true) cannot be combined with it, since \
+                             setsid fails with EPERM in a process that leads a group)"
+                        ),
+                    )
+                } else {
+                    e
+                }
+            })?;
         let pid = spawned.pid;
         let pgid = match Pgid::try_from(pid) {
             Ok(pgid) => pgid,
@@ -220,12 +302,27 @@ impl Builder {
         };
         let lifeline = lifeline::register(pgid, spawned.leader.pidfd());
         drop(window);
-        let group = SpawnedGroup {
+        let (stdout, stderr, capture) = if self.capture {
+            (
+                None,
+                None,
+                spawned
+                    .stdout
+                    .take()
+                    .map(OwnedFd::from)
+                    .zip(spawned.stderr.take().map(OwnedFd::from)),
+            )
+        } else {
+            (spawned.stdout, spawned.stderr, None)
+        };
+        let mut group = SpawnedGroup {
             lifeline,
             stdin: spawned.stdin,
-            stdout: spawned.stdout,
-            stderr: spawned.stderr,
-            leader: spawned.leader,
+            stdout,
+            stderr,
+            capture: None,
+            watch: spawned.leader.watch(),
+            leader: Mutex::new(spawned.leader),
             pgid,
             pid,
             grace: self.grace,
@@ -234,6 +331,15 @@ impl Builder {
             context: format!("pgroup::SpawnedGroup of {what} (leader pid {pid})"),
             torn_down: false,
         };
+        if let Some((out, err)) = capture {
+            // On failure, the group is dropped: torn down before the error is returned.
+            group.capture = Some(Reader::start(
+                Some(out),
+                Some(err),
+                group.watch.leader_pidfd(),
+                format!("pgroup-output-{pid}"),
+            )?);
+        }
         tracing::debug!(name: "group_spawned", pgid = pid, program = ?group.program, "group_spawned");
         Ok(group)
     }
@@ -280,6 +386,37 @@ impl Builder {
 /// the exit statuses of other tests' children: the only reap is `waitpid` on the leader's
 /// own pid. Teardown's waits are bounded by the grace period and by [`KILL_WAIT_BOUND`].
 ///
+/// # Readiness and captured output
+///
+/// With [`Builder::capture_output`], a thread of the group reads the leader's stdout and
+/// stderr into bounded tails (the last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes of
+/// each): [`wait_for_line`](SpawnedGroup::wait_for_line) waits for a line that matches (a
+/// server's ready line, with its port), [`captured`](SpawnedGroup::captured) reads a tail,
+/// [`Teardown`] carries both, and a drop during a panic prints them to stderr, so a failed
+/// test shows what its server said. [`wait_for_tcp`](SpawnedGroup::wait_for_tcp) waits for
+/// a port, with or without capture. Every readiness wait ends early when the leader exits,
+/// with an error ([`NotReady`]) that has its exit status and the tails.
+///
+/// # Threads
+///
+/// `SpawnedGroup` is `Send` and `Sync`. Everything that does not end the group takes
+/// `&self` and may be called from any thread, at the same time as any other such call:
+/// [`try_wait`](SpawnedGroup::try_wait), [`wait`](SpawnedGroup::wait),
+/// [`wait_timeout`](SpawnedGroup::wait_timeout), [`signal`](SpawnedGroup::signal),
+/// [`id`](SpawnedGroup::id) and [`pgid`](SpawnedGroup::pgid). So an `Arc<SpawnedGroup>`, a
+/// `static`, or an rstest `#[once]` fixture (which hands out `&SpawnedGroup`) can check that
+/// its server is alive from every test. The leader's state sits behind a lock that is held
+/// only to look at it, never across a wait: each waiter polls the leader's pidfd on its own
+/// (and, in the supervised tiers, the supervisor's pipe), so every waiter wakes when the
+/// leader exits, whichever thread reads the status first. Only the value's owner can end the
+/// group ([`shutdown`](SpawnedGroup::shutdown) takes `self`, Drop needs the last reference),
+/// so no wait ever races with the reap. The pipes (`stdin`, `stdout`, `stderr`) are plain
+/// fields: take them out with `&mut self` before sharing the value.
+///
+/// A value in a `static` or a `#[once]` fixture is never dropped: the [`lifeline`](crate::lifeline)
+/// kills it when the test binary exits, and [`Containment::Supervised`] also when the test
+/// binary is killed with SIGKILL.
+///
 /// # Someone else reaping the leader
 ///
 /// If the test binary sets SIGCHLD to `SIG_IGN`, or a thread runs `waitpid(-1)`, the
@@ -325,11 +462,18 @@ pub struct SpawnedGroup {
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
     pub stderr: Option<ChildStderr>,
+    /// The reader of the captured stdout and stderr ([`Builder::capture_output`]).
+    capture: Option<Reader>,
     /// The group's place in the lifeline's registry, released right before the reap. It is
     /// declared before `leader` so that it is also released before the pidfd is closed.
     lifeline: Option<lifeline::Slot>,
-    /// The leader, directly or through its supervisor; unreaped until teardown's end.
-    leader: Leader,
+    /// The leader, directly or through its supervisor; unreaped until teardown's end. Behind
+    /// a lock so that the waits work through `&self`; teardown (`&mut self`) takes it without
+    /// locking. Nothing blocks while holding it, except the wait for a supervisor's report
+    /// of a leader the kernel already saw exit.
+    leader: Mutex<Leader>,
+    /// The descriptors a wait polls, without the lock: see [`ExitWatch`].
+    watch: ExitWatch,
     pgid: Pgid,
     pid: u32,
     grace: Duration,
@@ -371,10 +515,46 @@ pub struct Teardown {
     /// The containment tier the group ran under.
     pub containment: Containment,
     /// Processes that had left the group (`setsid`, `setpgid`) and were found and killed by
-    /// the supervisor at teardown: their pids as the supervisor saw them (inside the PID
-    /// namespace for [`Containment::Namespace`]). Always empty for [`Containment::Group`],
-    /// which cannot see them.
-    pub escapees: Vec<u32>,
+    /// the supervisor at teardown, with the pids the caller can use (and, for
+    /// [`Containment::Namespace`], also their pids inside the namespace). Always empty for
+    /// [`Containment::Group`], which cannot see them.
+    pub escapees: Vec<Escapee>,
+    /// The captured tail of the leader's stdout ([`Builder::capture_output`]; `None`
+    /// without it): its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, read until
+    /// every process holding the pipe was gone (or, if one that left the group still holds
+    /// it, for at most half a second after the reap).
+    pub stdout: Option<String>,
+    /// The captured tail of the leader's stderr, as `stdout`.
+    pub stderr: Option<String>,
+}
+
+/// A process that had left the group and was killed by the supervisor at teardown: an entry
+/// of [`Teardown::escapees`].
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use pgroup::{Builder, Containment};
+///
+/// let group = Builder::new()
+///     .containment(Containment::Supervised)
+///     .spawn(Command::new("sh").args(["-c", "setsid sleep 30 & sleep 30"]))?;
+/// for escapee in group.shutdown()?.escapees {
+///     println!("killed {:?} (in the namespace: {:?})", escapee.pid, escapee.pid_in_namespace);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Escapee {
+    /// Its pid in the caller's PID namespace: the one [`SpawnedGroup::id`], /proc and
+    /// `kill` use in the test binary. `None` only in the `Namespace` tier, for a process
+    /// that was started after teardown began and could not be looked up.
+    pub pid: Option<u32>,
+    /// Its pid inside the group's PID namespace, as the process saw itself (`getpid`, a pid
+    /// file it wrote): [`Containment::Namespace`] only.
+    pub pid_in_namespace: Option<u32>,
 }
 
 impl SpawnedGroup {
@@ -476,14 +656,17 @@ impl SpawnedGroup {
         if self.torn_down {
             return Err(self.not_pinned());
         }
-        if let Some(pidfd) = self.leader.pidfd() {
+        let leader = self.lock_leader();
+        if let Some(pidfd) = leader.pidfd() {
             if pidfd_group_signal_supported(pidfd) {
                 return deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
                     sys::pidfd_send_signal(pidfd, Some(signal), true)
                 });
             }
         }
-        if !self.leader.is_pinned() {
+        // Under the lock: nothing reaps the leader while it is held (teardown needs
+        // `&mut self`), so the pin checked here holds for the `killpg` below.
+        if !leader.is_pinned() {
             return Err(self.not_pinned());
         }
         deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
@@ -508,7 +691,8 @@ impl SpawnedGroup {
     /// the group, so that it is not signalled twice. The pidfd names this process and no
     /// other, wherever it went; `ESRCH` once it has exited.
     fn signal_leader_if_it_left(&self, signals: &[Signal]) {
-        let Some(pidfd) = self.leader.pidfd() else {
+        let leader = self.lock_leader();
+        let Some(pidfd) = leader.pidfd() else {
             return;
         };
         let Ok(pid) = i32::try_from(self.pid) else {
@@ -531,49 +715,59 @@ impl SpawnedGroup {
         }
     }
 
-    /// The leader's exit status if it has exited, without blocking and without reaping.
+    /// The leader's exit status if it has exited, without reaping it.
+    ///
+    /// It does not wait for the leader. In the supervised tiers, when the kernel already
+    /// reports the leader's exit, it waits for the supervisor's report of the status, which
+    /// follows at once (bounded by 5 seconds), so that the answer matches the kernel's.
+    ///
+    /// Takes `&self`: an `Arc<SpawnedGroup>` or an rstest `#[once]` fixture can ask from any
+    /// thread (see *Threads* on [`SpawnedGroup`]).
     ///
     /// # Errors
     ///
-    /// The `waitid(2)` call failed, which does not happen for a leader this value owns.
+    /// The `waitid(2)` call failed, which does not happen for a leader this value owns;
+    /// someone else reaped the leader (its status is lost); or the supervisor went, or did
+    /// not report an exit it saw.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::process::Command;
     ///
-    /// let mut group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// let group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
     /// assert_eq!(group.try_wait()?, None);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.leader.peek_exit()
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        self.lock_leader().peek_exit()
     }
 
     /// Waits for the leader to exit and returns its status; the group stays pinned until
-    /// teardown. Like std's `Child::wait`, it first closes the leader's stdin if it is still
-    /// in `self.stdin`, so that a leader reading its input sees end of file. Other members of
-    /// the group may still be running when it returns.
+    /// teardown. Other members of the group may still be running when it returns.
+    ///
+    /// Unlike std's `Child::wait`, it does not close the leader's stdin (a `&self` method
+    /// cannot take it out of `self.stdin`): for a leader that reads its input to the end,
+    /// drop `group.stdin.take()` first.
     ///
     /// This wait has no bound, as std's; use [`wait_timeout`](SpawnedGroup::wait_timeout) for
-    /// one.
+    /// one. Any number of threads may wait at once; each wakes when the leader exits.
     ///
     /// # Errors
     ///
-    /// `ppoll(2)` or `waitid(2)` failed.
+    /// `ppoll(2)` or `waitid(2)` failed, or as [`try_wait`](SpawnedGroup::try_wait).
     ///
     /// # Examples
     ///
     /// ```
     /// use std::process::Command;
     ///
-    /// let mut group = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 3"]))?;
+    /// let group = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 3"]))?;
     /// assert_eq!(group.wait()?.code(), Some(3));
     /// assert_eq!(group.wait()?.code(), Some(3)); // the same answer again
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        drop(self.stdin.take());
+    pub fn wait(&self) -> io::Result<ExitStatus> {
         loop {
             if let Some(status) = self.wait_until(None)? {
                 return Ok(status);
@@ -585,7 +779,7 @@ impl SpawnedGroup {
     ///
     /// # Errors
     ///
-    /// `ppoll(2)` or `waitid(2)` failed.
+    /// `ppoll(2)` or `waitid(2)` failed, or as [`try_wait`](SpawnedGroup::try_wait).
     ///
     /// # Examples
     ///
@@ -593,15 +787,18 @@ impl SpawnedGroup {
     /// use std::process::Command;
     /// use std::time::Duration;
     ///
-    /// let mut group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// let group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
     /// assert_eq!(group.wait_timeout(Duration::from_millis(10))?, None);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    pub fn wait_timeout(&self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
         self.wait_until(Instant::now().checked_add(timeout))
     }
 
-    fn wait_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
+    /// Waits for the leader's exit until `deadline`. The lock is taken only to look; the
+    /// poll runs without it, on descriptors whose readiness is the leader's state (see
+    /// [`ExitWatch`]), so no waiter misses an exit another thread saw first.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(Some(status));
@@ -609,8 +806,21 @@ impl SpawnedGroup {
             let Some(left) = time_left(deadline) else {
                 return Ok(None);
             };
-            sys::poll_readable(&[self.leader.exit_fd()], left)?;
+            sys::poll_readable(&self.watch.fds(), left)?;
         }
+    }
+
+    /// The leader, locked. A poisoned lock is taken as is: no code that holds it panics
+    /// half-way through a change.
+    fn lock_leader(&self) -> MutexGuard<'_, Leader> {
+        self.leader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The leader, without locking (teardown owns the value).
+    fn leader_mut(&mut self) -> &mut Leader {
+        self.leader
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tears the group down and reports what happened: the checked form of Drop.
@@ -654,7 +864,7 @@ impl SpawnedGroup {
         let started = Instant::now();
         drop(self.stdin.take());
         let mut errors: Vec<String> = Vec::new();
-        let exited_before_teardown = self.leader.has_exited()?;
+        let exited_before_teardown = self.leader_mut().has_exited()?;
         let mut descendants_seen = 0;
         let sigkill_needed = if self.grace.is_zero() {
             !exited_before_teardown
@@ -685,10 +895,10 @@ impl SpawnedGroup {
                 ),
             ));
         }
-        if self.leader.reaped_elsewhere() {
+        if self.leader_mut().reaped_elsewhere() {
             self.torn_down = true;
             drop(self.lifeline.take());
-            let _ = self.leader.finish();
+            let _ = self.leader_mut().finish();
             tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
             errors.insert(
                 0,
@@ -713,10 +923,11 @@ impl SpawnedGroup {
         // cannot signal this id after the reap.
         drop(self.lifeline.take());
         let escapees = self
-            .leader
+            .leader_mut()
             .finish_by(deadline.unwrap_or_else(Instant::now))
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
+        let (stdout, stderr) = self.finish_capture(deadline.unwrap_or_else(Instant::now));
         let report = Teardown {
             status,
             exited_before_teardown,
@@ -725,6 +936,8 @@ impl SpawnedGroup {
             elapsed: started.elapsed(),
             containment: self.containment,
             escapees,
+            stdout,
+            stderr,
         };
         tracing::debug!(
             name: "group_torn_down",
@@ -752,7 +965,7 @@ impl SpawnedGroup {
             Ok(Delivery::Refused(refusal)) => {
                 errors.push(format!("{signals:?} refused by the guard: {refusal}"));
                 if signals.contains(&Signal::SIGKILL) {
-                    self.leader.kill_leader();
+                    self.leader_mut().kill_leader();
                 }
             }
             Err(e) => errors.push(e.to_string()),
@@ -765,17 +978,43 @@ impl Drop for SpawnedGroup {
     /// tracing event named `group_teardown_failed`. It does not panic, also not while the
     /// thread unwinds from a failed assertion, and it blocks for at most the grace period
     /// plus [`KILL_WAIT_BOUND`].
+    ///
+    /// With [`Builder::capture_output`], a drop while the thread panics (a failed assertion
+    /// unwinding) prints the captured tails to stderr with `eprint!`, which libtest captures
+    /// and shows with the failed test, as nextest does.
     fn drop(&mut self) {
-        if self.torn_down {
-            return;
-        }
-        if let Err(error) = self.teardown() {
-            tracing::warn!(
-                name: "group_teardown_failed",
-                pgid = self.pgid.as_raw(),
-                error = %error,
-                "group_teardown_failed"
-            );
+        let status = if self.torn_down {
+            None
+        } else {
+            match self.teardown() {
+                Ok(report) => Some(report.status),
+                Err(error) => {
+                    tracing::warn!(
+                        name: "group_teardown_failed",
+                        pgid = self.pgid.as_raw(),
+                        error = %error,
+                        "group_teardown_failed"
+                    );
+                    None
+                }
+            }
+        };
+        if std::thread::panicking() {
+            if let Some(reader) = &mut self.capture {
+                reader.finish(Instant::now() + CAPTURE_DRAIN_BOUND);
+                let mut report = format!("\n---- {}: captured output", self.context);
+                if let Some(status) = status {
+                    report.push_str(&format!(" (leader: {status})"));
+                }
+                report.push_str(" ----");
+                let capture = reader.capture();
+                let _ = output::write_tails(
+                    &mut report,
+                    capture.text(Stream::Stdout).as_deref(),
+                    capture.text(Stream::Stderr).as_deref(),
+                );
+                eprintln!("{report}");
+            }
         }
     }
 }
@@ -790,6 +1029,240 @@ impl fmt::Debug for SpawnedGroup {
             .field("grace", &self.grace)
             .field("torn_down", &self.torn_down)
             .finish_non_exhaustive()
+    }
+}
+
+/// How long teardown waits, after the reap, for the captured pipes to reach end of file: only
+/// a process that left the group and still holds them makes it wait that long.
+const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
+
+/// Whether std's `Debug` of `cmd` (its alternate form, which lists the settings) shows a
+/// `process_group`. Std has no getter for it; where the form does not show it, the spawn's
+/// `EPERM` is mapped instead.
+fn has_process_group(cmd: &Command) -> bool {
+    format!("{cmd:#?}")
+        .lines()
+        .any(|line| line.trim_start().starts_with("pgroup: Some("))
+}
+
+fn session_conflict(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!(
+            "pgroup: cannot spawn {what}: Builder::new_session(true) and a Command with a \
+             process_group of its own conflict (setsid fails in a process that already leads \
+             a group, with EPERM): drop the process_group, the new session makes a new group \
+             anyway"
+        ),
+    )
+}
+
+impl SpawnedGroup {
+    /// The captured tail of `stream` so far (its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT)
+    /// bytes, lossily decoded as UTF-8), or `None` without
+    /// [`Builder::capture_output`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use pgroup::Stream;
+    ///
+    /// let group = pgroup::Builder::new()
+    ///     .capture_output(true)
+    ///     .spawn(Command::new("sh").args(["-c", "echo hello; sleep 30"]))?;
+    /// group.wait_for_line(Stream::Stdout, std::time::Duration::from_secs(10), |_| true)?;
+    /// assert_eq!(group.captured(Stream::Stdout).as_deref(), Some("hello\n"));
+    /// assert_eq!(group.captured(Stream::Stderr).as_deref(), Some(""));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[must_use]
+    pub fn captured(&self, stream: Stream) -> Option<String> {
+        self.capture.as_ref()?.capture().text(stream)
+    }
+
+    /// Waits until a line of the captured `stream` matches `predicate`, and returns it
+    /// (without its line end), so that a port can be read from it.
+    ///
+    /// Every line still in the captured tail is looked at first, then each new one as it
+    /// arrives, so a line printed before the call counts and two calls with the same
+    /// predicate return the same line. The wait is driven by the reader thread, which wakes
+    /// it for each new line: no polling. It ends early, with an error, when the leader
+    /// exits (after the lines it wrote before its exit were looked at) or the stream is
+    /// closed. The predicate runs on the calling thread, with no lock held.
+    ///
+    /// A program that buffers its output when it is not a terminal writes the line only
+    /// when its buffer fills or it exits, which usually means never: run Python with `-u`,
+    /// and see [`Builder::capture_output`].
+    ///
+    /// # Errors
+    ///
+    /// An [`io::Error`] whose payload is a [`NotReady`] (with the reason, the leader's exit
+    /// status and the captured tails, all in its message too), of kind `TimedOut` when
+    /// `timeout` passed, `UnexpectedEof` when the leader exited or the stream was closed
+    /// first, `InvalidInput` when the output is not captured. Or as
+    /// [`try_wait`](SpawnedGroup::try_wait), for the exit status.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    /// use pgroup::{Builder, Stream};
+    ///
+    /// let server = Builder::new().capture_output(true).spawn(
+    ///     Command::new("sh").args(["-c", "echo 'listening on 127.0.0.1:8123'; sleep 30"]),
+    /// )?;
+    /// let line = server.wait_for_line(Stream::Stdout, Duration::from_secs(10), |l| {
+    ///     l.starts_with("listening on")
+    /// })?;
+    /// let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    /// assert_eq!(port, 8123);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_line(
+        &self,
+        stream: Stream,
+        timeout: Duration,
+        mut predicate: impl FnMut(&str) -> bool,
+    ) -> io::Result<String> {
+        let awaited = format!("a matching line on {stream}");
+        let Some(reader) = &self.capture else {
+            return Err(self.not_ready(awaited, NotReadyReason::NotCaptured, None));
+        };
+        let deadline = Instant::now().checked_add(timeout);
+        match reader
+            .capture()
+            .wait_for_line(stream, deadline, &mut predicate)
+        {
+            Ok(line) => Ok(line),
+            Err(ended) => {
+                let mut reason = ended.map_or(NotReadyReason::TimedOut, NotReadyReason::from);
+                let status = match reason {
+                    NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
+                    NotReadyReason::LeaderExited => self.try_wait()?,
+                    // An exiting leader closes its pipes a moment before the kernel reports
+                    // its exit: say which it was.
+                    _ => self.wait_timeout(CAPTURE_DRAIN_BOUND)?,
+                };
+                if status.is_some() {
+                    reason = NotReadyReason::LeaderExited;
+                }
+                Err(self.not_ready(awaited, reason, status))
+            }
+        }
+    }
+
+    /// Waits until `addr` accepts TCP connections (a connection is made and closed at
+    /// once), or `timeout` passes, or the leader exits.
+    ///
+    /// Connecting is a poll by nature: attempts are spaced by a backoff from 5 ms, doubling
+    /// up to 100 ms, and between attempts the wait watches the leader's exit, so a server
+    /// that dies ends the wait at once. `addr` is resolved once, before the first attempt;
+    /// each of its addresses is tried. The server sees each attempt as a connection that
+    /// closes without a request. Output capture is not needed, but with it the error
+    /// carries the tails.
+    ///
+    /// # Errors
+    ///
+    /// `addr` cannot be resolved; or an [`io::Error`] with a [`NotReady`] payload (kind
+    /// `TimedOut`, or `UnexpectedEof` when the leader exited first, with its status);
+    /// or as [`try_wait`](SpawnedGroup::try_wait).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::process::Command;
+    /// use std::time::Duration;
+    ///
+    /// // Nothing listens on port 1 of localhost, and this "server" exits at once.
+    /// let server = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 7"]))?;
+    /// let err = server.wait_for_tcp("127.0.0.1:1", Duration::from_secs(10)).unwrap_err();
+    /// assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    /// assert!(err.to_string().contains("exit status: 7"), "{err}");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_for_tcp(&self, addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now().checked_add(timeout);
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+        let awaited = match addrs.as_slice() {
+            [one] => format!("{one} accepted a connection"),
+            many => format!("one of {many:?} accepted a connection"),
+        };
+        let mut backoff = output::TCP_BACKOFF_MIN;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
+            }
+            for addr in &addrs {
+                let Some(left) = time_left(deadline) else {
+                    break;
+                };
+                let attempt =
+                    left.map_or(Duration::from_secs(1), |l| l.min(Duration::from_secs(1)));
+                if TcpStream::connect_timeout(addr, attempt).is_ok() {
+                    return Ok(());
+                }
+            }
+            let Some(left) = time_left(deadline) else {
+                return Err(self.not_ready(awaited, NotReadyReason::TimedOut, None));
+            };
+            let pause = left.map_or(backoff, |l| l.min(backoff));
+            if let Some(status) = self.wait_timeout(pause)? {
+                return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
+            }
+            backoff = (backoff * 2).min(output::TCP_BACKOFF_MAX);
+        }
+    }
+
+    /// The leader's exit watch, for the async front end: `leader_pidfd()` is readable once
+    /// the leader has exited (level-triggered, in every tier); then
+    /// [`try_wait`](SpawnedGroup::try_wait) has the status (in the supervised tiers it waits
+    /// for the supervisor's report, which follows at once).
+    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    pub(crate) fn exit_watch(&self) -> &ExitWatch {
+        &self.watch
+    }
+
+    /// The captured output, for the async front end (`Capture::next_lines`).
+    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    pub(crate) fn capture(&self) -> Option<&output::Capture> {
+        self.capture.as_ref().map(Reader::capture)
+    }
+
+    /// The error of a readiness wait, with the captured tails.
+    pub(crate) fn not_ready(
+        &self,
+        awaited: String,
+        reason: NotReadyReason,
+        status: Option<ExitStatus>,
+    ) -> io::Error {
+        if let (Some(_), Some(reader)) = (status, &self.capture) {
+            // The leader's last words may still be in the pipes.
+            reader
+                .capture()
+                .await_leader_exit(Instant::now() + CAPTURE_DRAIN_BOUND);
+        }
+        NotReady {
+            group: self.context.clone(),
+            awaited,
+            reason,
+            status,
+            stdout: self.captured(Stream::Stdout),
+            stderr: self.captured(Stream::Stderr),
+        }
+        .into_io()
+    }
+
+    /// Ends the capture (bounded by `deadline` and [`CAPTURE_DRAIN_BOUND`]) and returns the
+    /// tails.
+    fn finish_capture(&mut self, deadline: Instant) -> (Option<String>, Option<String>) {
+        let Some(reader) = &mut self.capture else {
+            return (None, None);
+        };
+        reader.finish(deadline.min(Instant::now() + CAPTURE_DRAIN_BOUND));
+        let capture = reader.capture();
+        (capture.text(Stream::Stdout), capture.text(Stream::Stderr))
     }
 }
 
@@ -809,13 +1282,13 @@ impl SpawnedGroup {
     /// Waits until the leader has exited (or was reaped elsewhere), or `deadline` passes.
     fn wait_exited(&mut self, deadline: Option<Instant>) -> io::Result<bool> {
         loop {
-            if self.leader.has_exited()? {
+            if self.leader_mut().has_exited()? {
                 return Ok(true);
             }
             let Some(left) = time_left(deadline) else {
                 return Ok(false);
             };
-            sys::poll_readable(&[self.leader.exit_fd()], left)?;
+            sys::poll_readable(&self.watch.fds(), left)?;
         }
     }
 
@@ -838,7 +1311,7 @@ impl SpawnedGroup {
         let mut leader_exited = false;
         loop {
             if !leader_exited {
-                leader_exited = self.leader.has_exited()?;
+                leader_exited = self.leader_mut().has_exited()?;
             }
             if leader_exited && pending.is_empty() {
                 match live_members(self.pgid, self.pid) {
@@ -858,7 +1331,7 @@ impl SpawnedGroup {
             };
             let mut watched: Vec<BorrowedFd<'_>> = pending.iter().map(AsFd::as_fd).collect();
             if !leader_exited {
-                watched.push(self.leader.exit_fd());
+                watched.extend(self.watch.fds());
             }
             let readable = sys::poll_readable(&watched, left)?;
             let mut readable = readable.into_iter();

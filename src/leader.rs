@@ -8,12 +8,13 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procfs::process::Process;
 
 use crate::group::time_left;
-use crate::{sys, Containment};
+use crate::{sys, Containment, Escapee};
 
 /// How long spawning waits for a supervisor to report the leader's pid.
 const SUPERVISOR_REPORT_BOUND: Duration = Duration::from_secs(5);
@@ -22,7 +23,8 @@ pub(crate) enum Leader {
     /// The leader is our own child, watched through its pidfd.
     Direct {
         child: Option<Child>,
-        pidfd: OwnedFd,
+        /// Shared with the group's [`ExitWatch`], which polls it without the group's lock.
+        pidfd: Arc<OwnedFd>,
         exit: Option<ExitStatus>,
         /// Someone else reaped it (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)` elsewhere in
         /// the process): its number is free, and its exit status is lost.
@@ -69,12 +71,22 @@ impl SupervisorProcess {
 pub(crate) struct Supervised {
     supervisor: Option<SupervisorProcess>,
     control: Option<OwnedFd>,
-    status: OwnedFd,
+    /// Shared with the group's [`ExitWatch`] (its hang-up says the supervisor is gone).
+    status: Arc<OwnedFd>,
+    /// A pidfd on the leader (not our child), opened once the supervisor reported it: it
+    /// becomes readable when the leader exits and stays so, whoever reads the status pipe.
+    /// Shared with the group's [`ExitWatch`].
+    leader_pidfd: Option<Arc<OwnedFd>>,
     buf: Vec<u8>,
     reported_pid: Option<i32>,
     failed: Option<i32>,
     exit: Option<ExitStatus>,
     escapees: Vec<u32>,
+    /// `Namespace` tier: the namespace's init, by its pid in the test binary's namespace.
+    ns_init: Option<u32>,
+    /// `Namespace` tier: `(pid in the namespace, pid here)` of every process in the
+    /// namespace, read right before teardown, to translate the escapees' pids.
+    ns_pids: Vec<(u32, u32)>,
     /// How many processes the supervisor could not kill within its bound.
     stuck: Option<i32>,
     done: bool,
@@ -165,7 +177,7 @@ impl Leader {
                 let mut spawned = Spawned::new(
                     Leader::Direct {
                         child: None,
-                        pidfd,
+                        pidfd: Arc::new(pidfd),
                         exit: None,
                         reaped_elsewhere: false,
                     },
@@ -277,12 +289,15 @@ impl Leader {
         let mut sup = Supervised {
             supervisor: None,
             control: Some(pipes.control),
-            status: pipes.status,
+            status: Arc::new(pipes.status),
+            leader_pidfd: None,
             buf: Vec::new(),
             reported_pid: None,
             failed: None,
             exit: None,
             escapees: Vec::new(),
+            ns_init: None,
+            ns_pids: Vec::new(),
             stuck: None,
             done: false,
             eof: false,
@@ -290,10 +305,25 @@ impl Leader {
         let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
         let pid = reported.and_then(|inner| {
             if namespace {
-                outer_leader_pid(supervisor_pid, inner)
+                let (init, leader) = outer_leader_pid(supervisor_pid, inner)?;
+                sup.ns_init = Some(init);
+                Ok(leader)
             } else {
                 u32::try_from(inner).map_err(|_| io::Error::other("negative leader pid"))
             }
+        });
+        // The supervisor never reaps the leader before teardown: while its end of the status
+        // pipe is open, the reported pid is the leader's, so a pidfd opened before that check
+        // names the leader.
+        let pid = pid.and_then(|pid| {
+            let pidfd = sys::pidfd_open(pid)?;
+            if sys::hung_up(sup.status.as_fd()) {
+                return Err(io::Error::other(
+                    "the supervisor exited before the leader could be watched",
+                ));
+            }
+            sup.leader_pidfd = Some(Arc::new(pidfd));
+            Ok(pid)
         });
         match pid {
             Ok(pid) => {
@@ -316,11 +346,18 @@ impl Leader {
         }
     }
 
-    /// The descriptor that becomes readable when the leader's state may have changed.
-    pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
+    /// The descriptors that become readable when the leader exits (or its supervisor goes),
+    /// shared so that they can be polled without the lock around the `Leader`.
+    pub(crate) fn watch(&self) -> ExitWatch {
         match self {
-            Leader::Direct { pidfd, .. } => pidfd.as_fd(),
-            Leader::Supervised(sup) => sup.status.as_fd(),
+            Leader::Direct { pidfd, .. } => ExitWatch {
+                leader: Some(Arc::clone(pidfd)),
+                supervisor: None,
+            },
+            Leader::Supervised(sup) => ExitWatch {
+                leader: sup.leader_pidfd.clone(),
+                supervisor: Some(Arc::clone(&sup.status)),
+            },
         }
     }
 
@@ -351,6 +388,22 @@ impl Leader {
             }
             Leader::Supervised(sup) => {
                 sup.pump()?;
+                if sup.exit.is_none() && !sup.eof && sup.leader_has_exited() {
+                    // The kernel says the leader has exited, and the supervisor's report
+                    // follows at once: wait for it here (the caller holds the group's lock,
+                    // so nobody else reads it away), so that the answer matches the pidfd's
+                    // and a waiter polling it never spins.
+                    sup.await_status(Instant::now() + SUPERVISOR_REPORT_BOUND)?;
+                    if sup.exit.is_none() && !sup.eof {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "pgroup: the leader exited, but its supervisor did not report \
+                                 its status within {SUPERVISOR_REPORT_BOUND:?}"
+                            ),
+                        ));
+                    }
+                }
                 if sup.exit.is_none() && sup.eof {
                     return Err(io::Error::other(
                         "pgroup: the supervisor exited before the leader; the group id is no longer pinned",
@@ -391,7 +444,8 @@ impl Leader {
 
     /// The leader's pidfd, for the `Direct` tier only: the handle through which the crate
     /// signals the group (`PIDFD_SIGNAL_PROCESS_GROUP`) and the leader itself. The
-    /// supervised tiers hold no pidfd on the leader (it is not our child).
+    /// supervised tiers signal nothing through theirs (the leader is not our child; they
+    /// watch its exit with it, see [`ExitWatch`]).
     pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
@@ -432,7 +486,7 @@ impl Leader {
     /// Reaps the leader (after the final SIGKILL): from here on its id may be recycled.
     /// Returns the escapees a supervisor found and killed. A supervisor gets
     /// [`crate::KILL_WAIT_BOUND`] from now to finish; see [`Leader::finish_by`].
-    pub(crate) fn finish(&mut self) -> io::Result<Vec<u32>> {
+    pub(crate) fn finish(&mut self) -> io::Result<Vec<Escapee>> {
         self.finish_by(Instant::now() + crate::KILL_WAIT_BOUND)
     }
 
@@ -440,7 +494,7 @@ impl Leader {
     /// deadline of the wait for the leader after the final SIGKILL, so that the whole of
     /// teardown keeps the bound the docs give). A supervisor that is not done by then keeps
     /// working on its own (it has a bound of its own) and is reaped in the background.
-    pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<u32>> {
+    pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         match self {
             Leader::Direct {
                 child,
@@ -460,7 +514,56 @@ impl Leader {
     }
 }
 
+/// Descriptors that become readable when a leader exits, polled without the lock around its
+/// [`Leader`]: the leader's pidfd (readable once it has exited, and from then on, whoever
+/// looks) and, in the supervised tiers, the status pipe (readable when a report arrives,
+/// hung up when the supervisor goes). Both are level-triggered by the state that matters,
+/// so a waiter cannot miss an exit that another thread observed first.
+#[derive(Clone)]
+pub(crate) struct ExitWatch {
+    leader: Option<Arc<OwnedFd>>,
+    supervisor: Option<Arc<OwnedFd>>,
+}
+
+impl ExitWatch {
+    /// The pidfd on the leader (every tier has one once spawned).
+    pub(crate) fn leader_pidfd(&self) -> Option<Arc<OwnedFd>> {
+        self.leader.clone()
+    }
+
+    /// The descriptors to poll.
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.leader
+            .iter()
+            .chain(self.supervisor.iter())
+            .map(|fd| fd.as_fd())
+            .collect()
+    }
+}
+
 impl Supervised {
+    /// Whether the leader has exited, by its pidfd (no state read from the pipe).
+    fn leader_has_exited(&self) -> bool {
+        self.leader_pidfd.as_ref().is_some_and(|fd| {
+            sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))
+                .is_ok_and(|ready| ready.first() == Some(&true))
+        })
+    }
+
+    /// Waits until the supervisor reports the leader's status (or goes), or `deadline`.
+    fn await_status(&mut self, deadline: Instant) -> io::Result<()> {
+        loop {
+            self.pump()?;
+            if self.exit.is_some() || self.eof {
+                return Ok(());
+            }
+            let Some(left) = time_left(Some(deadline)) else {
+                return Ok(());
+            };
+            sys::poll_readable(&[self.status.as_fd()], left)?;
+        }
+    }
+
     /// Reads and decodes whatever the supervisor has sent.
     fn pump(&mut self) -> io::Result<()> {
         if self.eof {
@@ -512,10 +615,15 @@ impl Supervised {
     /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
     /// which it takes as the test binary's death), waits for it until `deadline`, and reaps
     /// it (in the background if it has not exited by then).
-    fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<u32>> {
+    fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<Escapee>> {
         let mut result = Ok(());
         if let Some(control) = self.control.take() {
             if !abandon {
+                // The escapees are alive until the supervisor kills them: read their pids
+                // here while /proc still has them.
+                if let Some(init) = self.ns_init {
+                    self.ns_pids = namespace_pids(init);
+                }
                 result = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN);
             }
         }
@@ -559,7 +667,22 @@ impl Supervised {
                 "the supervisor ended without finishing its teardown",
             ));
         }
-        Ok(std::mem::take(&mut self.escapees))
+        let translate = |inner: u32| Escapee {
+            pid: if self.ns_init.is_some() {
+                self.ns_pids
+                    .iter()
+                    .find(|(ns, _)| *ns == inner)
+                    .map(|(_, here)| *here)
+            } else {
+                Some(inner)
+            },
+            pid_in_namespace: self.ns_init.map(|_| inner),
+        };
+        Ok(self
+            .escapees
+            .iter()
+            .map(|&inner| translate(inner))
+            .collect())
     }
 
     /// Reaps the supervisor if it exits by `deadline`; otherwise a thread waits for it (for
@@ -682,18 +805,62 @@ fn reaped_elsewhere_error() -> io::Error {
     )
 }
 
+/// The children of `pid` (of its main thread), from /proc.
+fn children_of(pid: u32) -> io::Result<Vec<u32>> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    Process::new(pid)
+        .and_then(|p| p.task_main_thread())
+        .and_then(|t| t.children())
+        .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
+}
+
+/// The innermost pid (`NSpid`'s last) of the process `pid` of this namespace.
+fn innermost_pid(pid: u32) -> Option<i32> {
+    let pid = i32::try_from(pid).ok()?;
+    Process::new(pid)
+        .and_then(|p| p.status())
+        .ok()
+        .and_then(|s| s.nspid)
+        .and_then(|ids| ids.last().copied())
+}
+
+/// `(pid in the namespace, pid here)` of every process under the namespace's `init` (every
+/// process of a PID namespace descends from its init: orphans are re-parented to it). A
+/// bounded walk of /proc's `children` lists, so its cost grows with the namespace, not with
+/// the machine. Processes that exit meanwhile are skipped.
+fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
+    const MAX: usize = 65_536;
+    let mut found = Vec::new();
+    let mut queue = vec![init];
+    while let Some(pid) = queue.pop() {
+        let Ok(process) = i32::try_from(pid)
+            .map_err(drop)
+            .and_then(|p| Process::new(p).map_err(drop))
+        else {
+            continue;
+        };
+        let Ok(tasks) = process.tasks() else { continue };
+        for task in tasks.flatten() {
+            for child in task.children().unwrap_or_default() {
+                if found.len() >= MAX {
+                    return found;
+                }
+                if let Some(inner) = innermost_pid(child).and_then(|p| u32::try_from(p).ok()) {
+                    found.push((inner, child));
+                }
+                queue.push(child);
+            }
+        }
+    }
+    found
+}
+
 /// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;
 /// the test binary needs the one it sees. The leader is the child of the namespace's init
 /// (the only child of the process std spawned) whose innermost pid (`NSpid`) is the one
-/// reported; init's other children are orphans re-parented to it.
-fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<u32> {
-    let children_of = |pid: u32| -> io::Result<Vec<u32>> {
-        let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-        Process::new(pid)
-            .and_then(|p| p.task_main_thread())
-            .and_then(|t| t.children())
-            .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
-    };
+/// reported; init's other children are orphans re-parented to it. Returns init's pid and
+/// the leader's, as the test binary sees them.
+fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<(u32, u32)> {
     let init = match children_of(spawned)?.as_slice() {
         [init] => *init,
         other => {
@@ -703,15 +870,8 @@ fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<u32> {
         }
     };
     for child in children_of(init)? {
-        let Ok(pid) = i32::try_from(child) else {
-            continue;
-        };
-        let nspid = Process::new(pid)
-            .and_then(|p| p.status())
-            .ok()
-            .and_then(|s| s.nspid);
-        if nspid.and_then(|ids| ids.last().copied()) == Some(inner) {
-            return Ok(child);
+        if innermost_pid(child) == Some(inner) {
+            return Ok((init, child));
         }
     }
     Err(io::Error::other(format!(

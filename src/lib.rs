@@ -144,14 +144,16 @@ mod group;
 mod guard;
 mod leader;
 pub mod lifeline;
+mod output;
 mod pgid;
 mod sys;
 
 pub use containment::Containment;
-pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
+pub use group::{Builder, Escapee, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
 pub use guard::{
     check_pgid, safe_killpg, Delivery, GuardRule, Refusal, ANCESTOR_REFRESH, GUARD_RULES,
 };
+pub use output::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
 
 /// The signals the crate sends: nix's [`Signal`], re-exported.
