@@ -233,15 +233,18 @@ impl Leader {
             )
         })?;
         let mut leader = started.spawned.leader;
-        let sup = Supervised {
+        let mut sup = Supervised {
             supervisor: Some(SupervisorProcess::Exec(started.spawned.supervisor)),
             control: Some(started.control),
-            status: started.status,
+            status: Arc::new(started.status),
+            leader_pidfd: None,
             buf: Vec::new(),
             reported_pid: None,
             failed: None,
             exit: None,
             escapees: Vec::new(),
+            ns_init: None,
+            ns_pids: Vec::new(),
             stuck: None,
             done: false,
             eof: false,
@@ -250,9 +253,44 @@ impl Leader {
         // that its start (an exec of the test binary) overlaps the caller's work. Until it
         // runs, the leader is already its unreaped child (pinned), and if it never runs, its
         // end of the status pipe closes: the group then counts as unpinned and is never
-        // signalled by number, and teardown reports the supervisor's failure.
+        // signalled by number, and teardown reports the supervisor's failure. A pidfd opened
+        // while that end is still open names the leader.
         let pid = leader.id();
-        Ok(Spawned::new(Leader::Supervised(sup), pid, &mut leader))
+        let pidfd = sys::pidfd_open(pid).and_then(|pidfd| {
+            if sys::hung_up(sup.status.as_fd()) {
+                // No supervisor holds the leader any more: end its group through the pidfd,
+                // which names it and never a recycled number.
+                let _ = sys::pidfd_send_signal(
+                    pidfd.as_fd(),
+                    Some(nix::sys::signal::Signal::SIGKILL),
+                    true,
+                );
+                let _ = sys::pidfd_send_signal(
+                    pidfd.as_fd(),
+                    Some(nix::sys::signal::Signal::SIGKILL),
+                    false,
+                );
+                Err(io::Error::other(
+                    "the supervisor exited before the leader could be watched",
+                ))
+            } else {
+                Ok(pidfd)
+            }
+        });
+        match pidfd {
+            Ok(pidfd) => {
+                sup.leader_pidfd = Some(Arc::new(pidfd));
+                Ok(Spawned::new(Leader::Supervised(sup), pid, &mut leader))
+            }
+            Err(e) => {
+                // Closing the control pipe makes the supervisor kill and reap everything.
+                let _ = sup.finish(true, Instant::now() + crate::KILL_WAIT_BOUND);
+                Err(context_err(
+                    &e,
+                    &format!("pgroup: Containment::Supervised for {what} failed to start"),
+                ))
+            }
+        }
     }
 
     fn spawn_supervised(
