@@ -59,10 +59,16 @@
 //!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
 //!   `group_teardown_failed`.
 //! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
-//!   `Supervised` adds a supervisor process (the leader's parent, a child subreaper that
-//!   reaps orphans, tied to the test binary's life by a pidfd and a pipe) that catches what
-//!   leaves the group and what outlives the test binary; `Namespace` makes that supervisor
+//!   `Supervised` adds a supervisor process (the test binary exec'd again and caught before
+//!   `main`, so its cost does not grow with the test binary's memory; the leader's parent, a
+//!   child subreaper that reaps orphans, tied to the test binary's life by a pidfd and a
+//!   pipe) that catches what leaves the group and what outlives the test binary; `Namespace` makes that supervisor
 //!   init of a PID namespace.
+//! - [`Builder::capture_output`], [`SpawnedGroup::wait_for_line`],
+//!   [`SpawnedGroup::wait_for_tcp`], [`NotReady`], [`Stream`]: readiness and captured output
+//!   for test harnesses; the waits of a group take `&self`, so a shared (`Arc`, rstest
+//!   `#[once]`) group can be asked from every test. The README's recipes show
+//!   each in a test.
 //! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
 //!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
 //! - All unsafe code and raw syscalls live in one private module, `sys`, with the

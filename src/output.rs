@@ -635,11 +635,6 @@ pub(crate) const TCP_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// The longest wait between two connection attempts.
 pub(crate) const TCP_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
-/// The recipes of `docs/recipes.md`, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../docs/recipes.md")]
-struct RecipesDoctests;
-
 #[cfg(test)]
 mod tests {
     use super::*;
