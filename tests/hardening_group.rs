@@ -81,16 +81,19 @@ fn reaped_elsewhere_role(_logs: support::Logs<'_>) -> i32 {
     let how = env::var("PGROUP_REAPER").expect("PGROUP_REAPER");
     let marker = env::var(support::MARKER_VAR).expect("marker");
     reap_behind_the_crates_back(&how);
+    // The leader exits only once its stdin closes, after the spawn has pinned it: a leader
+    // reaped before it is pinned is a different case (spawn refuses it).
     let member = "(trap '' TERM; exec sleep 1000) & (trap '' TERM; exec sleep 1000) & \
-                  echo ready; exit 0";
+                  echo ready; read _; exit 0";
     let mut group = Builder::new()
         .grace_period(SHORT_GRACE)
         .spawn(
             support::marked(&marker, "sh", &["-c", member])
                 .stdout(Stdio::piped())
-                .stdin(Stdio::null()),
+                .stdin(Stdio::piped()),
         )
         .expect("spawn");
+    drop(group.stdin.take());
     let leader = i32::try_from(group.id()).expect("pid fits");
     let mut ready = String::new();
     BufReader::new(group.stdout.take().expect("piped"))
