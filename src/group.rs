@@ -128,11 +128,10 @@ impl Builder {
     /// Starts the leader in a new session (`setsid(2)`) instead of only a new process group.
     /// It then has no controlling terminal, as a daemon would, and is the leader of both the
     /// session and the group, whose ids equal its pid. Teardown is the same. This uses a
-    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`. In the
-    /// `Group` tier it cannot be combined with a [`process_group`] of the `Command`'s own
-    /// (`setsid` fails in a group leader): [`spawn`](Builder::spawn) then fails with an error
-    /// that names both. (In the supervised tiers that setting applies to the supervisor,
-    /// and the leader, forked from it, still gets its session.)
+    /// `pre_exec` hook, so the spawn takes std's fork path rather than `posix_spawn`. It
+    /// cannot be combined with a [`process_group`] of the `Command`'s own (`setsid` fails in
+    /// a group leader): [`spawn`](Builder::spawn) then fails with an error that names both,
+    /// in every tier.
     ///
     /// [`process_group`]: std::os::unix::process::CommandExt::process_group
     ///
@@ -226,8 +225,7 @@ impl Builder {
     ///   (kind [`InvalidInput`](io::ErrorKind::InvalidInput), naming the value), or the test
     ///   binary is already dying of a signal or `exit` and the [`lifeline`](crate::lifeline)
     ///   is killing its groups. Nothing is started.
-    /// - [`new_session`](Builder::new_session) was asked, in the `Group` tier, for a
-    ///   `Command` that has a
+    /// - [`new_session`](Builder::new_session) was asked for a `Command` that has a
     ///   [`process_group`](std::os::unix::process::CommandExt::process_group) of its own
     ///   (`setsid` cannot make a group leader a session leader): kind
     ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both, before anything starts.
@@ -263,7 +261,7 @@ impl Builder {
         } else {
             None
         };
-        if self.new_session && self.containment == Containment::Group && has_process_group(cmd) {
+        if self.new_session && has_process_group(cmd) {
             return Err(session_conflict(&what));
         }
         if self.capture {
@@ -272,10 +270,7 @@ impl Builder {
         let mut spawned =
             Leader::spawn(cmd, self.containment, self.new_session, &what).map_err(|e| {
                 // setsid in a process that std already made a group leader.
-                if self.new_session
-                    && self.containment == Containment::Group
-                    && e.raw_os_error() == Some(nix::libc::EPERM)
-                {
+                if self.new_session && e.raw_os_error() == Some(nix::libc::EPERM) {
                     // Only where std's `Debug` did not show the group (checked above): say
                     // what may be the cause, keeping the error.
                     io::Error::new(
