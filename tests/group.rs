@@ -502,7 +502,12 @@ fn the_leak_detector_sees_a_live_marked_process() {
         .spawn()
         .expect("spawn");
     let pid = i32::try_from(child.id()).expect("pid");
-    assert_eq!(support::marked_alive(&marker), vec![pid]);
+    // `spawn` returns once the child is past the point of no return of its exec, which is
+    // before the kernel has set up the new environment: for a moment /proc/<pid>/environ
+    // reads empty (.ci/flaky caught it once in 36 runs). Wait for exactly this pid.
+    support::wait_until("the child's environment shows the marker", || {
+        support::marked_alive(&marker) == vec![pid]
+    });
     // assert_no_leaks waits a few seconds and then fails; check that it does fail.
     let leaked = std::panic::catch_unwind(|| support::assert_no_leaks(&marker));
     assert!(leaked.is_err(), "assert_no_leaks missed a live process");

@@ -54,6 +54,11 @@ pub fn fixture(marker: &str, name: &str, args: &[&str]) -> Command {
 
 /// Pids of the processes that carry `PGROUP_LEAK_MARKER=<marker>` and have not exited
 /// (zombies are dead: only their parent's reap is missing).
+///
+/// A process caught in the middle of its `exec` is not seen: its /proc/<pid>/environ reads
+/// empty from the moment the old program is gone until the kernel has copied the new
+/// environment, and `Command::spawn` may return inside that window. To see a process just
+/// spawned, wait for it (`wait_until`) instead of asserting at once.
 pub fn marked_alive(marker: &str) -> Vec<i32> {
     let wanted = format!("{MARKER_VAR}={marker}");
     let Ok(all) = procfs::process::all_processes() else {
