@@ -126,8 +126,8 @@
 //! guard refuses everything, failing closed). [`Containment::Namespace`] also needs root or
 //! unprivileged user namespaces. Other platforms fail to compile with a message saying so:
 //! the crate relies on pidfds and /proc, and has been tested only on Linux. The minimum
-//! supported Rust version of the library is 1.74 (its tests and benches use current
-//! stable).
+//! supported Rust version of the library and its tests is 1.85, checked in CI (the benches,
+//! `pgroup-benches`, use current stable).
 //!
 //! # Terminals
 //!
