@@ -130,7 +130,11 @@ mod guard;
 mod leader;
 pub mod lifeline;
 mod pgid;
+#[cfg(feature = "tokio")]
+mod reaper;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use containment::Containment;
 pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
