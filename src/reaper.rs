@@ -129,8 +129,9 @@ fn run(wakened: &UnixStream) {
             }
         }
         let readable = match time_left(deadline) {
-            Some(left) => sys::poll_readable(&watched, left)
-                .unwrap_or_else(|_| vec![false; watched.len()]),
+            Some(left) => {
+                sys::poll_readable(&watched, left).unwrap_or_else(|_| vec![false; watched.len()])
+            }
             None => vec![false; watched.len()],
         };
         drop(watched);

@@ -2,7 +2,7 @@
 //! pipes are tokio's, and whose Drop never blocks the runtime.
 //!
 //! It is the sync [`crate::SpawnedGroup`] underneath: spawned by the same
-//! [`Builder`](crate::Builder) path (every option applies: the grace period, a new session,
+//! [`Builder`] path (every option applies: the grace period, a new session,
 //! every [`Containment`](crate::Containment) tier, the [`lifeline`](crate::lifeline)), signalled
 //! through the same guard, torn down by the same steps. What differs is how it waits:
 //!
