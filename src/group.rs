@@ -763,6 +763,12 @@ impl SpawnedGroup {
                 return Ok(None);
             }
         }
+        if let Phase::Finishing { deadline, status } = steps.phase {
+            if time_left(Some(deadline)).is_some() && self.leader.finish_pending()?.is_some() {
+                return Ok(None);
+            }
+            return Ok(Some(self.teardown_report(steps, status, deadline)));
+        }
         let Phase::Kill { deadline } = steps.phase else {
             return Ok(None);
         };
@@ -781,7 +787,10 @@ impl SpawnedGroup {
                 ),
             ))));
         }
-        Ok(Some(self.teardown_finish(steps, deadline)))
+        match self.teardown_reap(steps, deadline) {
+            Ok(()) => self.teardown_advance(steps),
+            Err(e) => Ok(Some(Err(e))),
+        }
     }
 
     /// The descriptors the current step of teardown waits on, and until when.
@@ -806,15 +815,19 @@ impl SpawnedGroup {
                 (watched, *deadline)
             }
             Phase::Kill { deadline } => (vec![self.leader.exit_fd()], *deadline),
+            // The supervisor's status pipe, until it has reported and exited.
+            Phase::Finishing { deadline, .. } => (vec![self.leader.exit_fd()], Some(*deadline)),
         }
     }
 
-    /// The reap, once the leader has exited after the final SIGKILL.
-    fn teardown_finish(
+    /// The reap, once the leader has exited after the final SIGKILL: its status is taken,
+    /// the group leaves the lifeline, a supervisor is told to finish, and teardown goes on
+    /// in [`Phase::Finishing`].
+    fn teardown_reap(
         &mut self,
         steps: &mut TeardownSteps,
         deadline: Option<Instant>,
-    ) -> io::Result<Teardown> {
+    ) -> io::Result<()> {
         let mut errors = std::mem::take(&mut steps.errors);
         if self.leader.reaped_elsewhere() {
             self.torn_down = true;
@@ -843,9 +856,26 @@ impl SpawnedGroup {
         // Out of the lifeline's registry first: once the handler cannot claim the slot, it
         // cannot signal this id after the reap.
         drop(self.lifeline.take());
+        steps.errors = errors;
+        self.leader.finish_start();
+        steps.phase = Phase::Finishing {
+            deadline: deadline.unwrap_or_else(Instant::now),
+            status,
+        };
+        Ok(())
+    }
+
+    /// The end of teardown: the leader (or its supervisor) is reaped, and the report made.
+    fn teardown_report(
+        &mut self,
+        steps: &mut TeardownSteps,
+        status: ExitStatus,
+        deadline: Instant,
+    ) -> io::Result<Teardown> {
+        let errors = std::mem::take(&mut steps.errors);
         let escapees = self
             .leader
-            .finish_by(deadline.unwrap_or_else(Instant::now))
+            .finish_complete(deadline)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
         let report = Teardown {
@@ -959,6 +989,12 @@ enum Phase {
     },
     /// After the final SIGKILL: waiting for the leader, until `deadline`.
     Kill { deadline: Option<Instant> },
+    /// The leader is dead and its status known; a supervisor finishes its own teardown (kills
+    /// and reaps what is left, reports, exits), until `deadline`.
+    Finishing {
+        deadline: Instant,
+        status: ExitStatus,
+    },
 }
 
 impl TeardownSteps {

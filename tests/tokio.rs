@@ -245,6 +245,50 @@ async fn negative_control_the_sync_drop_stalls_a_current_thread_runtime() {
     support::assert_no_leaks(&marker);
 }
 
+/// The background thread tears groups down side by side: a group dropped after one whose
+/// grace period is a minute (its leader ignores SIGTERM) is torn down at once, in every
+/// tier, while the first is still in its grace period.
+async fn teardowns_run_side_by_side(flavor: &str) {
+    let slow_marker = support::marker("tokio-slow");
+    let _cleanup_slow = support::KillMarkedOnDrop(slow_marker.clone());
+    let slow = stubborn(&slow_marker, Duration::from_secs(60)).await;
+    let slow_leader = i32::try_from(slow.id()).expect("pid");
+    drop(slow);
+    for tier in [
+        Containment::Group,
+        Containment::Supervised,
+        Containment::Namespace,
+    ] {
+        let marker = support::marker("tokio-quick");
+        let _cleanup = support::KillMarkedOnDrop(marker.clone());
+        let mut quick = Builder::new()
+            .containment(tier)
+            .grace_period(Duration::from_millis(100))
+            .spawn_tokio(
+                marked(
+                    &marker,
+                    "sh",
+                    &["-c", "trap '' TERM; sleep 60 & echo ready; wait; :"],
+                )
+                .stdout(Stdio::piped()),
+            )
+            .expect("spawn");
+        let mut lines = BufReader::new(quick.stdout.take().expect("piped")).lines();
+        assert_eq!(
+            lines.next_line().await.expect("read").as_deref(),
+            Some("ready")
+        );
+        drop(quick);
+        all_dead(&marker).await;
+        assert!(
+            !support::is_dead_or_dying(slow_leader),
+            "{flavor} {tier:?}: the first group's grace period has a minute to go"
+        );
+        support::assert_no_leaks(&marker);
+    }
+}
+both_runtimes!(side_by_side_teardowns, teardowns_run_side_by_side);
+
 /// `wait` wakes when the leader exits, in every tier (the pidfd in `Group`, the
 /// supervisor's status pipe in the others), and not before: `wait_timeout` says "running"
 /// while the leader blocks on its stdin.
