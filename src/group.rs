@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use procfs::process::Process;
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
 
 use crate::guard::deliver_to_own_group;
-use crate::leader::Leader;
+use crate::leader::{ExitWatch, Leader};
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
@@ -225,7 +226,8 @@ impl Builder {
             stdin: spawned.stdin,
             stdout: spawned.stdout,
             stderr: spawned.stderr,
-            leader: spawned.leader,
+            watch: spawned.leader.watch(),
+            leader: Mutex::new(spawned.leader),
             pgid,
             pid,
             grace: self.grace,
@@ -280,6 +282,26 @@ impl Builder {
 /// the exit statuses of other tests' children: the only reap is `waitpid` on the leader's
 /// own pid. Teardown's waits are bounded by the grace period and by [`KILL_WAIT_BOUND`].
 ///
+/// # Threads
+///
+/// `SpawnedGroup` is `Send` and `Sync`. Everything that does not end the group takes
+/// `&self` and may be called from any thread, at the same time as any other such call:
+/// [`try_wait`](SpawnedGroup::try_wait), [`wait`](SpawnedGroup::wait),
+/// [`wait_timeout`](SpawnedGroup::wait_timeout), [`signal`](SpawnedGroup::signal),
+/// [`id`](SpawnedGroup::id) and [`pgid`](SpawnedGroup::pgid). So an `Arc<SpawnedGroup>`, a
+/// `static`, or an rstest `#[once]` fixture (which hands out `&SpawnedGroup`) can check that
+/// its server is alive from every test. The leader's state sits behind a lock that is held
+/// only to look at it, never across a wait: each waiter polls the leader's pidfd on its own
+/// (and, in the supervised tiers, the supervisor's pipe), so every waiter wakes when the
+/// leader exits, whichever thread reads the status first. Only the value's owner can end the
+/// group ([`shutdown`](SpawnedGroup::shutdown) takes `self`, Drop needs the last reference),
+/// so no wait ever races with the reap. The pipes (`stdin`, `stdout`, `stderr`) are plain
+/// fields: take them out with `&mut self` before sharing the value.
+///
+/// A value in a `static` or a `#[once]` fixture is never dropped: the [`lifeline`](crate::lifeline)
+/// kills it when the test binary exits, and [`Containment::Supervised`] also when the test
+/// binary is killed with SIGKILL.
+///
 /// # Someone else reaping the leader
 ///
 /// If the test binary sets SIGCHLD to `SIG_IGN`, or a thread runs `waitpid(-1)`, the
@@ -328,8 +350,13 @@ pub struct SpawnedGroup {
     /// The group's place in the lifeline's registry, released right before the reap. It is
     /// declared before `leader` so that it is also released before the pidfd is closed.
     lifeline: Option<lifeline::Slot>,
-    /// The leader, directly or through its supervisor; unreaped until teardown's end.
-    leader: Leader,
+    /// The leader, directly or through its supervisor; unreaped until teardown's end. Behind
+    /// a lock so that the waits work through `&self`; teardown (`&mut self`) takes it without
+    /// locking. Nothing blocks while holding it, except the wait for a supervisor's report
+    /// of a leader the kernel already saw exit.
+    leader: Mutex<Leader>,
+    /// The descriptors a wait polls, without the lock: see [`ExitWatch`].
+    watch: ExitWatch,
     pgid: Pgid,
     pid: u32,
     grace: Duration,
@@ -476,14 +503,17 @@ impl SpawnedGroup {
         if self.torn_down {
             return Err(self.not_pinned());
         }
-        if let Some(pidfd) = self.leader.pidfd() {
+        let leader = self.lock_leader();
+        if let Some(pidfd) = leader.pidfd() {
             if pidfd_group_signal_supported(pidfd) {
                 return deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
                     sys::pidfd_send_signal(pidfd, Some(signal), true)
                 });
             }
         }
-        if !self.leader.is_pinned() {
+        // Under the lock: nothing reaps the leader while it is held (teardown needs
+        // `&mut self`), so the pin checked here holds for the `killpg` below.
+        if !leader.is_pinned() {
             return Err(self.not_pinned());
         }
         deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
@@ -491,11 +521,11 @@ impl SpawnedGroup {
         })
     }
 
-    /// The descriptor that becomes readable when the leader's state may have changed: its
-    /// pidfd, or its supervisor's status pipe.
+    /// The descriptors that become readable when the leader exits (or its supervisor goes),
+    /// for a wait that polls them elsewhere: see [`ExitWatch`].
     #[cfg(feature = "tokio")]
-    pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
-        self.leader.exit_fd()
+    pub(crate) fn exit_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.watch.fds()
     }
 
     fn not_pinned(&self) -> io::Error {
@@ -515,7 +545,8 @@ impl SpawnedGroup {
     /// the group, so that it is not signalled twice. The pidfd names this process and no
     /// other, wherever it went; `ESRCH` once it has exited.
     fn signal_leader_if_it_left(&self, signals: &[Signal]) {
-        let Some(pidfd) = self.leader.pidfd() else {
+        let leader = self.lock_leader();
+        let Some(pidfd) = leader.pidfd() else {
             return;
         };
         let Ok(pid) = i32::try_from(self.pid) else {
@@ -538,49 +569,59 @@ impl SpawnedGroup {
         }
     }
 
-    /// The leader's exit status if it has exited, without blocking and without reaping.
+    /// The leader's exit status if it has exited, without reaping it.
+    ///
+    /// It does not wait for the leader. In the supervised tiers, when the kernel already
+    /// reports the leader's exit, it waits for the supervisor's report of the status, which
+    /// follows at once (bounded by 5 seconds), so that the answer matches the kernel's.
+    ///
+    /// Takes `&self`: an `Arc<SpawnedGroup>` or an rstest `#[once]` fixture can ask from any
+    /// thread (see *Threads* on [`SpawnedGroup`]).
     ///
     /// # Errors
     ///
-    /// The `waitid(2)` call failed, which does not happen for a leader this value owns.
+    /// The `waitid(2)` call failed, which does not happen for a leader this value owns;
+    /// someone else reaped the leader (its status is lost); or the supervisor went, or did
+    /// not report an exit it saw.
     ///
     /// # Examples
     ///
     /// ```
     /// use std::process::Command;
     ///
-    /// let mut group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// let group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
     /// assert_eq!(group.try_wait()?, None);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        self.leader.peek_exit()
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        self.lock_leader().peek_exit()
     }
 
     /// Waits for the leader to exit and returns its status; the group stays pinned until
-    /// teardown. Like std's `Child::wait`, it first closes the leader's stdin if it is still
-    /// in `self.stdin`, so that a leader reading its input sees end of file. Other members of
-    /// the group may still be running when it returns.
+    /// teardown. Other members of the group may still be running when it returns.
+    ///
+    /// Unlike std's `Child::wait`, it does not close the leader's stdin (a `&self` method
+    /// cannot take it out of `self.stdin`): for a leader that reads its input to the end,
+    /// drop `group.stdin.take()` first.
     ///
     /// This wait has no bound, as std's; use [`wait_timeout`](SpawnedGroup::wait_timeout) for
-    /// one.
+    /// one. Any number of threads may wait at once; each wakes when the leader exits.
     ///
     /// # Errors
     ///
-    /// `ppoll(2)` or `waitid(2)` failed.
+    /// `ppoll(2)` or `waitid(2)` failed, or as [`try_wait`](SpawnedGroup::try_wait).
     ///
     /// # Examples
     ///
     /// ```
     /// use std::process::Command;
     ///
-    /// let mut group = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 3"]))?;
+    /// let group = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 3"]))?;
     /// assert_eq!(group.wait()?.code(), Some(3));
     /// assert_eq!(group.wait()?.code(), Some(3)); // the same answer again
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn wait(&mut self) -> io::Result<ExitStatus> {
-        drop(self.stdin.take());
+    pub fn wait(&self) -> io::Result<ExitStatus> {
         loop {
             if let Some(status) = self.wait_until(None)? {
                 return Ok(status);
@@ -592,7 +633,7 @@ impl SpawnedGroup {
     ///
     /// # Errors
     ///
-    /// `ppoll(2)` or `waitid(2)` failed.
+    /// `ppoll(2)` or `waitid(2)` failed, or as [`try_wait`](SpawnedGroup::try_wait).
     ///
     /// # Examples
     ///
@@ -600,15 +641,18 @@ impl SpawnedGroup {
     /// use std::process::Command;
     /// use std::time::Duration;
     ///
-    /// let mut group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
+    /// let group = pgroup::SpawnedGroup::spawn(&mut Command::new("sleep").arg("30"))?;
     /// assert_eq!(group.wait_timeout(Duration::from_millis(10))?, None);
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+    pub fn wait_timeout(&self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
         self.wait_until(Instant::now().checked_add(timeout))
     }
 
-    fn wait_until(&mut self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
+    /// Waits for the leader's exit until `deadline`. The lock is taken only to look; the
+    /// poll runs without it, on descriptors whose readiness is the leader's state (see
+    /// [`ExitWatch`]), so no waiter misses an exit another thread saw first.
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(Some(status));
@@ -616,8 +660,21 @@ impl SpawnedGroup {
             let Some(left) = time_left(deadline) else {
                 return Ok(None);
             };
-            sys::poll_readable(&[self.leader.exit_fd()], left)?;
+            sys::poll_readable(&self.watch.fds(), left)?;
         }
+    }
+
+    /// The leader, locked. A poisoned lock is taken as is: no code that holds it panics
+    /// half-way through a change.
+    fn lock_leader(&self) -> MutexGuard<'_, Leader> {
+        self.leader.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The leader, without locking (teardown owns the value).
+    fn leader_mut(&mut self) -> &mut Leader {
+        self.leader
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Tears the group down and reports what happened: the checked form of Drop.
@@ -681,7 +738,7 @@ impl SpawnedGroup {
     pub(crate) fn teardown_begin(&mut self) -> io::Result<TeardownSteps> {
         let started = Instant::now();
         drop(self.stdin.take());
-        let exited_before_teardown = self.leader.has_exited()?;
+        let exited_before_teardown = self.leader_mut().has_exited()?;
         let mut steps = TeardownSteps {
             started,
             errors: Vec::new(),
@@ -744,7 +801,7 @@ impl SpawnedGroup {
         } = &mut steps.phase
         {
             if !*leader_exited {
-                *leader_exited = self.leader.has_exited()?;
+                *leader_exited = self.leader_mut().has_exited()?;
             }
             let mut all_exited = false;
             if *leader_exited && pending.is_empty() && !*blind {
@@ -764,7 +821,8 @@ impl SpawnedGroup {
             }
         }
         if let Phase::Finishing { deadline, status } = steps.phase {
-            if time_left(Some(deadline)).is_some() && self.leader.finish_pending()?.is_some() {
+            if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()?.is_some()
+            {
                 return Ok(None);
             }
             return Ok(Some(self.teardown_report(steps, status, deadline)));
@@ -772,7 +830,7 @@ impl SpawnedGroup {
         let Phase::Kill { deadline } = steps.phase else {
             return Ok(None);
         };
-        if !self.leader.has_exited()? {
+        if !self.leader_mut().has_exited()? {
             if time_left(deadline).is_some() {
                 return Ok(None);
             }
@@ -810,13 +868,13 @@ impl SpawnedGroup {
                 }
                 let mut watched: Vec<BorrowedFd<'a>> = pending.iter().map(AsFd::as_fd).collect();
                 if !*leader_exited {
-                    watched.push(self.leader.exit_fd());
+                    watched.extend(self.watch.fds());
                 }
                 (watched, *deadline)
             }
-            Phase::Kill { deadline } => (vec![self.leader.exit_fd()], *deadline),
+            Phase::Kill { deadline } => (self.watch.fds(), *deadline),
             // The supervisor's status pipe, until it has reported and exited.
-            Phase::Finishing { deadline, .. } => (vec![self.leader.exit_fd()], Some(*deadline)),
+            Phase::Finishing { deadline, .. } => (self.watch.supervisor_fd(), Some(*deadline)),
         }
     }
 
@@ -829,10 +887,10 @@ impl SpawnedGroup {
         deadline: Option<Instant>,
     ) -> io::Result<()> {
         let mut errors = std::mem::take(&mut steps.errors);
-        if self.leader.reaped_elsewhere() {
+        if self.leader_mut().reaped_elsewhere() {
             self.torn_down = true;
             drop(self.lifeline.take());
-            let _ = self.leader.finish();
+            let _ = self.leader_mut().finish();
             tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
             errors.insert(
                 0,
@@ -857,7 +915,7 @@ impl SpawnedGroup {
         // cannot signal this id after the reap.
         drop(self.lifeline.take());
         steps.errors = errors;
-        self.leader.finish_start();
+        self.leader_mut().finish_start();
         steps.phase = Phase::Finishing {
             deadline: deadline.unwrap_or_else(Instant::now),
             status,
@@ -874,7 +932,7 @@ impl SpawnedGroup {
     ) -> io::Result<Teardown> {
         let errors = std::mem::take(&mut steps.errors);
         let escapees = self
-            .leader
+            .leader_mut()
             .finish_complete(deadline)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
@@ -913,7 +971,7 @@ impl SpawnedGroup {
             Ok(Delivery::Refused(refusal)) => {
                 errors.push(format!("{signals:?} refused by the guard: {refusal}"));
                 if signals.contains(&Signal::SIGKILL) {
-                    self.leader.kill_leader();
+                    self.leader_mut().kill_leader();
                 }
             }
             Err(e) => errors.push(e.to_string()),

@@ -8,6 +8,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use procfs::process::Process;
@@ -22,7 +23,8 @@ pub(crate) enum Leader {
     /// The leader is our own child, watched through its pidfd.
     Direct {
         child: Option<Child>,
-        pidfd: OwnedFd,
+        /// Shared with the group's [`ExitWatch`], which polls it without the group's lock.
+        pidfd: Arc<OwnedFd>,
         exit: Option<ExitStatus>,
         /// Someone else reaped it (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)` elsewhere in
         /// the process): its number is free, and its exit status is lost.
@@ -35,7 +37,12 @@ pub(crate) enum Leader {
 pub(crate) struct Supervised {
     supervisor: Option<Child>,
     control: Option<OwnedFd>,
-    status: OwnedFd,
+    /// Shared with the group's [`ExitWatch`] (its hang-up says the supervisor is gone).
+    status: Arc<OwnedFd>,
+    /// A pidfd on the leader (not our child), opened once the supervisor reported it: it
+    /// becomes readable when the leader exits and stays so, whoever reads the status pipe.
+    /// Shared with the group's [`ExitWatch`].
+    leader_pidfd: Option<Arc<OwnedFd>>,
     buf: Vec<u8>,
     reported_pid: Option<i32>,
     failed: Option<i32>,
@@ -126,7 +133,7 @@ impl Leader {
                 let mut spawned = Spawned::new(
                     Leader::Direct {
                         child: None,
-                        pidfd,
+                        pidfd: Arc::new(pidfd),
                         exit: None,
                         reaped_elsewhere: false,
                     },
@@ -197,7 +204,8 @@ impl Leader {
         let mut sup = Supervised {
             supervisor: None,
             control: Some(pipes.control),
-            status: pipes.status,
+            status: Arc::new(pipes.status),
+            leader_pidfd: None,
             buf: Vec::new(),
             reported_pid: None,
             failed: None,
@@ -215,6 +223,19 @@ impl Leader {
             } else {
                 u32::try_from(inner).map_err(|_| io::Error::other("negative leader pid"))
             }
+        });
+        // The supervisor never reaps the leader before teardown: while its end of the status
+        // pipe is open, the reported pid is the leader's, so a pidfd opened before that check
+        // names the leader.
+        let pid = pid.and_then(|pid| {
+            let pidfd = sys::pidfd_open(pid)?;
+            if sys::hung_up(sup.status.as_fd()) {
+                return Err(io::Error::other(
+                    "the supervisor exited before the leader could be watched",
+                ));
+            }
+            sup.leader_pidfd = Some(Arc::new(pidfd));
+            Ok(pid)
         });
         match pid {
             Ok(pid) => {
@@ -237,11 +258,18 @@ impl Leader {
         }
     }
 
-    /// The descriptor that becomes readable when the leader's state may have changed.
-    pub(crate) fn exit_fd(&self) -> BorrowedFd<'_> {
+    /// The descriptors that become readable when the leader exits (or its supervisor goes),
+    /// shared so that they can be polled without the lock around the `Leader`.
+    pub(crate) fn watch(&self) -> ExitWatch {
         match self {
-            Leader::Direct { pidfd, .. } => pidfd.as_fd(),
-            Leader::Supervised(sup) => sup.status.as_fd(),
+            Leader::Direct { pidfd, .. } => ExitWatch {
+                leader: Some(Arc::clone(pidfd)),
+                supervisor: None,
+            },
+            Leader::Supervised(sup) => ExitWatch {
+                leader: sup.leader_pidfd.clone(),
+                supervisor: Some(Arc::clone(&sup.status)),
+            },
         }
     }
 
@@ -272,6 +300,22 @@ impl Leader {
             }
             Leader::Supervised(sup) => {
                 sup.pump()?;
+                if sup.exit.is_none() && !sup.eof && sup.leader_has_exited() {
+                    // The kernel says the leader has exited, and the supervisor's report
+                    // follows at once: wait for it here (the caller holds the group's lock,
+                    // so nobody else reads it away), so that the answer matches the pidfd's
+                    // and a waiter polling it never spins.
+                    sup.await_status(Instant::now() + SUPERVISOR_REPORT_BOUND)?;
+                    if sup.exit.is_none() && !sup.eof {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "pgroup: the leader exited, but its supervisor did not report \
+                                 its status within {SUPERVISOR_REPORT_BOUND:?}"
+                            ),
+                        ));
+                    }
+                }
                 if sup.exit.is_none() && sup.eof {
                     return Err(io::Error::other(
                         "pgroup: the supervisor exited before the leader; the group id is no longer pinned",
@@ -312,7 +356,8 @@ impl Leader {
 
     /// The leader's pidfd, for the `Direct` tier only: the handle through which the crate
     /// signals the group (`PIDFD_SIGNAL_PROCESS_GROUP`) and the leader itself. The
-    /// supervised tiers hold no pidfd on the leader (it is not our child).
+    /// supervised tiers signal nothing through theirs (the leader is not our child; they
+    /// watch its exit with it, see [`ExitWatch`]).
     pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         match self {
             Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
@@ -414,7 +459,56 @@ impl Leader {
     }
 }
 
+/// Descriptors that become readable when a leader exits, polled without the lock around its
+/// [`Leader`]: the leader's pidfd (readable once it has exited, and from then on, whoever
+/// looks) and, in the supervised tiers, the status pipe (readable when a report arrives,
+/// hung up when the supervisor goes). Both are level-triggered by the state that matters,
+/// so a waiter cannot miss an exit that another thread observed first.
+#[derive(Clone)]
+pub(crate) struct ExitWatch {
+    leader: Option<Arc<OwnedFd>>,
+    supervisor: Option<Arc<OwnedFd>>,
+}
+
+impl ExitWatch {
+    /// The descriptors to poll.
+    pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.leader
+            .iter()
+            .chain(self.supervisor.iter())
+            .map(|fd| fd.as_fd())
+            .collect()
+    }
+    /// The supervisor's status pipe alone (nothing in the `Group` tier): what teardown waits
+    /// on once the leader is dead, while the supervisor finishes.
+    pub(crate) fn supervisor_fd(&self) -> Vec<BorrowedFd<'_>> {
+        self.supervisor.iter().map(|fd| fd.as_fd()).collect()
+    }
+}
+
 impl Supervised {
+    /// Whether the leader has exited, by its pidfd (no state read from the pipe).
+    fn leader_has_exited(&self) -> bool {
+        self.leader_pidfd.as_ref().is_some_and(|fd| {
+            sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))
+                .is_ok_and(|ready| ready.first() == Some(&true))
+        })
+    }
+
+    /// Waits until the supervisor reports the leader's status (or goes), or `deadline`.
+    fn await_status(&mut self, deadline: Instant) -> io::Result<()> {
+        loop {
+            self.pump()?;
+            if self.exit.is_some() || self.eof {
+                return Ok(());
+            }
+            let Some(left) = time_left(Some(deadline)) else {
+                return Ok(());
+            };
+            sys::poll_readable(&[self.status.as_fd()], left)?;
+        }
+    }
+
     /// Reads and decodes whatever the supervisor has sent.
     fn pump(&mut self) -> io::Result<()> {
         if self.eof {

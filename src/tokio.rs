@@ -57,13 +57,15 @@
 //! ```
 
 use std::fmt;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::pin::Pin;
 use std::process::ExitStatus;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
-use ::tokio::io::unix::AsyncFd;
+use ::tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use ::tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use ::tokio::sync::oneshot;
 
@@ -151,10 +153,10 @@ pub struct SpawnedGroup {
     /// The leader's stderr, if the `Command` piped it.
     pub stderr: Option<ChildStderr>,
     /// The sync group; `None` only once it was handed to the reaper.
-    group: Option<Mutex<crate::SpawnedGroup>>,
-    /// A copy of the descriptor that becomes readable when the leader exits (its pidfd, or
-    /// its supervisor's status pipe), registered with the runtime.
-    exit: AsyncFd<OwnedFd>,
+    group: Option<crate::SpawnedGroup>,
+    /// Copies of the descriptors that become readable when the leader exits (its pidfd) or
+    /// its supervisor goes (the status pipe), registered with the runtime.
+    exit: Vec<AsyncFd<OwnedFd>>,
     pgid: Pgid,
     pid: u32,
 }
@@ -196,10 +198,10 @@ impl SpawnedGroup {
         let stderr = group.stderr.take();
         let converted = (|| {
             let exit = group
-                .exit_fd()
-                .as_fd()
-                .try_clone_to_owned()
-                .and_then(sys::async_fd)?;
+                .exit_fds()
+                .into_iter()
+                .map(|fd| fd.as_fd().try_clone_to_owned().and_then(sys::async_fd))
+                .collect::<io::Result<Vec<_>>>()?;
             Ok::<_, io::Error>((
                 exit,
                 stdin.map(ChildStdin::from_std).transpose()?,
@@ -212,7 +214,7 @@ impl SpawnedGroup {
                 stdin,
                 stdout,
                 stderr,
-                group: Some(Mutex::new(group)),
+                group: Some(group),
                 exit,
                 pgid,
                 pid,
@@ -228,9 +230,9 @@ impl SpawnedGroup {
         }
     }
 
-    fn group(&self) -> MutexGuard<'_, crate::SpawnedGroup> {
+    fn group(&self) -> &crate::SpawnedGroup {
         match &self.group {
-            Some(group) => group.lock().unwrap_or_else(PoisonError::into_inner),
+            Some(group) => group,
             // Taken only by `shutdown` and Drop, which consume the value.
             None => unreachable!("pgroup::tokio::SpawnedGroup used after its hand-over"),
         }
@@ -348,12 +350,28 @@ impl SpawnedGroup {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
-            let mut ready = self.exit.readable().await?;
+            // The first of the descriptors the reactor reports readable. (`readable`, not
+            // `poll_read_ready`, which wakes only the last of several waiting tasks.)
+            let mut readable: Vec<Pin<Box<Readable<'_>>>> = self
+                .exit
+                .iter()
+                .map(|fd| -> Pin<Box<Readable<'_>>> { Box::pin(fd.readable()) })
+                .collect();
+            let mut ready = poll_fn(|cx| {
+                for fd in &mut readable {
+                    if let Poll::Ready(ready) = fd.as_mut().poll(cx) {
+                        return Poll::Ready(ready);
+                    }
+                }
+                Poll::Pending
+            })
+            .await?;
+            drop(readable);
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
             }
             // Readable, but not an exit (a supervisor's other message): wait for the next
-            // event. An event that came after `readable` returned is kept by tokio.
+            // event. An event that came after the readiness was seen is kept by tokio.
             ready.clear_ready();
         }
     }
@@ -421,7 +439,6 @@ impl SpawnedGroup {
         let Some(group) = self.group.take() else {
             unreachable!("pgroup::tokio::SpawnedGroup used after its hand-over");
         };
-        let group = group.into_inner().unwrap_or_else(PoisonError::into_inner);
         let (answer, answered) = oneshot::channel();
         let pgid = self.pgid;
         reaper::hand_over(
@@ -440,6 +457,9 @@ impl SpawnedGroup {
     }
 }
 
+/// The future of [`AsyncFd::readable`] on one of the exit descriptors.
+type Readable<'a> = dyn Future<Output = io::Result<AsyncFdReadyGuard<'a, OwnedFd>>> + Send + 'a;
+
 fn warn_failed(pgid: Pgid, error: &io::Error) {
     tracing::warn!(
         name: "group_teardown_failed",
@@ -456,7 +476,6 @@ impl Drop for SpawnedGroup {
     fn drop(&mut self) {
         drop(self.stdin.take());
         if let Some(group) = self.group.take() {
-            let group = group.into_inner().unwrap_or_else(PoisonError::into_inner);
             let pgid = self.pgid;
             reaper::hand_over(
                 group,

@@ -194,7 +194,7 @@ fn a_group_outlives_the_thread_that_spawned_it(
 ) {
     let marker = support::marker("thread");
     let inner = marker.clone();
-    let mut group = thread::spawn(move || {
+    let group = thread::spawn(move || {
         Builder::new()
             .containment(tier)
             .spawn(&mut support::marked(&inner, "sleep", &["1000"]))
@@ -235,14 +235,14 @@ fn shared_group() -> MutexGuard<'static, SpawnedGroup> {
 /// for leaked processes, and `statics_and_sigkill_of_the_test_binary` below, check that).
 #[test]
 fn a_static_group_first_user() {
-    let mut group = shared_group();
+    let group = shared_group();
     assert_eq!(group.try_wait().expect("try_wait"), None);
     assert!(group.signal(Signal::SIGCONT).expect("signal").is_sent());
 }
 
 #[test]
 fn a_static_group_second_user() {
-    let mut group = shared_group();
+    let group = shared_group();
     assert_eq!(group.try_wait().expect("try_wait"), None);
     assert!(group.signal(Signal::SIGCONT).expect("signal").is_sent());
 }
@@ -439,10 +439,10 @@ fn exit_status_through_the_supervisor(
     tier: Containment,
 ) {
     let marker = support::marker("status");
-    let mut group = spawn_fixture(&marker, tier, "leader_exits_at_once.sh", &[]);
+    let group = spawn_fixture(&marker, tier, "leader_exits_at_once.sh", &[]);
     let status = group.wait_timeout(Duration::from_secs(10)).expect("wait");
     assert_eq!(status.and_then(|s| s.code()), Some(0));
-    let mut code = Builder::new()
+    let code = Builder::new()
         .containment(tier)
         .spawn(&mut support::marked(&marker, "sh", &["-c", "exit 42"]))
         .expect("spawn");

@@ -245,7 +245,7 @@ fn an_orphaned_member_gets_its_grace_period(
         log = log.display()
     );
     let script = format!("sh -c \"{server}\" & exit 0");
-    let mut group = Builder::new()
+    let group = Builder::new()
         .grace_period(Duration::from_secs(20))
         .containment(tier)
         .spawn(support::marked(&marker, "sh", &["-c", &script]).stdin(Stdio::null()))

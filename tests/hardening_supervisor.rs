@@ -404,7 +404,7 @@ fn closed_stdio_role(_logs: support::Logs<'_>) -> i32 {
         // as a sink (EBADF is ignored), and nothing in this role reads stdin.
         unsafe { libc::close(fd) };
     }
-    let mut group = spawn_in(
+    let group = spawn_in(
         tier,
         support::marked(&marker, "sleep", &["1000"])
             .stdin(Stdio::null())
@@ -449,7 +449,7 @@ fn a_command_spawned_again(
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let mut cmd = support::marked(&marker, "sleep", &["1000"]);
     for tier in [first, second] {
-        let mut group = spawn_in(tier, &mut cmd);
+        let group = spawn_in(tier, &mut cmd);
         assert!(group.signal(Signal::SIGTERM).expect("signal").is_sent());
         assert_eq!(group.wait().expect("wait").signal(), Some(15), "{tier:?}");
         let report = group.shutdown().expect("shutdown");

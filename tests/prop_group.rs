@@ -388,7 +388,9 @@ impl Run<'_> {
                 self.observe(status, "wait_timeout (leader stopped)")?;
             }
             Op::Wait => {
-                // Closes the leader's stdin: a leader still reading exits at end of file.
+                // Closes the leader's stdin first (`wait` takes `&self` and leaves it open): a
+                // leader still reading exits at end of file.
+                drop(group.stdin.take());
                 let status = group.wait().map_err(|e| format!("wait: {e}"))?;
                 self.model.stdin_open = false;
                 self.observe(Some(status), "wait")?;

@@ -399,7 +399,7 @@ pub fn chain_link(scenario: Scenario, logs: &dyn Fn(&str) -> bool) -> i32 {
     } else {
         pgroup::Builder::new().spawn(&mut cmd)
     };
-    let mut next_link = group_of_next.expect("spawn the next link");
+    let next_link = group_of_next.expect("spawn the next link");
     // The caller reports through stdout, which every link inherits.
     let status = next_link.wait().expect("wait for the next link");
     if level.is_empty() {
