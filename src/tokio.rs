@@ -7,9 +7,9 @@
 //! through the same guard, torn down by the same steps. What differs is how it waits:
 //!
 //! - **Waits** ([`wait`](SpawnedGroup::wait), [`wait_timeout`](SpawnedGroup::wait_timeout))
-//!   register the leader's pidfd (or, in the supervised tiers, the supervisor's status pipe)
-//!   with the runtime's reactor through [`AsyncFd`]: the task sleeps until the leader exits.
-//!   No polling loop, no `spawn_blocking`.
+//!   register the leader's pidfd (and, in the supervised tiers, the supervisor's status
+//!   pipe) with the runtime's reactor through [`AsyncFd`]: the task sleeps until the leader
+//!   exits. No polling loop, no `spawn_blocking`. Any number of tasks may wait at once.
 //! - **Teardown** ([`shutdown`](SpawnedGroup::shutdown), Drop) is handed to one background
 //!   OS thread of the crate, shared by the whole process and started by the first hand-over.
 //!   It tears down any number of groups at once, each with the sync type's steps (SIGTERM
@@ -124,7 +124,7 @@ impl Builder {
 ///
 /// - [`wait`](SpawnedGroup::wait) and [`wait_timeout`](SpawnedGroup::wait_timeout) are
 ///   futures, woken by the runtime's reactor when the leader exits (its pidfd, registered
-///   with [`AsyncFd`]). They take `&self` and do not close `stdin`: take it out and drop it
+///   with [`AsyncFd`]); several tasks may wait at once (`Arc<SpawnedGroup>`). They take `&self` and do not close `stdin`: take it out and drop it
 ///   for a leader that reads its input to the end.
 /// - [`stdin`](SpawnedGroup::stdin), [`stdout`](SpawnedGroup::stdout) and
 ///   [`stderr`](SpawnedGroup::stderr) hold tokio's pipe types.
