@@ -669,6 +669,13 @@ impl SpawnedGroup {
         })
     }
 
+    /// The descriptors that become readable when the leader exits (or its supervisor goes),
+    /// for a wait that polls them elsewhere: see [`ExitWatch`].
+    #[cfg(feature = "tokio")]
+    pub(crate) fn exit_fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.watch.fds()
+    }
+
     fn not_pinned(&self) -> io::Error {
         let why = if self.torn_down {
             "its leader was reaped by teardown"
@@ -855,41 +862,179 @@ impl SpawnedGroup {
         self.teardown()
     }
 
-    fn teardown(&mut self) -> io::Result<Teardown> {
+    /// The whole teardown, here and now: the steps of [`SpawnedGroup::teardown_advance`]
+    /// driven with `ppoll`.
+    pub(crate) fn teardown(&mut self) -> io::Result<Teardown> {
+        let mut steps = self.teardown_begin()?;
+        loop {
+            if let Some(outcome) = self.teardown_advance(&mut steps)? {
+                return outcome;
+            }
+            let (watched, deadline) = self.teardown_watch(&steps);
+            // `None`: the deadline has passed; the next step sees it.
+            let readable = match time_left(deadline) {
+                Some(left) => sys::poll_readable(&watched, left)?,
+                None => vec![false; watched.len()],
+            };
+            drop(watched);
+            steps.mark_readable(&readable);
+        }
+    }
+
+    /// The first step of teardown: closes stdin and, unless the grace period is zero, looks
+    /// at the tree and sends SIGTERM and SIGCONT. Never blocks.
+    pub(crate) fn teardown_begin(&mut self) -> io::Result<TeardownSteps> {
         let started = Instant::now();
         drop(self.stdin.take());
-        let mut errors: Vec<String> = Vec::new();
         let exited_before_teardown = self.leader_mut().has_exited()?;
-        let mut descendants_seen = 0;
-        let sigkill_needed = if self.grace.is_zero() {
-            !exited_before_teardown
+        let mut steps = TeardownSteps {
+            started,
+            errors: Vec::new(),
+            exited_before_teardown,
+            descendants_seen: 0,
+            sigkill_needed: false,
+            phase: Phase::Kill { deadline: None },
+        };
+        if self.grace.is_zero() {
+            self.teardown_kill(&mut steps, !exited_before_teardown);
         } else {
             // Look at the tree before SIGTERM: once the leader exits, its children are
             // re-parented and out of sight.
             let descendants = visible_descendants(self.pid);
-            descendants_seen = descendants.len();
-            self.signal_in_teardown(&[Signal::SIGTERM, Signal::SIGCONT], &mut errors);
+            steps.descendants_seen = descendants.len();
+            self.signal_in_teardown(&[Signal::SIGTERM, Signal::SIGCONT], &mut steps.errors);
             self.signal_leader_if_it_left(&[Signal::SIGTERM, Signal::SIGCONT]);
-            !self.wait_for_exit(descendants, started.checked_add(self.grace))?
-        };
-        // The leader is unreaped (or, reaped elsewhere, the group is named by its pidfd), so
-        // this is still this group: the final sweep is safe and catches members teardown
-        // could not see.
-        self.signal_in_teardown(&[Signal::SIGKILL], &mut errors);
+            steps.phase = Phase::Grace {
+                pending: descendants,
+                leader_exited: false,
+                blind: false,
+                deadline: started.checked_add(self.grace),
+            };
+        }
+        Ok(steps)
+    }
+
+    /// The final SIGKILL: to the group while the leader is unreaped (or, reaped elsewhere,
+    /// while the group is named by its pidfd), so that it is still this group; it catches
+    /// the members teardown could not see.
+    fn teardown_kill(&mut self, steps: &mut TeardownSteps, sigkill_needed: bool) {
+        steps.sigkill_needed = sigkill_needed;
+        self.signal_in_teardown(&[Signal::SIGKILL], &mut steps.errors);
         self.signal_leader_if_it_left(&[Signal::SIGKILL]);
-        let deadline = Instant::now().checked_add(KILL_WAIT_BOUND);
-        if !self.wait_exited(deadline)? {
+        steps.phase = Phase::Kill {
+            deadline: Instant::now().checked_add(KILL_WAIT_BOUND),
+        };
+    }
+
+    /// Takes every step of teardown that needs no wait: `Some` with the outcome once it is
+    /// over, `None` while it waits for [`SpawnedGroup::teardown_watch`]'s descriptors or
+    /// deadline.
+    ///
+    /// The grace period is event-driven: it waits on the pidfds of the leader and of the
+    /// descendants seen before SIGTERM; once those have exited, one scan (see
+    /// [`live_members`]) finds the members that are still running (orphans whose parent
+    /// exited early, such as `sh -c 'server & exit 0'`), and the wait goes on on their
+    /// pidfds, then scans again. When all members exit at once, as usual, that is one scan.
+    /// If the members cannot be seen (no descriptor free, no /proc), the wait lasts the whole
+    /// grace period.
+    pub(crate) fn teardown_advance(
+        &mut self,
+        steps: &mut TeardownSteps,
+    ) -> io::Result<Option<io::Result<Teardown>>> {
+        if let Phase::Grace {
+            pending,
+            leader_exited,
+            blind,
+            deadline,
+        } = &mut steps.phase
+        {
+            if !*leader_exited {
+                *leader_exited = self.leader_mut().has_exited()?;
+            }
+            let mut all_exited = false;
+            if *leader_exited && pending.is_empty() && !*blind {
+                match live_members(self.pgid, self.pid) {
+                    Ok(members) if members.is_empty() => all_exited = true,
+                    Ok(members) => *pending = members,
+                    // Blind: wait out the grace period (bounded), then SIGKILL.
+                    Err(_) => *blind = true,
+                }
+            }
+            if all_exited {
+                self.teardown_kill(steps, false);
+            } else if time_left(*deadline).is_none() {
+                self.teardown_kill(steps, true);
+            } else {
+                return Ok(None);
+            }
+        }
+        if let Phase::Finishing { deadline, status } = steps.phase {
+            if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()?.is_some()
+            {
+                return Ok(None);
+            }
+            return Ok(Some(self.teardown_report(steps, status, deadline)));
+        }
+        let Phase::Kill { deadline } = steps.phase else {
+            return Ok(None);
+        };
+        if !self.leader_mut().has_exited()? {
+            if time_left(deadline).is_some() {
+                return Ok(None);
+            }
             // Leave the leader unreaped: its id stays reserved, and we never signal again.
             self.torn_down = true;
-            return Err(io::Error::new(
+            return Ok(Some(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
                     "{}: the leader did not die within {KILL_WAIT_BOUND:?} of SIGKILL \
                      (uninterruptible sleep?); it was left unreaped",
                     self.context
                 ),
-            ));
+            ))));
         }
+        match self.teardown_reap(steps, deadline) {
+            Ok(()) => self.teardown_advance(steps),
+            Err(e) => Ok(Some(Err(e))),
+        }
+    }
+
+    /// The descriptors the current step of teardown waits on, and until when.
+    pub(crate) fn teardown_watch<'a>(
+        &'a self,
+        steps: &'a TeardownSteps,
+    ) -> (Vec<BorrowedFd<'a>>, Option<Instant>) {
+        match &steps.phase {
+            Phase::Grace {
+                pending,
+                leader_exited,
+                blind,
+                deadline,
+            } => {
+                if *blind {
+                    return (Vec::new(), *deadline);
+                }
+                let mut watched: Vec<BorrowedFd<'a>> = pending.iter().map(AsFd::as_fd).collect();
+                if !*leader_exited {
+                    watched.extend(self.watch.fds());
+                }
+                (watched, *deadline)
+            }
+            Phase::Kill { deadline } => (self.watch.fds(), *deadline),
+            // The supervisor's status pipe, until it has reported and exited.
+            Phase::Finishing { deadline, .. } => (self.watch.supervisor_fd(), Some(*deadline)),
+        }
+    }
+
+    /// The reap, once the leader has exited after the final SIGKILL: its status is taken,
+    /// the group leaves the lifeline, a supervisor is told to finish, and teardown goes on
+    /// in [`Phase::Finishing`].
+    fn teardown_reap(
+        &mut self,
+        steps: &mut TeardownSteps,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
+        let mut errors = std::mem::take(&mut steps.errors);
         if self.leader_mut().reaped_elsewhere() {
             self.torn_down = true;
             drop(self.lifeline.take());
@@ -917,18 +1062,35 @@ impl SpawnedGroup {
         // Out of the lifeline's registry first: once the handler cannot claim the slot, it
         // cannot signal this id after the reap.
         drop(self.lifeline.take());
+        steps.errors = errors;
+        self.leader_mut().finish_start();
+        steps.phase = Phase::Finishing {
+            deadline: deadline.unwrap_or_else(Instant::now),
+            status,
+        };
+        Ok(())
+    }
+
+    /// The end of teardown: the leader (or its supervisor) is reaped, and the report made.
+    fn teardown_report(
+        &mut self,
+        steps: &mut TeardownSteps,
+        status: ExitStatus,
+        deadline: Instant,
+    ) -> io::Result<Teardown> {
+        let errors = std::mem::take(&mut steps.errors);
         let escapees = self
             .leader_mut()
-            .finish_by(deadline.unwrap_or_else(Instant::now))
+            .finish_complete(deadline)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
-        let (stdout, stderr) = self.finish_capture(deadline.unwrap_or_else(Instant::now));
+        let (stdout, stderr) = self.finish_capture(deadline);
         let report = Teardown {
             status,
-            exited_before_teardown,
-            sigkill_needed,
-            descendants_seen,
-            elapsed: started.elapsed(),
+            exited_before_teardown: steps.exited_before_teardown,
+            sigkill_needed: steps.sigkill_needed,
+            descendants_seen: steps.descendants_seen,
+            elapsed: steps.started.elapsed(),
             containment: self.containment,
             escapees,
             stdout,
@@ -1273,64 +1435,44 @@ pub(crate) fn time_left(deadline: Option<Instant>) -> Option<Option<Duration>> {
     }
 }
 
-impl SpawnedGroup {
-    /// Waits until the leader has exited (or was reaped elsewhere), or `deadline` passes.
-    fn wait_exited(&mut self, deadline: Option<Instant>) -> io::Result<bool> {
-        loop {
-            if self.leader_mut().has_exited()? {
-                return Ok(true);
-            }
-            let Some(left) = time_left(deadline) else {
-                return Ok(false);
-            };
-            sys::poll_readable(&self.watch.fds(), left)?;
-        }
-    }
+/// Where a teardown stands, between the steps of [`SpawnedGroup::teardown_advance`]: the
+/// sync teardown drives it with `ppoll`, the background thread of `pgroup::tokio` drives many
+/// at once.
+pub(crate) struct TeardownSteps {
+    started: Instant,
+    errors: Vec<String>,
+    exited_before_teardown: bool,
+    descendants_seen: usize,
+    sigkill_needed: bool,
+    phase: Phase,
+}
 
-    /// Waits until every member of the group has exited, or `deadline` passes; returns
-    /// whether all did.
-    ///
-    /// Event-driven: it waits on the pidfds of the leader and of `descendants`; once those
-    /// have exited, one scan of /proc (a `getpgid` per process, no file opened per process)
-    /// finds the members that are still running (orphans whose parent exited early, such
-    /// as `sh -c 'server & exit 0'`), and the wait goes on on their pidfds, then scans again.
-    /// When all members exit at once, as usual, that is one scan. If /proc cannot be read
-    /// (no descriptor free, not mounted), the members cannot be seen, and the wait lasts the
-    /// whole grace period.
-    fn wait_for_exit(
-        &mut self,
-        descendants: Vec<OwnedFd>,
+enum Phase {
+    /// After SIGTERM: waiting, until `deadline`, for the leader and the members in
+    /// `pending` (or, `blind`, for the deadline alone).
+    Grace {
+        pending: Vec<OwnedFd>,
+        leader_exited: bool,
+        blind: bool,
         deadline: Option<Instant>,
-    ) -> io::Result<bool> {
-        let mut pending = descendants;
-        let mut leader_exited = false;
-        loop {
-            if !leader_exited {
-                leader_exited = self.leader_mut().has_exited()?;
-            }
-            if leader_exited && pending.is_empty() {
-                match live_members(self.pgid, self.pid) {
-                    Ok(members) if members.is_empty() => return Ok(true),
-                    Ok(members) => pending = members,
-                    Err(_) => {
-                        // Blind: wait out the grace period (bounded), then SIGKILL.
-                        while let Some(left) = time_left(deadline) {
-                            sys::poll_readable(&[], left)?;
-                        }
-                        return Ok(false);
-                    }
-                }
-            }
-            let Some(left) = time_left(deadline) else {
-                return Ok(false);
-            };
-            let mut watched: Vec<BorrowedFd<'_>> = pending.iter().map(AsFd::as_fd).collect();
-            if !leader_exited {
-                watched.extend(self.watch.fds());
-            }
-            let readable = sys::poll_readable(&watched, left)?;
-            let mut readable = readable.into_iter();
-            pending.retain(|_| !readable.next().unwrap_or(false));
+    },
+    /// After the final SIGKILL: waiting for the leader, until `deadline`.
+    Kill { deadline: Option<Instant> },
+    /// The leader is dead and its status known; a supervisor finishes its own teardown (kills
+    /// and reaps what is left, reports, exits), until `deadline`.
+    Finishing {
+        deadline: Instant,
+        status: ExitStatus,
+    },
+}
+
+impl TeardownSteps {
+    /// Takes note of which of the descriptors of [`SpawnedGroup::teardown_watch`] became
+    /// readable: the members among them have exited.
+    pub(crate) fn mark_readable(&mut self, readable: &[bool]) {
+        if let Phase::Grace { pending, .. } = &mut self.phase {
+            let mut readable = readable.iter();
+            pending.retain(|_| !readable.next().copied().unwrap_or(false));
         }
     }
 }

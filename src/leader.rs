@@ -91,6 +91,8 @@ pub(crate) struct Supervised {
     stuck: Option<i32>,
     done: bool,
     eof: bool,
+    /// The failure to send the teardown command, reported once the supervisor is reaped.
+    command_failed: Option<io::Error>,
 }
 
 /// A spawned leader and the stdio pipes std made for it.
@@ -246,6 +248,7 @@ impl Leader {
             ns_init: None,
             ns_pids: Vec::new(),
             stuck: None,
+            command_failed: None,
             done: false,
             eof: false,
         };
@@ -339,6 +342,7 @@ impl Leader {
             stuck: None,
             done: false,
             eof: false,
+            command_failed: None,
         };
         let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
         let pid = reported.and_then(|inner| {
@@ -533,6 +537,39 @@ impl Leader {
     /// teardown keeps the bound the docs give). A supervisor that is not done by then keeps
     /// working on its own (it has a bound of its own) and is reaped in the background.
     pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
+        self.finish_start();
+        while let Some(fd) = self.finish_pending()? {
+            let Some(left) = time_left(Some(deadline)) else {
+                break;
+            };
+            sys::poll_readable(&[fd], left)?;
+        }
+        self.finish_complete(deadline)
+    }
+
+    /// The first step of [`Leader::finish_by`], which never blocks: tells a supervisor to
+    /// finish (kill and reap what is left, report, exit).
+    pub(crate) fn finish_start(&mut self) {
+        if let Leader::Supervised(sup) = self {
+            sup.finish_start(false);
+        }
+    }
+
+    /// What [`Leader::finish_by`] still waits for: the supervisor's status pipe, until it
+    /// reports and exits (end of file); `None` once there is nothing to wait for.
+    pub(crate) fn finish_pending(&mut self) -> io::Result<Option<BorrowedFd<'_>>> {
+        match self {
+            Leader::Direct { .. } => Ok(None),
+            Leader::Supervised(sup) => {
+                sup.pump()?;
+                Ok((!sup.eof).then(|| sup.status.as_fd()))
+            }
+        }
+    }
+
+    /// The last step of [`Leader::finish_by`], once [`Leader::finish_pending`] has nothing
+    /// to wait for or `deadline` has passed: the reap.
+    pub(crate) fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         match self {
             Leader::Direct {
                 child,
@@ -547,7 +584,7 @@ impl Leader {
                 }
                 Ok(Vec::new())
             }
-            Leader::Supervised(sup) => sup.finish(false, deadline),
+            Leader::Supervised(sup) => sup.finish_complete(deadline),
         }
     }
 }
@@ -576,6 +613,11 @@ impl ExitWatch {
             .chain(self.supervisor.iter())
             .map(|fd| fd.as_fd())
             .collect()
+    }
+    /// The supervisor's status pipe alone (nothing in the `Group` tier): what teardown waits
+    /// on once the leader is dead, while the supervisor finishes.
+    pub(crate) fn supervisor_fd(&self) -> Vec<BorrowedFd<'_>> {
+        self.supervisor.iter().map(|fd| fd.as_fd()).collect()
     }
 }
 
@@ -654,17 +696,7 @@ impl Supervised {
     /// which it takes as the test binary's death), waits for it until `deadline`, and reaps
     /// it (in the background if it has not exited by then).
     fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<Escapee>> {
-        let mut result = Ok(());
-        if let Some(control) = self.control.take() {
-            if !abandon {
-                // The escapees are alive until the supervisor kills them: read their pids
-                // here while /proc still has them.
-                if let Some(init) = self.ns_init {
-                    self.ns_pids = namespace_pids(init);
-                }
-                result = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN);
-            }
-        }
+        self.finish_start(abandon);
         while !self.eof {
             self.pump()?;
             if self.eof {
@@ -675,6 +707,27 @@ impl Supervised {
             };
             sys::poll_readable(&[self.status.as_fd()], left)?;
         }
+        self.finish_complete(deadline)
+    }
+
+    /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
+    /// which it takes as the test binary's death). Never blocks.
+    fn finish_start(&mut self, abandon: bool) {
+        if let Some(control) = self.control.take() {
+            if !abandon {
+                // The escapees are alive until the supervisor kills them: read their pids
+                // here while /proc still has them.
+                if let Some(init) = self.ns_init {
+                    self.ns_pids = namespace_pids(init);
+                }
+                self.command_failed = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN).err();
+            }
+        }
+    }
+
+    /// Reaps the supervisor once it has reported (or `deadline` has passed), and says how
+    /// its teardown went.
+    fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         // A supervisor that gave up is no longer worth waiting for (the `Namespace` tier's
         // outer process waits for the kernel to finish the namespace).
         self.reap_supervisor(if self.stuck.is_some() {
@@ -682,7 +735,9 @@ impl Supervised {
         } else {
             deadline
         });
-        result?;
+        if let Some(error) = self.command_failed.take() {
+            return Err(error);
+        }
         if let Some(stuck) = self.stuck {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,

@@ -152,7 +152,11 @@ mod leader;
 pub mod lifeline;
 mod output;
 mod pgid;
+#[cfg(feature = "tokio")]
+mod reaper;
 mod sys;
+#[cfg(feature = "tokio")]
+pub mod tokio;
 
 pub use containment::Containment;
 pub use group::{Builder, Escapee, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};

@@ -381,6 +381,24 @@ pub(crate) fn pidfd_send_signal(
     Ok(())
 }
 
+/// Registers `fd` with the current tokio runtime's reactor, for readability: the leader's
+/// pidfd (readable once it exits) or a supervisor's status pipe.
+///
+/// # Panics
+///
+/// Outside a tokio runtime, or in one whose I/O driver is not enabled.
+#[cfg(feature = "tokio")]
+pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<::tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `register` asks that the descriptor stay open, naming the same file
+    // description, for as long as the `AsyncFd` owns it, and that `as_raw_fd` always return
+    // it. The `AsyncFd` takes the `OwnedFd` by value: nothing else can close it, and an
+    // `OwnedFd`'s raw descriptor never changes.
+    unsafe {
+        ::tokio::io::unix::AsyncFd::register_with_interest(fd, ::tokio::io::Interest::READABLE)
+            .map_err(io::Error::from)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
