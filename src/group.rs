@@ -4,11 +4,10 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-use procfs::process::Process;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -1557,27 +1556,16 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
 /// catches those that are still members.
 fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
     let mut found = Vec::new();
-    let mut queue = vec![leader];
-    while let Some(pid) = queue.pop() {
-        let Ok(process) = i32::try_from(pid)
-            .map_err(drop)
-            .and_then(|p| Process::new(p).map_err(drop))
-        else {
-            continue;
-        };
-        let Ok(tasks) = process.tasks() else { continue };
-        for task in tasks.flatten() {
-            for child in task.children().unwrap_or_default() {
-                if found.len() >= MAX_TRACKED_DESCENDANTS {
-                    return found;
-                }
-                if let Ok(fd) = sys::pidfd_open(child) {
-                    found.push(fd);
-                    queue.push(child);
-                }
-            }
+    crate::leader::walk_descendants(leader, |child| {
+        if found.len() >= MAX_TRACKED_DESCENDANTS {
+            return ControlFlow::Break(());
         }
-    }
+        let Ok(fd) = sys::pidfd_open(child) else {
+            return ControlFlow::Continue(false);
+        };
+        found.push(fd);
+        ControlFlow::Continue(true)
+    });
     found
 }
 

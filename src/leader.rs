@@ -5,6 +5,7 @@
 //! group id pinned while the crate may still signal it.
 
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
@@ -235,23 +236,11 @@ impl Leader {
             )
         })?;
         let mut leader = started.spawned.leader;
-        let mut sup = Supervised {
-            supervisor: Some(SupervisorProcess::Exec(started.spawned.supervisor)),
-            control: Some(started.control),
-            status: Arc::new(started.status),
-            leader_pidfd: None,
-            buf: Vec::new(),
-            reported_pid: None,
-            failed: None,
-            exit: None,
-            escapees: Vec::new(),
-            ns_init: None,
-            ns_pids: Vec::new(),
-            stuck: None,
-            command_failed: None,
-            done: false,
-            eof: false,
-        };
+        let mut sup = Supervised::new(
+            Some(SupervisorProcess::Exec(started.spawned.supervisor)),
+            started.control,
+            started.status,
+        );
         // The leader's pid is std's; the supervisor's report of it is not waited for, so
         // that its start (an exec of the test binary) overlaps the caller's work. Until it
         // runs, the leader is already its unreaped child (pinned), and if it never runs, its
@@ -327,23 +316,7 @@ impl Leader {
             )
         })?;
         let supervisor_pid = child.id();
-        let mut sup = Supervised {
-            supervisor: None,
-            control: Some(pipes.control),
-            status: Arc::new(pipes.status),
-            leader_pidfd: None,
-            buf: Vec::new(),
-            reported_pid: None,
-            failed: None,
-            exit: None,
-            escapees: Vec::new(),
-            ns_init: None,
-            ns_pids: Vec::new(),
-            stuck: None,
-            done: false,
-            eof: false,
-            command_failed: None,
-        };
+        let mut sup = Supervised::new(None, pipes.control, pipes.status);
         let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
         let pid = reported.and_then(|inner| {
             if namespace {
@@ -622,6 +595,27 @@ impl ExitWatch {
 }
 
 impl Supervised {
+    /// A supervisor that has reported nothing yet, with the test binary's pipe ends.
+    fn new(supervisor: Option<SupervisorProcess>, control: OwnedFd, status: OwnedFd) -> Self {
+        Supervised {
+            supervisor,
+            control: Some(control),
+            status: Arc::new(status),
+            leader_pidfd: None,
+            buf: Vec::new(),
+            reported_pid: None,
+            failed: None,
+            exit: None,
+            escapees: Vec::new(),
+            ns_init: None,
+            ns_pids: Vec::new(),
+            stuck: None,
+            command_failed: None,
+            done: false,
+            eof: false,
+        }
+    }
+
     /// Whether the leader has exited, by its pidfd (no state read from the pipe).
     fn leader_has_exited(&self) -> bool {
         self.leader_pidfd.as_ref().is_some_and(|fd| {
@@ -924,7 +918,24 @@ fn innermost_pid(pid: u32) -> Option<i32> {
 fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
     const MAX: usize = 65_536;
     let mut found = Vec::new();
-    let mut queue = vec![init];
+    walk_descendants(init, |child| {
+        if found.len() >= MAX {
+            return ControlFlow::Break(());
+        }
+        if let Some(inner) = innermost_pid(child).and_then(|p| u32::try_from(p).ok()) {
+            found.push((inner, child));
+        }
+        ControlFlow::Continue(true)
+    });
+    found
+}
+
+/// Calls `visit` on every process below `root`, found through
+/// `/proc/<pid>/task/<tid>/children`, so the cost grows with the tree and never with the
+/// number of processes on the machine. `visit` answers whether to go on below that process,
+/// or to stop the walk. Processes that exit meanwhile are skipped.
+pub(crate) fn walk_descendants(root: u32, mut visit: impl FnMut(u32) -> ControlFlow<(), bool>) {
+    let mut queue = vec![root];
     while let Some(pid) = queue.pop() {
         let Ok(process) = i32::try_from(pid)
             .map_err(drop)
@@ -935,17 +946,14 @@ fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
         let Ok(tasks) = process.tasks() else { continue };
         for task in tasks.flatten() {
             for child in task.children().unwrap_or_default() {
-                if found.len() >= MAX {
-                    return found;
+                match visit(child) {
+                    ControlFlow::Break(()) => return,
+                    ControlFlow::Continue(true) => queue.push(child),
+                    ControlFlow::Continue(false) => {}
                 }
-                if let Some(inner) = innermost_pid(child).and_then(|p| u32::try_from(p).ok()) {
-                    found.push((inner, child));
-                }
-                queue.push(child);
             }
         }
     }
-    found
 }
 
 /// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;

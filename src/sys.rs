@@ -71,6 +71,20 @@ fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((lift(read)?, lift(write)?))
 }
 
+/// The control pipe and the status pipe of a supervisor, both above stdio, the status
+/// pipe's read end (the test binary's) non-blocking: `(control, status)`, each `(read,
+/// write)`.
+type PipePair = (OwnedFd, OwnedFd);
+fn supervisor_pipes() -> io::Result<(PipePair, PipePair)> {
+    let control = pipe_above_stdio()?;
+    let status = pipe_above_stdio()?;
+    nix::fcntl::fcntl(
+        &status.0,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((control, status))
+}
+
 /// Makes the pipes and adds the supervisor hook to `cmd`: when std forks the command's
 /// child, that child becomes the supervisor and forks the leader, which std then execs.
 /// See `sys/supervise.rs` for the protocol and why this is async-signal-safe.
@@ -79,12 +93,7 @@ pub(crate) fn install_supervisor(
     namespace: bool,
     new_session: bool,
 ) -> io::Result<SupervisorPipes> {
-    let (control_read, control_write) = pipe_above_stdio()?;
-    let (status_read, status_write) = pipe_above_stdio()?;
-    nix::fcntl::fcntl(
-        &status_read,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
+    let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
     let plan = supervise::Plan {
         control_read: control_read.as_raw_fd(),
         status_write: status_write.as_raw_fd(),
@@ -129,12 +138,7 @@ pub(crate) struct ExecSupervised {
 /// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under an
 /// exec'd supervisor: no copy of the test binary's page tables, whatever its size.
 pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervised> {
-    let (control_read, control_write) = pipe_above_stdio()?;
-    let (status_read, status_write) = pipe_above_stdio()?;
-    nix::fcntl::fcntl(
-        &status_read,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
+    let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
     let plan = supervise::Plan {
         control_read: control_read.as_raw_fd(),
         status_write: status_write.as_raw_fd(),
