@@ -341,7 +341,7 @@ fn a_member_that_cannot_die_keeps_the_drop_bound(
         "teardown took {elapsed:?}, beyond {:?}: {said}",
         drop_bound()
     );
-    assert!(said.contains("did not die"), "{said}");
+    assert!(reports_the_stuck_teardown(&said), "{said}");
     support::assert_no_leaks(&marker);
 }
 
@@ -362,6 +362,14 @@ fn stuck_member_role(_logs: support::Logs<'_>) -> i32 {
     0
 }
 
+/// The error of a teardown that gave up: the supervisor's own report of the process that did
+/// not die, or, when that report comes after the test binary's deadline (a loaded machine:
+/// both bounds run at once), the test binary's word that the supervisor did not finish in
+/// time. Either way the bound was kept, which the elapsed time checks.
+fn reports_the_stuck_teardown(said: &str) -> bool {
+    said.contains("did not die") || said.contains("did not finish its teardown in time")
+}
+
 #[test]
 fn a_member_that_cannot_die_with_sigalrm_ignored() {
     if !can_make_a_stuck_member() {
@@ -377,7 +385,7 @@ fn a_member_that_cannot_die_with_sigalrm_ignored() {
         "teardown took {elapsed:?}, beyond {:?}: {said}",
         drop_bound()
     );
-    assert!(said.contains("did not die"), "{said}");
+    assert!(reports_the_stuck_teardown(&said), "{said}");
     support::assert_no_leaks(&marker);
 }
 
