@@ -385,7 +385,7 @@ fn a_member_that_cannot_die_with_sigalrm_ignored() {
         "teardown took {elapsed:?}, beyond {:?}: {said}",
         drop_bound()
     );
-    assert!(reports_the_stuck_teardown(&said), "{said}");
+    assert!(reports_the_stuck_teardown(said), "{said}");
     support::assert_no_leaks(&marker);
 }
 
