@@ -56,6 +56,7 @@ const MAX_TRACKED_DESCENDANTS: usize = 1024;
 
 /// Teardown's search for the members left asks each pid handed out since the leader's, one
 /// `getpgid` each, up to this many; beyond, listing /proc is cheaper.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 const MAX_PIDS_ASKED: u32 = 1024;
 
 /// Options for spawning a [`SpawnedGroup`].
@@ -294,7 +295,7 @@ impl Builder {
                 return Err(e.into());
             }
         };
-        let lifeline = lifeline::register(pgid, spawned.leader.pidfd());
+        let lifeline = lifeline::register(pgid, spawned.leader.pidfd().map(AsFd::as_fd));
         drop(window);
         let (stdout, stderr, capture) = if self.capture {
             (
@@ -1450,7 +1451,7 @@ enum Phase {
     /// After SIGTERM: waiting, until `deadline`, for the leader and the members in
     /// `pending` (or, `blind`, for the deadline alone).
     Grace {
-        pending: Vec<OwnedFd>,
+        pending: Vec<sys::Pidfd>,
         leader_exited: bool,
         blind: bool,
         deadline: Option<Instant>,
@@ -1485,7 +1486,8 @@ impl TeardownSteps {
 /// skipped; the group is checked again after `pidfd_open`, so the pidfd is for a process
 /// that was a member when it was opened. Only teardown's wait uses this, never a signal: a
 /// member it misses gets SIGKILL before the grace period ends, nothing worse.
-fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
     // Members are started after the leader, so their pids were handed out after the
     // leader's: above it, or, if the pid counter has wrapped since, at most the last pid
     // handed out. (A process older than the leader that joins its group with `setpgid` is
@@ -1550,11 +1552,34 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
     Ok(found)
 }
 
+/// [`live_members`] where there is no /proc: the group's members by the platform's reader
+/// (`sys::group_members`), each watched by the portable backend's exit notification.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
+    let mut found = Vec::new();
+    for pid in sys::group_members(pgid.as_raw())? {
+        if pid == leader || found.len() >= MAX_TRACKED_DESCENDANTS {
+            continue;
+        }
+        let Ok(fd) = sys::pidfd_open(pid) else {
+            continue;
+        };
+        found.push(fd);
+    }
+    let exited = sys::poll_readable(
+        &found.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+        Some(Duration::ZERO),
+    )?;
+    let mut exited = exited.into_iter();
+    found.retain(|_| !exited.next().unwrap_or(false));
+    Ok(found)
+}
+
 /// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The
 /// cost grows with the size of the tree, never with the number of processes on the machine.
 /// Processes that exit while we look are simply missed: the final SIGKILL to the group
 /// catches those that are still members.
-fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
+fn visible_descendants(leader: u32) -> Vec<sys::Pidfd> {
     let mut found = Vec::new();
     crate::leader::walk_descendants(leader, |child| {
         if found.len() >= MAX_TRACKED_DESCENDANTS {
@@ -1571,7 +1596,7 @@ fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
 
 /// Whether this kernel has `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), asked once with signal 0
 /// on `pidfd`: `EINVAL` says the flag is unknown; `ESRCH` and success both say it is known.
-fn pidfd_group_signal_supported(pidfd: BorrowedFd<'_>) -> bool {
+fn pidfd_group_signal_supported(pidfd: &sys::Pidfd) -> bool {
     const UNKNOWN: u8 = 0;
     const YES: u8 = 1;
     const NO: u8 = 2;

@@ -6,6 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+#[cfg(target_os = "linux")]
 use procfs::process::Process;
 
 use crate::{sys, Pgid, Signal};
@@ -421,6 +422,7 @@ fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
 
 /// Reads the chain of ancestors above the parent from /proc, checking first that /proc
 /// belongs to the caller's PID namespace.
+#[cfg(target_os = "linux")]
 fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     let proc_err = |what: &'static str| {
         move |e: procfs::ProcError| {
@@ -463,6 +465,34 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
             session_leader: stat.session == stat.pid,
         });
         next = stat.ppid;
+    }
+    Ok(ancestors)
+}
+
+/// Reads the chain of ancestors above the parent with the platform's reader
+/// (`sys::proc_info`: `proc_pidinfo` on macOS, `sysctl(KERN_PROC_PID)` on FreeBSD). A process
+/// it cannot read makes the guard refuse (fail closed). No ancestor counts as a session
+/// leader, so each one's group is asked afresh on every call.
+#[cfg(not(target_os = "linux"))]
+fn walk_ancestors(_me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
+    let read = |pid: i32| sys::proc_info(pid).map_err(|e| unverifiable("an ancestor", e));
+    let mut ancestors = Vec::new();
+    // The parent's own group is the parent rule's; the chain starts above it.
+    let mut next = if parent > 1 { read(parent)?.ppid } else { 0 };
+    while next > 0 {
+        if ancestors.len() >= MAX_DEPTH {
+            return Err(Refusal::Unverifiable {
+                what: "ancestors: the chain is deeper than the guard follows",
+                errno: 0,
+            });
+        }
+        let info = read(next)?;
+        ancestors.push(Ancestor {
+            pid: next,
+            pgid: info.pgid,
+            session_leader: false,
+        });
+        next = info.ppid;
     }
     Ok(ancestors)
 }

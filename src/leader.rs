@@ -12,6 +12,7 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitSta
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
 use procfs::process::Process;
 
 use crate::group::time_left;
@@ -25,7 +26,7 @@ pub(crate) enum Leader {
     Direct {
         child: Option<Child>,
         /// Shared with the group's [`ExitWatch`], which polls it without the group's lock.
-        pidfd: Arc<OwnedFd>,
+        pidfd: Arc<sys::Pidfd>,
         exit: Option<ExitStatus>,
         /// Someone else reaped it (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)` elsewhere in
         /// the process): its number is free, and its exit status is lost.
@@ -77,7 +78,7 @@ pub(crate) struct Supervised {
     /// A pidfd on the leader (not our child), opened once the supervisor reported it: it
     /// becomes readable when the leader exits and stays so, whoever reads the status pipe.
     /// Shared with the group's [`ExitWatch`].
-    leader_pidfd: Option<Arc<OwnedFd>>,
+    leader_pidfd: Option<Arc<sys::Pidfd>>,
     buf: Vec<u8>,
     reported_pid: Option<i32>,
     failed: Option<i32>,
@@ -142,6 +143,10 @@ impl Leader {
             check_exec_format(cmd)
                 .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         }
+        if sys::PORTABLE && containment != Containment::Group {
+            // Never downgraded: the caller asked for what only Linux's backend has.
+            return Err(sys::unsupported_tier(&format!("{containment:?}")));
+        }
         match containment {
             Containment::Group => Leader::spawn_direct(cmd, new_session, what),
             Containment::Supervised if exec_supervisor => {
@@ -167,7 +172,7 @@ impl Leader {
         // process that is alive and not our child is such a stranger: not ours to signal.
         let pinned = sys::pidfd_open(pid).and_then(|pidfd| {
             let stranger = matches!(
-                sys::peek_exit(pidfd.as_fd()),
+                sys::peek_exit(&pidfd),
                 Err(ref e) if e.raw_os_error() == Some(nix::libc::ECHILD)
             ) && !sys::poll_readable(&[pidfd.as_fd()], Some(Duration::ZERO))?[0];
             if stranger {
@@ -252,16 +257,10 @@ impl Leader {
             if sys::hung_up(sup.status.as_fd()) {
                 // No supervisor holds the leader any more: end its group through the pidfd,
                 // which names it and never a recycled number.
-                let _ = sys::pidfd_send_signal(
-                    pidfd.as_fd(),
-                    Some(nix::sys::signal::Signal::SIGKILL),
-                    true,
-                );
-                let _ = sys::pidfd_send_signal(
-                    pidfd.as_fd(),
-                    Some(nix::sys::signal::Signal::SIGKILL),
-                    false,
-                );
+                let _ =
+                    sys::pidfd_send_signal(&pidfd, Some(nix::sys::signal::Signal::SIGKILL), true);
+                let _ =
+                    sys::pidfd_send_signal(&pidfd, Some(nix::sys::signal::Signal::SIGKILL), false);
                 Err(io::Error::other(
                     "the supervisor exited before the leader could be watched",
                 ))
@@ -390,7 +389,7 @@ impl Leader {
                     return Err(reaped_elsewhere_error());
                 }
                 if exit.is_none() {
-                    match sys::peek_exit(pidfd.as_fd()) {
+                    match sys::peek_exit(pidfd) {
                         Ok(status) => *exit = status,
                         Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
                             *reaped_elsewhere = true;
@@ -461,9 +460,9 @@ impl Leader {
     /// signals the group (`PIDFD_SIGNAL_PROCESS_GROUP`) and the leader itself. The
     /// supervised tiers signal nothing through theirs (the leader is not our child; they
     /// watch its exit with it, see [`ExitWatch`]).
-    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn pidfd(&self) -> Option<&sys::Pidfd> {
         match self {
-            Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
+            Leader::Direct { pidfd, .. } => Some(pidfd),
             Leader::Supervised(_) => None,
         }
     }
@@ -478,7 +477,7 @@ impl Leader {
                 pidfd,
                 reaped_elsewhere,
                 ..
-            } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd.as_fd()).is_ok(),
+            } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd).is_ok(),
             // The supervisor holds the leader unreaped for as long as it lives, and its end
             // of the status pipe closes only when it exits.
             Leader::Supervised(sup) => sup.control.is_some() && !sys::hung_up(sup.status.as_fd()),
@@ -489,11 +488,7 @@ impl Leader {
     /// after its number is recycled, wherever it is (also when it left its group).
     pub(crate) fn kill_leader(&mut self) {
         if let Leader::Direct { pidfd, .. } = self {
-            let _ = sys::pidfd_send_signal(
-                pidfd.as_fd(),
-                Some(nix::sys::signal::Signal::SIGKILL),
-                false,
-            );
+            let _ = sys::pidfd_send_signal(pidfd, Some(nix::sys::signal::Signal::SIGKILL), false);
         }
         // A supervisor kills everything itself on `finish`.
     }
@@ -569,13 +564,13 @@ impl Leader {
 /// so a waiter cannot miss an exit that another thread observed first.
 #[derive(Clone)]
 pub(crate) struct ExitWatch {
-    leader: Option<Arc<OwnedFd>>,
+    leader: Option<Arc<sys::Pidfd>>,
     supervisor: Option<Arc<OwnedFd>>,
 }
 
 impl ExitWatch {
     /// The pidfd on the leader (every tier has one once spawned).
-    pub(crate) fn leader_pidfd(&self) -> Option<Arc<OwnedFd>> {
+    pub(crate) fn leader_pidfd(&self) -> Option<Arc<sys::Pidfd>> {
         self.leader.clone()
     }
 
@@ -583,8 +578,8 @@ impl ExitWatch {
     pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
         self.leader
             .iter()
-            .chain(self.supervisor.iter())
             .map(|fd| fd.as_fd())
+            .chain(self.supervisor.iter().map(|fd| fd.as_fd()))
             .collect()
     }
     /// The supervisor's status pipe alone (nothing in the `Group` tier): what teardown waits
@@ -892,6 +887,7 @@ fn reaped_elsewhere_error() -> io::Error {
     )
 }
 
+#[cfg(target_os = "linux")]
 /// The children of `pid` (of its main thread), from /proc.
 fn children_of(pid: u32) -> io::Result<Vec<u32>> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
@@ -901,6 +897,7 @@ fn children_of(pid: u32) -> io::Result<Vec<u32>> {
         .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
 }
 
+#[cfg(target_os = "linux")]
 /// The innermost pid (`NSpid`'s last) of the process `pid` of this namespace.
 fn innermost_pid(pid: u32) -> Option<i32> {
     let pid = i32::try_from(pid).ok()?;
@@ -930,6 +927,7 @@ fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
     found
 }
 
+#[cfg(target_os = "linux")]
 /// Calls `visit` on every process below `root`, found through
 /// `/proc/<pid>/task/<tid>/children`, so the cost grows with the tree and never with the
 /// number of processes on the machine. `visit` answers whether to go on below that process,
@@ -978,4 +976,24 @@ fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<(u32, u32)> {
     Err(io::Error::other(format!(
         "the leader (pid {inner} in the namespace) is not a child of its init (pid {init})"
     )))
+}
+
+/// The descendants' walk needs /proc: elsewhere it finds nothing, and teardown waits for
+/// the group's members instead (see `live_members` in `group.rs`).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn walk_descendants(_root: u32, _visit: impl FnMut(u32) -> ControlFlow<(), bool>) {}
+
+/// Only the `Namespace` tier (Linux) asks for children.
+#[cfg(not(target_os = "linux"))]
+fn children_of(pid: u32) -> io::Result<Vec<u32>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("cannot read the children of pid {pid} without /proc"),
+    ))
+}
+
+/// Only the `Namespace` tier (Linux) asks for namespaced pids.
+#[cfg(not(target_os = "linux"))]
+fn innermost_pid(_pid: u32) -> Option<i32> {
+    None
 }

@@ -1,0 +1,415 @@
+//! The portable (POSIX) backend: what the crate uses where Linux's pidfds, subreaper and PID
+//! namespaces are not available (macOS, FreeBSD), and on Linux under `--cfg
+//! pgroup_portable`, which CI uses to run the whole suite on this backend.
+//!
+//! - **Pinning** is POSIX already: the leader is our unreaped child, observed with
+//!   `waitid(P_PID, WEXITED | WNOWAIT | WNOHANG)`, which reaps nothing.
+//! - **Exit notification**: a [`Pidfd`] here is the read end of a pipe whose write end a
+//!   watcher thread closes once the process has exited, so that every wait of the crate can
+//!   keep polling descriptors (the reader thread, the reaper, tokio's reactor) as it does on
+//!   Linux. The watcher polls with a backoff from 50 µs to 5 ms, reset by every spawn and
+//!   every signal the crate sends: our own children with `waitid(WNOWAIT)`, other processes
+//!   (members of a group, descendants) with the per-platform reader below (exited = gone or
+//!   a zombie).
+//! - **Signals** go by number, only while the leader is pinned: `killpg` of its group, `kill`
+//!   of the leader itself. There is no group signal by handle (`pidfd_send_signal` answers
+//!   `EINVAL`, as a Linux kernel before 6.9 does).
+//! - **The supervised tiers** (`Supervised`, `Namespace`) do not exist here: spawning them
+//!   fails with [`io::ErrorKind::Unsupported`].
+//!
+//! # The per-platform readers (the only code of this backend that CI does not run)
+//!
+//! [`proc_info`] (a process's parent, group and whether it is a zombie) and
+//! [`group_members`] (the pids in a process group):
+//!
+//! - Linux (under `pgroup_portable`): `/proc/<pid>/stat` through `procfs`, as the Linux
+//!   backend does (run by CI);
+//! - macOS: `proc_pidinfo(PROC_PIDTBSDINFO)` and `proc_listpgrppids` (compile-checked only);
+//! - FreeBSD: `sysctl(KERN_PROC_PID)` and `sysctl(KERN_PROC_PGRP)` (compile-checked only).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::process::{Child, ExitStatus};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::signal::Signal;
+
+/// The exit notification of one process: a descriptor that becomes readable (hung up) once
+/// the process has exited, and stays so. See the module documentation.
+#[derive(Debug)]
+pub(crate) struct Pidfd {
+    fd: OwnedFd,
+    pid: libc::pid_t,
+    /// Whether the process was our child when this was opened: only then does `waitid`
+    /// answer for it, and only then may it be signalled by number (while unreaped).
+    child: bool,
+    /// Dropped with this value; the watcher stops watching once it cannot upgrade it.
+    _alive: Arc<()>,
+}
+
+impl AsFd for Pidfd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// One process the watcher polls.
+struct Watched {
+    pid: libc::pid_t,
+    child: bool,
+    /// The pipe's write end, held to be dropped: closing it makes the [`Pidfd`] readable.
+    _write: OwnedFd,
+    alive: Weak<()>,
+}
+
+struct Watcher {
+    watched: Vec<Watched>,
+    /// Set by a spawn or a signal: poll at the shortest interval again.
+    kicked: bool,
+    started: bool,
+}
+
+static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
+    watched: Vec::new(),
+    kicked: false,
+    started: false,
+});
+static WAKE: Condvar = Condvar::new();
+
+/// The watcher's shortest and longest interval between two polls.
+const FIRST_INTERVAL: Duration = Duration::from_micros(50);
+const LONGEST_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Makes the watcher poll at its shortest interval again: something (a signal, a spawn) is
+/// likely to make a watched process exit soon.
+pub(crate) fn kick() {
+    let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
+    if !watcher.watched.is_empty() {
+        watcher.kicked = true;
+        WAKE.notify_all();
+    }
+}
+
+fn watch_loop() {
+    let mut interval = FIRST_INTERVAL;
+    let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        watcher.watched.retain(|w| {
+            // Dropping the entry closes the write end: the `Pidfd` becomes readable.
+            w.alive.strong_count() > 0 && !has_exited(w.pid, w.child)
+        });
+        if watcher.kicked {
+            watcher.kicked = false;
+            interval = FIRST_INTERVAL;
+        }
+        if watcher.watched.is_empty() {
+            watcher = WAKE.wait(watcher).unwrap_or_else(PoisonError::into_inner);
+            interval = FIRST_INTERVAL;
+            continue;
+        }
+        watcher = WAKE
+            .wait_timeout(watcher, interval)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+        interval = (interval * 2).min(LONGEST_INTERVAL);
+    }
+}
+
+/// Whether the process has exited: for our child, `waitid(WNOWAIT)` sees its exit or says
+/// it was reaped (`ECHILD`); for another process, it is gone or a zombie.
+fn has_exited(pid: libc::pid_t, child: bool) -> bool {
+    if child {
+        !matches!(waitid_peek(pid), Ok(None))
+    } else {
+        proc_info(pid).map_or(true, |info| info.zombie)
+    }
+}
+
+/// `pidfd_open` of this backend: an exit notification for `pid` (see [`Pidfd`]). `ESRCH` if
+/// the process is neither our unreaped child nor a live process.
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
+    let pid = libc::pid_t::try_from(pid)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid above i32::MAX"))?;
+    let child = match waitid_peek(pid) {
+        Ok(_) => true,
+        Err(Errno::ECHILD) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !child && proc_info(pid).is_err() {
+        return Err(Errno::ESRCH.into());
+    }
+    let (read, write) = super::pipe()?;
+    let alive = Arc::new(());
+    let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
+    if !watcher.started {
+        std::thread::Builder::new()
+            .name("pgroup-exit-watcher".into())
+            .spawn(watch_loop)?;
+        watcher.started = true;
+    }
+    watcher.watched.push(Watched {
+        pid,
+        child,
+        _write: write,
+        alive: Arc::downgrade(&alive),
+    });
+    watcher.kicked = true;
+    WAKE.notify_all();
+    Ok(Pidfd {
+        fd: read,
+        pid,
+        child,
+        _alive: alive,
+    })
+}
+
+/// `waitid(P_PID, pid, WEXITED | WNOWAIT | WNOHANG)`: the exit status of our child `pid`
+/// without reaping it, `None` while it runs.
+fn waitid_peek(pid: libc::pid_t) -> Result<Option<ExitStatus>, Errno> {
+    use std::os::unix::process::ExitStatusExt;
+    const CLD_EXITED: libc::c_int = 1;
+    const CLD_KILLED: libc::c_int = 2;
+    const CLD_DUMPED: libc::c_int = 3;
+    let id = libc::id_t::try_from(pid).map_err(|_| Errno::EINVAL)?;
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value (plain integers and pointers that
+        // are never dereferenced here).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) writes one siginfo_t into `info`, which lives on our stack for
+        // the call; WNOWAIT leaves the child unreaped.
+        let ret = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                id,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        if ret != 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        // SAFETY: the kernel filled `info` for a child's state change (or left it zeroed,
+        // still running); si_pid and si_status read the fields of that union member.
+        let (si_pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if si_pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
+            CLD_KILLED => ExitStatus::from_raw(status & 0x7f),
+            CLD_DUMPED => ExitStatus::from_raw((status & 0x7f) | 0x80),
+            // Stopped or continued: not an exit (WEXITED alone should not report these).
+            _ => return Ok(None),
+        }));
+    }
+}
+
+/// The exit status of the process behind `pidfd` without reaping it; `ECHILD` when it is
+/// not our child or was reaped by someone else.
+pub(crate) fn peek_exit(pidfd: &Pidfd) -> io::Result<Option<ExitStatus>> {
+    if !pidfd.child {
+        return Err(Errno::ECHILD.into());
+    }
+    Ok(waitid_peek(pidfd.pid)?)
+}
+
+/// `pidfd_send_signal` of this backend. There is no group signal by handle: `group` fails
+/// with `EINVAL`, as on a Linux kernel before 6.9, and the callers fall back to `killpg`
+/// while the leader is pinned. The process itself is signalled by number, and only while it
+/// is our unreaped child (so that the number is its own); `ESRCH` otherwise.
+pub(crate) fn pidfd_send_signal(
+    pidfd: &Pidfd,
+    signal: Option<Signal>,
+    group: bool,
+) -> Result<(), Errno> {
+    if group {
+        return Err(Errno::EINVAL);
+    }
+    if !pidfd.child || waitid_peek(pidfd.pid).is_err() {
+        return Err(Errno::ESRCH);
+    }
+    kick();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pidfd.pid), signal)
+}
+
+/// What the per-platform reader tells about a process. (On Linux only `zombie` is read: the
+/// guard's ancestor rule reads /proc itself there.)
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(target_os = "linux", allow(dead_code))]
+pub(crate) struct ProcInfo {
+    pub ppid: i32,
+    pub pgid: i32,
+    pub zombie: bool,
+}
+
+/// A process's parent, group and state, from `/proc/<pid>/stat` (Linux under
+/// `pgroup_portable`, as the Linux backend reads it). `ESRCH` when it does not exist.
+#[cfg(target_os = "linux")]
+pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
+    let stat = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_err(|e| match e {
+            procfs::ProcError::NotFound(_) => Errno::ESRCH,
+            procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
+            _ => Errno::EIO,
+        })?;
+    Ok(ProcInfo {
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        zombie: stat.state == 'Z',
+    })
+}
+
+/// A process's parent, group and state: `proc_pidinfo(PROC_PIDTBSDINFO)` (macOS; not run by
+/// CI). `ESRCH` when it does not exist.
+#[cfg(target_os = "macos")]
+pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
+    // SAFETY: an all-zero proc_bsdinfo is a valid value (integers and byte arrays).
+    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+    let size = libc::c_int::try_from(std::mem::size_of::<libc::proc_bsdinfo>())
+        .map_err(|_| Errno::EINVAL)?;
+    // SAFETY: proc_pidinfo writes at most `size` bytes into `info`, which is that large and
+    // lives on our stack for the call.
+    let written = unsafe {
+        libc::proc_pidinfo(
+            pid,
+            libc::PROC_PIDTBSDINFO,
+            0,
+            std::ptr::addr_of_mut!(info).cast(),
+            size,
+        )
+    };
+    if written != size {
+        let errno = Errno::last();
+        return Err(if written <= 0 && errno != Errno::UnknownErrno {
+            errno
+        } else {
+            Errno::ESRCH
+        });
+    }
+    Ok(ProcInfo {
+        ppid: i32::try_from(info.pbi_ppid).map_err(|_| Errno::EINVAL)?,
+        pgid: i32::try_from(info.pbi_pgid).map_err(|_| Errno::EINVAL)?,
+        zombie: info.pbi_status == libc::SZOMB,
+    })
+}
+
+/// A process's parent, group and state: `sysctl(KERN_PROC_PID)` (FreeBSD; not run by CI).
+/// `ESRCH` when it does not exist.
+#[cfg(target_os = "freebsd")]
+pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
+    let procs = kinfo_procs(libc::KERN_PROC_PID, pid)?;
+    let info = procs.first().ok_or(Errno::ESRCH)?;
+    Ok(ProcInfo {
+        ppid: info.ki_ppid,
+        pgid: info.ki_pgid,
+        zombie: info.ki_stat == libc::SZOMB,
+    })
+}
+
+/// `sysctl(CTL_KERN, KERN_PROC, what, arg)`: the `kinfo_proc` records it returns.
+#[cfg(target_os = "freebsd")]
+fn kinfo_procs(what: libc::c_int, arg: i32) -> Result<Vec<libc::kinfo_proc>, Errno> {
+    let mib = [libc::CTL_KERN, libc::KERN_PROC, what, arg];
+    let record = std::mem::size_of::<libc::kinfo_proc>();
+    // Room for a group of this many members; a larger group is a failure (EINVAL below).
+    let mut procs: Vec<libc::kinfo_proc> =
+        Vec::with_capacity(if what == libc::KERN_PROC_PID { 1 } else { 4096 });
+    let mut len: libc::size_t = procs.capacity() * record;
+    // SAFETY: sysctl(3) writes at most `len` bytes into the vector's spare capacity, which is
+    // that large, and sets `len` to what it wrote; `mib` lives for the call.
+    let ret = unsafe {
+        libc::sysctl(
+            mib.as_ptr(),
+            4,
+            procs.as_mut_ptr().cast(),
+            &mut len,
+            std::ptr::null(),
+            0,
+        )
+    };
+    if ret != 0 {
+        return Err(Errno::last());
+    }
+    if len % record != 0 {
+        return Err(Errno::EINVAL);
+    }
+    // SAFETY: the kernel wrote `len / record` whole records into the spare capacity.
+    unsafe { procs.set_len(len / record) };
+    Ok(procs)
+}
+
+/// The pids in process group `pgid`, by the per-platform reader.
+#[cfg(target_os = "linux")]
+pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if super::getpgid(pid) == Ok(pgid) {
+            found.extend(u32::try_from(pid).ok());
+        }
+    }
+    Ok(found)
+}
+
+/// The pids in process group `pgid`: `proc_listpgrppids` (macOS; not run by CI).
+#[cfg(target_os = "macos")]
+pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
+    let mut pids: Vec<libc::pid_t> = vec![0; 4096];
+    let size = libc::c_int::try_from(pids.len() * std::mem::size_of::<libc::pid_t>())
+        .map_err(|_| io::Error::from(Errno::EINVAL))?;
+    // SAFETY: proc_listpgrppids writes at most `size` bytes of pids into the vector, which
+    // is that large, and returns how many it wrote.
+    let count = unsafe { libc::proc_listpgrppids(pgid, pids.as_mut_ptr().cast(), size) };
+    let count = usize::try_from(count).map_err(|_| io::Error::last_os_error())?;
+    pids.truncate(count);
+    Ok(pids
+        .into_iter()
+        .filter_map(|p| u32::try_from(p).ok())
+        .filter(|&p| p != 0)
+        .collect())
+}
+
+/// The pids in process group `pgid`: `sysctl(KERN_PROC_PGRP)` (FreeBSD; not run by CI).
+#[cfg(target_os = "freebsd")]
+pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
+    Ok(kinfo_procs(libc::KERN_PROC_PGRP, pgid)?
+        .iter()
+        .filter_map(|p| u32::try_from(p.ki_pid).ok())
+        .collect())
+}
+
+/// The exec'd supervisor does not exist in this backend.
+pub(crate) fn exec_supervisor_available() -> bool {
+    false
+}
+
+/// What `sys/respawn.rs` hands back on Linux; never made here.
+pub(crate) struct Respawned {
+    pub leader: Child,
+    pub supervisor: u32,
+}
+
+// The supervisor protocol's constants, so that the supervised tiers' code compiles here
+// (it never runs: spawning them fails first). The values are `sys/supervise.rs`'s.
+pub(crate) const MSG_LEN: usize = 5;
+pub(crate) const TAG_PID: u8 = b'P';
+pub(crate) const TAG_STATUS: u8 = b'S';
+pub(crate) const TAG_ESCAPEE: u8 = b'E';
+pub(crate) const TAG_FAILED: u8 = b'F';
+pub(crate) const TAG_STUCK: u8 = b'T';
+pub(crate) const TAG_DONE: u8 = b'D';
+pub(crate) const CMD_TEARDOWN: u8 = b'K';
+pub(crate) const TEARDOWN_BOUND_MS: i64 = 4_500;
