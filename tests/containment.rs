@@ -1,6 +1,11 @@
 //! Containment tiers on real processes: what each tier catches, with negative controls that
 //! show the plain `Group` tier leaking where the stronger tiers do not.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;

@@ -4,6 +4,11 @@
 //! proves, by scanning /proc, that none of them survives `shutdown()` or Drop. These tests
 //! only ever signal groups they created (through the crate), so they run in the test process.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::io::{BufRead, BufReader, Read};

@@ -6,6 +6,11 @@
 //! `RLIMIT_NOFILE`) runs in a role, a re-executed copy of this binary; what forces pid
 //! reuse runs in the PID-namespace sandbox, where `ns_last_pid` may be written.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;

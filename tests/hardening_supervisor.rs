@@ -4,6 +4,11 @@
 //! ignored, closed stdio, a fork that never execs, a test binary that dies) are set up in a
 //! re-executed copy of this binary (a "role").
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;

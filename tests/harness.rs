@@ -2,6 +2,11 @@
 //! port, captured output (in `Teardown`, in readiness errors, and printed when a test
 //! fails), waits through `&self` (shared fixtures, `Arc<SpawnedGroup>`), and clearer errors.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::io::{ErrorKind, Read, Write};

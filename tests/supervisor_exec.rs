@@ -2,6 +2,11 @@
 //! memory, and the leader gets the `Command` exactly as std would give it in the `Group`
 //! tier (signal mask, `pre_exec` hooks in the leader, `env_clear`, `arg0`, cwd).
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;

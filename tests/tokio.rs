@@ -5,6 +5,11 @@
 //! Every process carries this test's `PGROUP_LEAK_MARKER`, and every scenario ends with
 //! `assert_no_leaks`.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 #![cfg(feature = "tokio")]
 
 mod support;
