@@ -88,6 +88,7 @@
 /// use std::process::Command;
 /// use pgroup::{Builder, Containment};
 ///
+/// # if !Containment::Supervised.is_available() { return Ok(()); }
 /// // `setsid sleep` leaves the group; the supervisor still kills it.
 /// let group = Builder::new()
 ///     .containment(Containment::Supervised)
@@ -109,4 +110,32 @@ pub enum Containment {
     /// The supervisor is init of a new PID namespace: nothing can escape, and the kernel kills
     /// everything in it when the supervisor goes.
     Namespace,
+}
+
+impl Containment {
+    /// Whether this build of the crate offers the tier: every tier with the Linux backend;
+    /// only [`Containment::Group`] with the portable backend (macOS, FreeBSD, and Linux
+    /// under `--cfg pgroup_portable`), where spawning a supervised tier fails with
+    /// [`std::io::ErrorKind::Unsupported`] and never falls back to a weaker tier. A cross-platform
+    /// test suite can choose its tier with it. (`Namespace` may still fail at spawn where
+    /// no PID namespace can be made: see [`Containment::Namespace`].)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pgroup::Containment;
+    ///
+    /// assert!(Containment::Group.is_available());
+    /// // The strongest tier this platform has, for a server shared by many tests.
+    /// let tier = if Containment::Supervised.is_available() {
+    ///     Containment::Supervised
+    /// } else {
+    ///     Containment::Group
+    /// };
+    /// # let _ = tier;
+    /// ```
+    #[must_use]
+    pub const fn is_available(self) -> bool {
+        matches!(self, Containment::Group) || !crate::sys::PORTABLE
+    }
 }

@@ -532,6 +532,7 @@ pub struct Teardown {
 /// use std::process::Command;
 /// use pgroup::{Builder, Containment};
 ///
+/// # if !Containment::Supervised.is_available() { return Ok(()); }
 /// let group = Builder::new()
 ///     .containment(Containment::Supervised)
 ///     .spawn(Command::new("sh").args(["-c", "setsid sleep 30 & sleep 30"]))?;
@@ -682,6 +683,12 @@ impl SpawnedGroup {
         } else {
             "its leader was reaped by someone else, and this kernel (before Linux 6.9) has no \
              PIDFD_SIGNAL_PROCESS_GROUP to reach the group without its number"
+        };
+        let why = if sys::PORTABLE && !self.torn_down {
+            "its leader was reaped by someone else, and the portable backend can reach the \
+             group only by its number"
+        } else {
+            why
         };
         io::Error::other(format!(
             "{}: the group id is no longer pinned ({why}), so it is not signalled",

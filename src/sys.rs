@@ -535,7 +535,7 @@ mod tests {
     /// and `try_wait` answered "running" once in between.
     #[test]
     fn read_available_reports_end_of_file_after_data() {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let (read, write) = pipe().expect("pipe");
         nix::fcntl::fcntl(
             &read,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

@@ -91,6 +91,9 @@ fn rss_role(_logs: support::Logs<'_>) -> i32 {
 /// measurement sees such a copy.
 #[rstest]
 fn the_supervisor_holds_none_of_the_test_binarys_memory(#[values(true, false)] exec: bool) {
+    if support::tier_unavailable(Containment::Supervised) {
+        return;
+    }
     let marker = support::marker("rss");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let mut cmd = support::role_command("rss");
@@ -124,6 +127,9 @@ fn the_supervisor_holds_none_of_the_test_binarys_memory(#[values(true, false)] e
 /// waits for SIGCHLD hung).
 #[test]
 fn the_leader_gets_the_callers_signal_mask() {
+    if support::tier_unavailable(Containment::Supervised) {
+        return;
+    }
     let marker = support::marker("mask");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     // This test's own thread only: SIGUSR2 blocked while it spawns.
@@ -166,6 +172,9 @@ fn the_leader_gets_the_callers_signal_mask() {
 fn a_pre_exec_hook_runs_in_the_leader(
     #[values(Containment::Group, Containment::Supervised)] tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("hook");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let (read, write): (OwnedFd, OwnedFd) =
@@ -201,6 +210,9 @@ fn env_clear_arg0_and_cwd_reach_the_leader(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("cmdcfg");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let dir = tempfile::tempdir().expect("tempdir");

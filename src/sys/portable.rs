@@ -46,8 +46,41 @@ pub(crate) struct Pidfd {
     /// Whether the process was our child when this was opened: only then does `waitid`
     /// answer for it, and only then may it be signalled by number (while unreaped).
     child: bool,
-    /// Dropped with this value; the watcher stops watching once it cannot upgrade it.
-    _alive: Arc<()>,
+    /// Its start time, as the platform's reader gives it, when it could be read: `waitid`
+    /// answers for a *pid*, and a leader reaped behind our back may have left its number to
+    /// a new child of ours. A different start time says so.
+    start: Option<u64>,
+    /// The watcher's entry for this process goes when this value drops.
+    alive: Arc<()>,
+}
+
+impl Drop for Pidfd {
+    /// Stops the watch at once, closing the pipe's write end with it: a dropped handle
+    /// leaves no descriptor behind.
+    fn drop(&mut self) {
+        let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
+        let me = Arc::downgrade(&self.alive);
+        watcher.watched.retain(|w| !w.alive.ptr_eq(&me));
+    }
+}
+
+/// Whether `pid` is still the process that started at `start` (`true` when either cannot
+/// be read: macOS cannot read a zombie, and `waitid` remains the pin).
+fn same_process(pid: libc::pid_t, start: Option<u64>) -> bool {
+    match (start, proc_info(pid)) {
+        (Some(start), Ok(info)) => info.start == start,
+        _ => true,
+    }
+}
+
+/// `waitid_peek` of our child `pid`, `ECHILD` also when the number now names another
+/// process than the one that started at `start`.
+fn peek_child(pid: libc::pid_t, start: Option<u64>) -> Result<Option<ExitStatus>, Errno> {
+    let status = waitid_peek(pid)?;
+    if !same_process(pid, start) {
+        return Err(Errno::ECHILD);
+    }
+    Ok(status)
 }
 
 impl AsFd for Pidfd {
@@ -60,6 +93,7 @@ impl AsFd for Pidfd {
 struct Watched {
     pid: libc::pid_t,
     child: bool,
+    start: Option<u64>,
     /// The pipe's write end, held to be dropped: closing it makes the [`Pidfd`] readable.
     _write: OwnedFd,
     alive: Weak<()>,
@@ -99,7 +133,7 @@ fn watch_loop() {
     loop {
         watcher.watched.retain(|w| {
             // Dropping the entry closes the write end: the `Pidfd` becomes readable.
-            w.alive.strong_count() > 0 && !has_exited(w.pid, w.child)
+            w.alive.strong_count() > 0 && !has_exited(w.pid, w.child, w.start)
         });
         if watcher.kicked {
             watcher.kicked = false;
@@ -120,9 +154,9 @@ fn watch_loop() {
 
 /// Whether the process has exited: for our child, `waitid(WNOWAIT)` sees its exit or says
 /// it was reaped (`ECHILD`); for another process, it is gone or a zombie.
-fn has_exited(pid: libc::pid_t, child: bool) -> bool {
+fn has_exited(pid: libc::pid_t, child: bool, start: Option<u64>) -> bool {
     if child {
-        !matches!(waitid_peek(pid), Ok(None))
+        !matches!(peek_child(pid, start), Ok(None))
     } else {
         proc_info(pid).map_or(true, |info| info.zombie)
     }
@@ -138,9 +172,11 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
         Err(Errno::ECHILD) => false,
         Err(e) => return Err(e.into()),
     };
-    if !child && proc_info(pid).is_err() {
+    let info = proc_info(pid);
+    if !child && info.is_err() {
         return Err(Errno::ESRCH.into());
     }
+    let start = info.ok().map(|i| i.start);
     let (read, write) = super::pipe()?;
     let alive = Arc::new(());
     let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
@@ -153,6 +189,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     watcher.watched.push(Watched {
         pid,
         child,
+        start,
         _write: write,
         alive: Arc::downgrade(&alive),
     });
@@ -162,7 +199,8 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
         fd: read,
         pid,
         child,
-        _alive: alive,
+        start,
+        alive,
     })
 }
 
@@ -216,7 +254,7 @@ pub(crate) fn peek_exit(pidfd: &Pidfd) -> io::Result<Option<ExitStatus>> {
     if !pidfd.child {
         return Err(Errno::ECHILD.into());
     }
-    Ok(waitid_peek(pidfd.pid)?)
+    Ok(peek_child(pidfd.pid, pidfd.start)?)
 }
 
 /// `pidfd_send_signal` of this backend. There is no group signal by handle: `group` fails
@@ -231,7 +269,7 @@ pub(crate) fn pidfd_send_signal(
     if group {
         return Err(Errno::EINVAL);
     }
-    if !pidfd.child || waitid_peek(pidfd.pid).is_err() {
+    if !pidfd.child || peek_child(pidfd.pid, pidfd.start).is_err() {
         return Err(Errno::ESRCH);
     }
     kick();
@@ -246,6 +284,9 @@ pub(crate) struct ProcInfo {
     pub ppid: i32,
     pub pgid: i32,
     pub zombie: bool,
+    /// When it started, in the platform's unit (ticks since boot, or microseconds since
+    /// the epoch): with the pid, it names one process.
+    pub start: u64,
 }
 
 /// A process's parent, group and state, from `/proc/<pid>/stat` (Linux under
@@ -263,6 +304,7 @@ pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
         ppid: stat.ppid,
         pgid: stat.pgrp,
         zombie: stat.state == 'Z',
+        start: stat.starttime,
     })
 }
 
@@ -297,6 +339,10 @@ pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
         ppid: i32::try_from(info.pbi_ppid).map_err(|_| Errno::EINVAL)?,
         pgid: i32::try_from(info.pbi_pgid).map_err(|_| Errno::EINVAL)?,
         zombie: info.pbi_status == libc::SZOMB,
+        start: info
+            .pbi_start_tvsec
+            .saturating_mul(1_000_000)
+            .saturating_add(info.pbi_start_tvusec),
     })
 }
 
@@ -310,6 +356,10 @@ pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
         ppid: info.ki_ppid,
         pgid: info.ki_pgid,
         zombie: info.ki_stat == libc::SZOMB,
+        start: u64::try_from(info.ki_start.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(info.ki_start.tv_usec).unwrap_or(0)),
     })
 }
 
@@ -413,3 +463,96 @@ pub(crate) const TAG_STUCK: u8 = b'T';
 pub(crate) const TAG_DONE: u8 = b'D';
 pub(crate) const CMD_TEARDOWN: u8 = b'K';
 pub(crate) const TEARDOWN_BOUND_MS: i64 = 4_500;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Command;
+    use std::time::Instant;
+
+    fn readable(fd: &Pidfd, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if super::super::poll_readable(&[fd.as_fd()], Some(left)).expect("poll")[0] {
+                return true;
+            }
+            if left.is_zero() {
+                return false;
+            }
+        }
+    }
+
+    /// The exit notification of our own child: not readable while it runs, readable once it
+    /// has exited, and the status is read without reaping it (`waitid(WNOWAIT)` answers
+    /// again). The child is signalled through the handle, by its pid, only while unreaped.
+    #[test]
+    fn a_child_is_watched_pinned_and_signalled_by_pid() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pidfd = pidfd_open(child.id()).expect("pidfd_open");
+        assert!(pidfd.child);
+        assert!(!readable(&pidfd, Duration::from_millis(20)), "runs");
+        assert_eq!(peek_exit(&pidfd).expect("peek"), None);
+        // No group signal by handle: EINVAL, as before Linux 6.9.
+        assert_eq!(
+            pidfd_send_signal(&pidfd, Some(Signal::SIGKILL), true),
+            Err(Errno::EINVAL)
+        );
+        pidfd_send_signal(&pidfd, Some(Signal::SIGKILL), false).expect("kill by pid");
+        assert!(readable(&pidfd, Duration::from_secs(10)), "exit noticed");
+        let status = peek_exit(&pidfd).expect("peek").expect("exited");
+        assert_eq!(status.signal(), Some(9));
+        // Still unreaped: the status is there again, and std reaps it now.
+        assert_eq!(peek_exit(&pidfd).expect("peek again"), Some(status));
+        assert_eq!(child.wait().expect("reap").signal(), Some(9));
+        // Reaped: no longer pinned, so nothing is signalled by its number.
+        assert_eq!(
+            pidfd_send_signal(&pidfd, Some(Signal::SIGKILL), false),
+            Err(Errno::ESRCH)
+        );
+        assert!(peek_exit(&pidfd).is_err());
+    }
+
+    /// A process that is not our child (here: our parent, which outlives the test) is watched
+    /// by the platform's reader, and is never signalled through the handle.
+    #[test]
+    fn another_process_is_watched_but_never_signalled() {
+        let parent = u32::try_from(nix::unistd::getppid().as_raw()).expect("pid");
+        if parent == 0 {
+            // The parent lies outside our PID namespace: nothing to watch by pid here.
+            assert!(pidfd_open(parent).is_err());
+            return;
+        }
+        let pidfd = pidfd_open(parent).expect("pidfd_open");
+        assert!(!pidfd.child);
+        assert!(!readable(&pidfd, Duration::from_millis(20)), "alive");
+        assert_eq!(
+            pidfd_send_signal(&pidfd, None, false),
+            Err(Errno::ESRCH),
+            "not our child: never signalled by number"
+        );
+        assert_eq!(
+            peek_exit(&pidfd).map_err(|e| e.raw_os_error()),
+            Err(Some(libc::ECHILD))
+        );
+    }
+
+    /// The reader: our own parent and group, and a pid that does not exist.
+    #[test]
+    fn the_reader_reads_our_own_process() {
+        let me = nix::unistd::getpid().as_raw();
+        let info = proc_info(me).expect("proc_info of ourselves");
+        assert_eq!(info.ppid, nix::unistd::getppid().as_raw());
+        assert_eq!(info.pgid, nix::unistd::getpgrp().as_raw());
+        assert!(!info.zombie);
+        assert!(group_members(info.pgid)
+            .expect("members")
+            .contains(&u32::try_from(me).expect("pid")));
+        // Above PID_MAX_LIMIT: no such process.
+        assert!(proc_info(4_194_305).is_err());
+    }
+}
