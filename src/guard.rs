@@ -109,7 +109,8 @@ pub const GUARD_RULES: &[GuardRule] = &[
     GuardRule {
         reason: "ancestor_pgroup",
         refuses: "the group of any ancestor process up to init, as it is at the call (Linux: \
-                  the chain of pids through /proc, each one's group with getpgid)",
+                  the chain of pids through /proc; macOS: proc_pidinfo; FreeBSD: sysctl \
+                  KERN_PROC_PID; each one's group with getpgid)",
         why: "ancestors are the shells, multiplexers, editors and terminal emulators the run \
               was started from; none of them is ever a group a test created",
     },
@@ -117,8 +118,8 @@ pub const GUARD_RULES: &[GuardRule] = &[
         reason: "guard_unverifiable",
         refuses: "every pgid, whenever a rule above cannot be checked",
         why: "the guard fails closed: when /proc is missing or belongs to another PID \
-              namespace, or the parent vanished mid-check, it cannot prove the target is \
-              safe, so it does not signal",
+              namespace, the platform's reader cannot read an ancestor, or the parent \
+              vanished mid-check, it cannot prove the target is safe, so it does not signal",
     },
 ];
 
