@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 use procfs::process::Process;
 
 use crate::{sys, Pgid, Signal};
@@ -423,7 +423,7 @@ fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
 
 /// Reads the chain of ancestors above the parent from /proc, checking first that /proc
 /// belongs to the caller's PID namespace.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     let proc_err = |what: &'static str| {
         move |e: procfs::ProcError| {
@@ -470,12 +470,24 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     Ok(ancestors)
 }
 
-/// Reads the chain of ancestors above the parent with the platform's reader
-/// (`sys::proc_info`: `proc_pidinfo` on macOS, `sysctl(KERN_PROC_PID)` on FreeBSD). A process
-/// it cannot read makes the guard refuse (fail closed). No ancestor counts as a session
-/// leader, so each one's group is asked afresh on every call.
-#[cfg(not(target_os = "linux"))]
-fn walk_ancestors(_me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
+/// The portable backend's walk: reads the chain of ancestors above the parent with the
+/// platform's reader (`sys::proc_info`: `proc_pidinfo` on macOS, `sysctl(KERN_PROC_PID)` on
+/// FreeBSD, /proc on Linux under `--cfg pgroup_portable`), checking first that the reader's
+/// pids are the caller's (a /proc of another PID namespace). A process it cannot read makes
+/// the guard refuse (fail closed). No ancestor counts as a session leader, so each one's
+/// group is asked afresh on every call.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
+    match sys::reader_sees(me) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Refusal::Unverifiable {
+                what: "ancestors: the process reader (/proc) belongs to another PID namespace",
+                errno: 0,
+            })
+        }
+        Err(e) => return Err(unverifiable("the process reader (is /proc mounted?)", e)),
+    }
     let read = |pid: i32| sys::proc_info(pid).map_err(|e| unverifiable("an ancestor", e));
     let mut ancestors = Vec::new();
     // The parent's own group is the parent rule's; the chain starts above it.

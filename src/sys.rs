@@ -57,8 +57,8 @@ pub(crate) use supervise::{
 
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 pub(crate) use portable::group_members;
-#[cfg(not(target_os = "linux"))]
-pub(crate) use portable::proc_info;
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) use portable::{proc_info, reader_sees};
 
 /// A handle on one process that becomes readable once it has exited: a pidfd on Linux, the
 /// portable backend's exit notification elsewhere (see `sys/portable.rs`).

@@ -103,13 +103,16 @@ struct Watcher {
     watched: Vec<Watched>,
     /// Set by a spawn or a signal: poll at the shortest interval again.
     kicked: bool,
-    started: bool,
+    /// The process whose thread polls (0: none yet). A fork of the test binary that uses
+    /// the crate starts its own: threads do not survive `fork`, and the entries it
+    /// inherited are its parent's.
+    started_by: libc::pid_t,
 }
 
 static WATCHER: Mutex<Watcher> = Mutex::new(Watcher {
     watched: Vec::new(),
     kicked: false,
-    started: false,
+    started_by: 0,
 });
 static WAKE: Condvar = Condvar::new();
 
@@ -180,11 +183,13 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     let (read, write) = super::pipe()?;
     let alive = Arc::new(());
     let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
-    if !watcher.started {
+    let me = nix::unistd::getpid().as_raw();
+    if watcher.started_by != me {
+        watcher.watched.clear();
         std::thread::Builder::new()
             .name("pgroup-exit-watcher".into())
             .spawn(watch_loop)?;
-        watcher.started = true;
+        watcher.started_by = me;
     }
     watcher.watched.push(Watched {
         pid,
@@ -276,10 +281,33 @@ pub(crate) fn pidfd_send_signal(
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pidfd.pid), signal)
 }
 
-/// What the per-platform reader tells about a process. (On Linux only `zombie` is read: the
-/// guard's ancestor rule reads /proc itself there.)
+/// Whether the reader's pids are the caller's: on Linux, /proc may belong to another PID
+/// namespace, whose `/proc/self` is then not the caller's pid `me`. Elsewhere there is one
+/// namespace of pids.
+#[cfg(target_os = "linux")]
+pub(crate) fn reader_sees(me: i32) -> Result<bool, Errno> {
+    let own = procfs::process::Process::myself().map_err(proc_errno)?;
+    Ok(own.pid == me)
+}
+
+/// See the Linux version: always true here.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn reader_sees(_me: i32) -> Result<bool, Errno> {
+    Ok(true)
+}
+
+/// The errno a `procfs` error stands for.
+#[cfg(target_os = "linux")]
+fn proc_errno(e: procfs::ProcError) -> Errno {
+    match e {
+        procfs::ProcError::NotFound(_) => Errno::ESRCH,
+        procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
+        _ => Errno::EIO,
+    }
+}
+
+/// What the per-platform reader tells about a process.
 #[derive(Debug, Clone, Copy)]
-#[cfg_attr(target_os = "linux", allow(dead_code))]
 pub(crate) struct ProcInfo {
     pub ppid: i32,
     pub pgid: i32,
@@ -295,11 +323,7 @@ pub(crate) struct ProcInfo {
 pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
     let stat = procfs::process::Process::new(pid)
         .and_then(|p| p.stat())
-        .map_err(|e| match e {
-            procfs::ProcError::NotFound(_) => Errno::ESRCH,
-            procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
-            _ => Errno::EIO,
-        })?;
+        .map_err(proc_errno)?;
     Ok(ProcInfo {
         ppid: stat.ppid,
         pgid: stat.pgrp,
