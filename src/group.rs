@@ -1491,9 +1491,7 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
     // handed out. (A process older than the leader that joins its group with `setpgid` is
     // missed.) When few pids were handed out since, each is asked directly; otherwise /proc
     // is listed, and the older processes in it (most of a machine's) are skipped.
-    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
+    let last = last_pid();
     let mut found = Vec::new();
     let mut consider = |pid: u32| {
         let Ok(raw) = i32::try_from(pid) else {
@@ -1539,6 +1537,9 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
             }
         }
     }
+    if found.is_empty() {
+        return Ok(found);
+    }
     // Members that have exited already (zombies not yet reaped by their new parent) are
     // members still, but nothing to wait for.
     let exited = sys::poll_readable(
@@ -1548,6 +1549,20 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
     let mut exited = exited.into_iter();
     found.retain(|_| !exited.next().unwrap_or(false));
     Ok(found)
+}
+
+/// The last pid handed out in this PID namespace (`/proc/sys/kernel/ns_last_pid`), with one
+/// open, one read and a close: a number and a newline always fit the buffer, so no second
+/// read (nor `std::fs::read_to_string`'s `statx` for a size hint) is needed.
+fn last_pid() -> Option<u32> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    let n = std::fs::File::open("/proc/sys/kernel/ns_last_pid")
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+    // A complete reading ends with its newline.
+    text.strip_suffix('\n')?.parse().ok()
 }
 
 /// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The

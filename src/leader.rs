@@ -934,24 +934,50 @@ fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
 /// `/proc/<pid>/task/<tid>/children`, so the cost grows with the tree and never with the
 /// number of processes on the machine. `visit` answers whether to go on below that process,
 /// or to stop the walk. Processes that exit meanwhile are skipped.
+///
+/// Teardown runs this before SIGTERM, so it is read directly rather than through procfs's
+/// `Process::tasks`/`Task::children` (issue 14: 16 syscalls per process there, 8 here: the
+/// task directory's open, two `getdents64` and close, then per thread an open, two reads
+/// and a close). The `children` file is a list of decimal pids separated by spaces, which
+/// needs no parser.
 pub(crate) fn walk_descendants(root: u32, mut visit: impl FnMut(u32) -> ControlFlow<(), bool>) {
     let mut queue = vec![root];
+    let mut list = Vec::new();
     while let Some(pid) = queue.pop() {
-        let Ok(process) = i32::try_from(pid)
-            .map_err(drop)
-            .and_then(|p| Process::new(p).map_err(drop))
-        else {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
-        let Ok(tasks) = process.tasks() else { continue };
         for task in tasks.flatten() {
-            for child in task.children().unwrap_or_default() {
+            if read_children(&task.path().join("children"), &mut list).is_err() {
+                continue;
+            }
+            let children = list
+                .split(u8::is_ascii_whitespace)
+                .filter_map(|pid| std::str::from_utf8(pid).ok()?.parse::<u32>().ok());
+            for child in children {
                 match visit(child) {
                     ControlFlow::Break(()) => return,
                     ControlFlow::Continue(true) => queue.push(child),
                     ControlFlow::Continue(false) => {}
                 }
             }
+        }
+    }
+}
+
+/// Reads a `children` file of /proc into `list` (cleared first) with plain reads into a
+/// buffer on the stack: no `fstat` or `lseek` for a size hint, which /proc cannot give.
+fn read_children(path: &std::path::Path, list: &mut Vec<u8>) -> io::Result<()> {
+    use std::io::Read;
+    list.clear();
+    let mut file = std::fs::File::open(path)?;
+    let mut chunk = [0u8; 4096];
+    loop {
+        match file.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => list.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
