@@ -198,10 +198,18 @@ fn guard_row() -> io::Result<Row> {
 /// The ancestors above the parent whose group the guard asks with `getpgid` on every call:
 /// those that do not lead their session (a session leader's group is its pid for life).
 fn ancestors_asked() -> Vec<i32> {
-    let read = |pid: i32| procfs::process::Process::new(pid).and_then(|p| p.stat()).ok();
+    let read = |pid: i32| {
+        procfs::process::Process::new(pid)
+            .and_then(|p| p.stat())
+            .ok()
+    };
     let mut asked = Vec::new();
     let parent = nix::unistd::getppid().as_raw();
-    let mut next = if parent > 1 { read(parent).map_or(0, |s| s.ppid) } else { 0 };
+    let mut next = if parent > 1 {
+        read(parent).map_or(0, |s| s.ppid)
+    } else {
+        0
+    };
     while next > 0 {
         let Some(stat) = read(next) else { break };
         if stat.session != stat.pid {
@@ -689,7 +697,10 @@ fn main() -> io::Result<()> {
     if std::env::var_os("PGROUP_REPORT_GUARD_ONLY").is_some() {
         // Only the guard's row, under the same 5 nested shells and idle processes.
         let row = &rows[0];
-        println!("{}: {} | {} | {}", row.name, row.ours, row.comparison, row.ratio);
+        println!(
+            "{}: {} | {} | {}",
+            row.name, row.ours, row.comparison, row.ratio
+        );
         return Ok(());
     }
     let raw = support::raw_cycle;

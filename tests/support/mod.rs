@@ -295,6 +295,7 @@ fn unshare_command(
     }
     cmd.arg(role_cmd.get_program())
         .args(role_cmd.get_args())
+        .env(OUTER_PID_NS_VAR, own_pid_namespace())
         .env(ROLE_VAR, role)
         .env(MARKER_VAR, marker)
         .stdin(Stdio::null())
@@ -588,6 +589,40 @@ pub fn own_mount_namespace() -> String {
     std::fs::read_link("/proc/self/ns/mnt")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Set on every sandbox's command: the PID namespace of the test process outside it.
+const OUTER_PID_NS_VAR: &str = "PGROUP_OUTER_PID_NS";
+
+/// This process's PID namespace (`/proc/self/ns/pid`'s link, such as `pid:[4026531836]`),
+/// or an empty string if it cannot be read.
+pub fn own_pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether this process runs in a PID namespace other than the test process's that entered
+/// the sandbox: the only place an unguarded `killpg` (a negative control) may run. `false`
+/// when either namespace cannot be read.
+pub fn inside_pid_sandbox() -> bool {
+    let outer = env::var(OUTER_PID_NS_VAR).unwrap_or_default();
+    let own = own_pid_namespace();
+    !outer.is_empty() && !own.is_empty() && own != outer
+}
+
+/// Fails closed before an unguarded `killpg` of a negative control: panics (the role exits
+/// without signalling) unless [`inside_pid_sandbox`] holds, so that a role started by hand
+/// outside the sandbox, or a sandbox that silently failed to make its namespace, can never
+/// reach the machine's processes.
+pub fn assert_inside_pid_sandbox() {
+    assert!(
+        inside_pid_sandbox(),
+        "refusing an unguarded killpg outside the PID-namespace sandbox (this process's PID \
+         namespace {:?}, the test process's {:?})",
+        own_pid_namespace(),
+        env::var(OUTER_PID_NS_VAR).unwrap_or_default()
+    );
 }
 
 /// Whether this process runs as PID 1 of a PID namespace and in a mount namespace other than
