@@ -149,8 +149,8 @@ fn a_tree_of_grandchildren_is_torn_down(#[values(End::Shutdown, End::Drop)] how:
     assert_eq!(support::marked_alive(&marker).len(), 10);
     if let Some(report) = end(group, how) {
         assert!(!report.sigkill_needed, "{report:?}");
+        // Everything exited within the grace period (no clock: `sigkill_needed` says it).
         assert_eq!(report.descendants_seen, 9, "{report:?}");
-        assert!(report.elapsed < SHORT_GRACE, "{report:?}");
     }
     support::assert_no_leaks(&marker);
 }
@@ -213,7 +213,6 @@ fn stopped_processes_are_continued_and_torn_down(#[values(End::Shutdown, End::Dr
     if let Some(report) = end(group, how) {
         // SIGCONT after SIGTERM: both act on TERM at once, well inside the grace period.
         assert!(!report.sigkill_needed, "{report:?}");
-        assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
         assert_eq!(report.status.to_string(), "signal: 15 (SIGTERM)");
     }
     support::assert_no_leaks(&marker);
