@@ -1190,7 +1190,7 @@ impl fmt::Debug for SpawnedGroup {
 
 /// How long teardown waits, after the reap, for the captured pipes to reach end of file: only
 /// a process that left the group and still holds them makes it wait that long.
-const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
+pub(crate) const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
 
 /// Whether std's `Debug` of `cmd` (its alternate form, which lists the settings) shows a
 /// `process_group`. Std has no getter for it; where the form does not show it, the spawn's
@@ -1381,7 +1381,7 @@ impl SpawnedGroup {
     }
 
     /// The captured output, for the async front end (`Capture::next_lines`).
-    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async front end's
     pub(crate) fn capture(&self) -> Option<&output::Capture> {
         self.capture.as_ref().map(Reader::capture)
     }
