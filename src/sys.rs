@@ -340,14 +340,24 @@ pub(crate) fn peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>>
 
 /// Makes `cmd` call `setsid(2)` in the child before exec: a new session whose leader is the
 /// child, and so also a new process group with the child as leader.
+///
+/// std keeps a `pre_exec` hook for every later spawn of the same `Command`, so a `Command`
+/// spawned again carries this hook twice: the hook does nothing in a child that already
+/// leads its own session (an earlier copy of it ran), where `setsid` would fail with `EPERM`.
 pub(crate) fn set_new_session(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child between fork and exec. It calls only
-    // setsid(2), which is async-signal-safe, and builds the error from a raw errno without
-    // allocating; it takes no lock and touches no state shared with the parent.
+    // getpid(2), getsid(2) and setsid(2), which are async-signal-safe, and builds the error
+    // from a raw errno without allocating; it takes no lock and touches no state shared with
+    // the parent.
     unsafe {
-        cmd.pre_exec(|| match unistd::setsid() {
-            Ok(_) => Ok(()),
-            Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+        cmd.pre_exec(|| {
+            if unistd::getsid(None) == Ok(unistd::getpid()) {
+                return Ok(());
+            }
+            match unistd::setsid() {
+                Ok(_) => Ok(()),
+                Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+            }
         });
     }
 }

@@ -514,3 +514,31 @@ fn the_leak_detector_sees_a_live_marked_process() {
     child.wait().expect("reap");
     support::assert_no_leaks(&marker);
 }
+
+/// A `Command` spawned again (a loop, a fixture that respawns its server) works in every tier
+/// with a new session too: the hook that the first spawn added to it (`setsid` in the child)
+/// does not make the second spawn fail with `EPERM`.
+#[rstest]
+fn a_command_spawned_twice_with_a_new_session_works(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("respawn-session");
+    let mut cmd = support::marked(&marker, "sleep", &["1000"]);
+    for round in 1..=2 {
+        let group = Builder::new()
+            .containment(tier)
+            .new_session(true)
+            .spawn(&mut cmd)
+            .unwrap_or_else(|e| panic!("{tier:?}, spawn number {round}: {e}"));
+        let pid = i32::try_from(group.id()).expect("pid");
+        let stat = Process::new(pid).and_then(|p| p.stat()).expect("stat");
+        assert_eq!(
+            (stat.session, stat.pgrp),
+            (pid, pid),
+            "{tier:?}, spawn {round}"
+        );
+        group.shutdown().expect("shutdown");
+    }
+    support::assert_no_leaks(&marker);
+}
