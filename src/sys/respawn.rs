@@ -85,6 +85,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::process::{Child, Command};
 use std::ptr;
+use std::sync::Mutex;
 
 use nix::libc::{self, c_int, c_void, pid_t};
 
@@ -102,6 +103,12 @@ const GUARD_LEN: usize = 4096;
 const BITS_LEN: usize = supervise::PID_BITS / 8;
 const MAP_LEN: usize = GUARD_LEN + STACK_LEN + TLS_LEN + BITS_LEN;
 
+/// Mappings of reaped supervisors kept for the next spawns: their stack pages are already
+/// faulted in, and no `munmap` (with its TLB shootdown across the test binary's threads)
+/// runs per spawn.
+static POOL: Mutex<Vec<Mapping>> = Mutex::new(Vec::new());
+const POOL_MAX: usize = 8;
+
 /// Whether the shared-memory supervisor can be used here.
 pub(crate) fn available() -> bool {
     raw::SUPPORTED && std::env::var_os("PGROUP_EXEC_SUPERVISOR").is_none_or(|v| v != "off")
@@ -117,6 +124,40 @@ struct Mapping {
 unsafe impl Send for Mapping {}
 
 impl Mapping {
+    /// A mapping from the pool, its bitmap cleared, or a new one.
+    fn take() -> io::Result<Mapping> {
+        let pooled = POOL.lock().ok().and_then(|mut pool| pool.pop());
+        match pooled {
+            Some(mapping) => {
+                // SAFETY: the bitmap is inside our own mapping, which no process uses (it
+                // came back from a reaped supervisor); MADV_DONTNEED makes it read as zeros.
+                unsafe {
+                    libc::madvise(
+                        mapping.at(GUARD_LEN + STACK_LEN + TLS_LEN).cast(),
+                        BITS_LEN,
+                        libc::MADV_DONTNEED,
+                    );
+                }
+                Ok(mapping)
+            }
+            None => Mapping::new(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`Mapping::unmap`].
+    unsafe fn release(self) {
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(self);
+                return;
+            }
+        }
+        // SAFETY: the caller vouches that nothing uses it.
+        unsafe { self.unmap() };
+    }
+
     fn new() -> io::Result<Mapping> {
         // SAFETY: a new anonymous private mapping, placed by the kernel, checked against
         // MAP_FAILED; the lowest page becomes a guard page (an overflow faults instead of
@@ -196,7 +237,7 @@ impl SharedSupervisor {
             if let Some(mapping) = self.mapping.take() {
                 // SAFETY: reaped (or reaped by someone else: ECHILD), so it has left the
                 // address space.
-                unsafe { mapping.unmap() };
+                unsafe { mapping.release() };
             }
         }
         Ok(reaped)
@@ -212,7 +253,7 @@ impl SharedSupervisor {
         // elsewhere, it has exited.
         if let Some(mapping) = self.mapping.take() {
             // SAFETY: as in `try_reap`.
-            unsafe { mapping.unmap() };
+            unsafe { mapping.release() };
         }
     }
 }
@@ -245,7 +286,7 @@ struct Context<'a> {
 /// shared-memory supervisor that talks through `plan`'s pipes (`status_read` must be
 /// non-blocking). See the module documentation.
 pub(crate) fn spawn(cmd: &mut Command, mut plan: Plan) -> io::Result<Respawned> {
-    let mapping = Mapping::new()?;
+    let mapping = Mapping::take()?;
     plan.pid_bits = mapping.pid_bits();
     let mut ctx = Context {
         cmd,
@@ -285,7 +326,7 @@ pub(crate) fn spawn(cmd: &mut Command, mut plan: Plan) -> io::Result<Respawned> 
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
     if pid <= 0 {
         // SAFETY: no supervisor was made: nothing uses the mapping.
-        unsafe { mapping.unmap() };
+        unsafe { mapping.release() };
         return Err(clone_error);
     }
     let supervisor = SharedSupervisor {

@@ -479,7 +479,7 @@ pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
         Ok(fd) => fd,
         Err(errno) => {
             send(plan.status_write, TAG_FAILED, errno, None);
-            teardown(plan, leader, sfd, true);
+            teardown(plan, leader, sfd, true, false);
         }
     };
     let mut leader_exited = false;
@@ -509,7 +509,7 @@ pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
         match raw::poll(&mut fds, -1) {
             Ok(_) => {}
             Err(libc::EINTR) => continue,
-            Err(_) => teardown(plan, leader, sfd, true),
+            Err(_) => teardown(plan, leader, sfd, true, leader_exited),
         }
         let mut reap = fds[3].revents != 0;
         if reap {
@@ -537,11 +537,11 @@ pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
                 continue;
             }
             let parent_died = !(n == Ok(1) && byte[0] == CMD_TEARDOWN);
-            teardown(plan, leader, sfd, parent_died);
+            teardown(plan, leader, sfd, parent_died, leader_exited);
         }
         if fds[2].revents != 0 {
             // The test binary exited, although some fork of it still holds the pipe.
-            teardown(plan, leader, sfd, true);
+            teardown(plan, leader, sfd, true, leader_exited);
         }
     }
 }
@@ -686,8 +686,16 @@ impl PidSet {
 /// could not send the final SIGKILL to the group, so the supervisor does. Bounded by
 /// [`TEARDOWN_BOUND_MS`] on the monotonic clock: a child that cannot die (uninterruptible
 /// sleep, a nested PID namespace whose init cannot finish) is reported with [`TAG_STUCK`],
-/// and the supervisor exits without it.
-fn teardown(plan: Plan, leader: pid_t, sfd: RawFd, parent_died: bool) -> ! {
+/// and the supervisor exits without it. Unless `status_sent`, the leader's status is
+/// reported when it is reaped (the test binary may send [`CMD_TEARDOWN`] right after its
+/// final SIGKILL, before the leader has died).
+fn teardown(
+    plan: Plan,
+    leader: pid_t,
+    sfd: RawFd,
+    parent_died: bool,
+    mut status_sent: bool,
+) -> ! {
     // Every pid signalled is one of our own unreaped children when it is signalled (it was
     // listed as our child after the last reap, and only we reap our children: SIGCHLD is not
     // ignored), so neither it nor the group id equal to it can have been recycled.
@@ -702,7 +710,13 @@ fn teardown(plan: Plan, leader: pid_t, sfd: RawFd, parent_died: bool) -> ! {
         loop {
             let mut status: c_int = 0;
             match raw::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) {
-                Ok(pid) if pid > 0 => killed.remove(pid),
+                Ok(pid) if pid > 0 => {
+                    killed.remove(pid);
+                    if pid == leader && !status_sent {
+                        send(plan.status_write, TAG_STATUS, status, Some(deadline));
+                        status_sent = true;
+                    }
+                }
                 Err(libc::EINTR) => {}
                 Err(libc::ECHILD) => {
                     send(plan.status_write, TAG_DONE, 0, Some(deadline));
