@@ -93,6 +93,10 @@ const EXEC_MARKER: &[u8] = b"pgroup/preexec";
 pub(crate) const TEARDOWN_BOUND_MS: i64 = 4_500;
 const _: () = assert!((TEARDOWN_BOUND_MS as u128) < crate::KILL_WAIT_BOUND.as_millis());
 
+/// How long teardown waits for the leader to die of the test binary's SIGKILL before it
+/// looks for what else is left (see [`teardown`]).
+const LEADER_FIRST_MS: i64 = 50;
+
 /// Pids below this are tracked in the teardown's bitmap (the kernel's `PID_MAX_LIMIT`).
 pub(super) const PID_BITS: usize = 1 << 22;
 
@@ -479,7 +483,7 @@ pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
         Ok(fd) => fd,
         Err(errno) => {
             send(plan.status_write, TAG_FAILED, errno, None);
-            teardown(plan, leader, sfd, true, false);
+            teardown(plan, leader, -1, sfd, true, false);
         }
     };
     let mut leader_exited = false;
@@ -509,7 +513,7 @@ pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
         match raw::poll(&mut fds, -1) {
             Ok(_) => {}
             Err(libc::EINTR) => continue,
-            Err(_) => teardown(plan, leader, sfd, true, leader_exited),
+            Err(_) => teardown(plan, leader, pidfd, sfd, true, leader_exited),
         }
         let mut reap = fds[3].revents != 0;
         if reap {
@@ -537,11 +541,11 @@ pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
                 continue;
             }
             let parent_died = !(n == Ok(1) && byte[0] == CMD_TEARDOWN);
-            teardown(plan, leader, sfd, parent_died, leader_exited);
+            teardown(plan, leader, pidfd, sfd, parent_died, leader_exited);
         }
         if fds[2].revents != 0 {
             // The test binary exited, although some fork of it still holds the pipe.
-            teardown(plan, leader, sfd, true, leader_exited);
+            teardown(plan, leader, pidfd, sfd, true, leader_exited);
         }
     }
 }
@@ -689,9 +693,14 @@ impl PidSet {
 /// and the supervisor exits without it. Unless `status_sent`, the leader's status is
 /// reported when it is reaped (the test binary may send [`CMD_TEARDOWN`] right after its
 /// final SIGKILL, before the leader has died).
+///
+/// When the test binary sent its final SIGKILL itself, the leader is about to die: the
+/// supervisor waits for that first (on `leader_pidfd`, within [`LEADER_FIRST_MS`]), so that
+/// in the usual case (nothing but the leader left) teardown is a reap and no scan of /proc.
 fn teardown(
     plan: Plan,
     leader: pid_t,
+    leader_pidfd: RawFd,
     sfd: RawFd,
     parent_died: bool,
     mut status_sent: bool,
@@ -702,6 +711,20 @@ fn teardown(
     let deadline = now_ms().saturating_add(TEARDOWN_BOUND_MS);
     if parent_died && leader > 1 {
         let _ = raw::kill(-leader, libc::SIGKILL);
+    }
+    if !parent_died && !status_sent && leader_pidfd >= 0 {
+        let mut fds = [libc::pollfd {
+            fd: leader_pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let until = now_ms().saturating_add(LEADER_FIRST_MS).min(deadline);
+        while fds[0].revents == 0 {
+            let timeout = timeout_until(Some(until));
+            if timeout == 0 || raw::poll(&mut fds, timeout).is_err_and(|e| e != libc::EINTR) {
+                break;
+            }
+        }
     }
     let mut killed = PidSet::new(&plan);
     loop {
