@@ -305,6 +305,10 @@ pub(crate) fn spawn(cmd: &mut Command, mut plan: Plan) -> io::Result<Respawned> 
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut ctx.mask);
     }
+    // Also the two signals glibc keeps for itself (thread cancellation, and `setuid` from
+    // another thread, whose handler would write this thread's descriptor): until the
+    // supervisor releases this thread, nothing at all runs on it. Restored with the mask.
+    raw::set_sigmask(u64::MAX);
     let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD;
     // SAFETY: `supervisor_main` runs on the new stack with `ctx`, which outlives its use
     // there: this thread does not return (nor touch `ctx`) until the supervisor has sent its
