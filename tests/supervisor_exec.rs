@@ -11,7 +11,13 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sys::signal::{
+    kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal as NixSignal,
+};
+use nix::unistd::Pid;
 use pgroup::{Builder, Containment, SpawnedGroup};
 use procfs::process::Process;
 use rstest::rstest;
@@ -25,7 +31,10 @@ const AFTER: &[u8; 16] = b"after the spawn!";
 #[ignore = "entry point of the helper processes the other tests re-execute this binary as"]
 #[traced_test]
 fn role_entry() {
-    support::role_main(&|s| logs_contain(s), &[("shared", shared_role)]);
+    support::role_main(
+        &|s| logs_contain(s),
+        &[("shared", shared_role), ("handlers", handlers_role)],
+    );
 }
 
 fn spawn_in(tier: Containment, cmd: &mut Command) -> SpawnedGroup {
@@ -104,6 +113,84 @@ fn the_supervisor_shares_the_test_binarys_memory(#[values(true, false)] shared: 
         expected.as_slice(),
         "shared supervisor: {shared}"
     );
+    support::assert_no_leaks(&marker);
+}
+
+/// How many times the `handlers` role's handler ran, in this process's memory, which the
+/// shared supervisor shares: a run of the handler in the supervisor would count here too.
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn count_signal(_: nix::libc::c_int) {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The signals the `handlers` role catches and sends to its supervisor.
+const CAUGHT: [NixSignal; 4] = [
+    NixSignal::SIGTERM,
+    NixSignal::SIGINT,
+    NixSignal::SIGHUP,
+    NixSignal::SIGUSR1,
+];
+
+/// Installs a counting handler for [`CAUGHT`], spawns a supervised `sleep`, sends each of
+/// them to the supervisor (its own child, by pid), waits until all four are pending there,
+/// then reports the count (`HANDLED_BY_SUPERVISOR`), raises SIGUSR1 in itself (the handler
+/// works: `HANDLED_HERE`), and tears down (`SHUTDOWN`).
+fn handlers_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    let action = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in CAUGHT {
+        // SAFETY: the handler only increments an atomic; this process is a role of its own.
+        unsafe { sigaction(sig, &action) }.expect("install the handler");
+    }
+    let group = spawn_in(
+        Containment::Supervised,
+        &mut support::marked(&marker, "sleep", &["1000"]),
+    );
+    let supervisor = parent_of(group.id());
+    assert_ne!(
+        u32::try_from(supervisor).ok(),
+        Some(std::process::id()),
+        "the leader's parent is a supervisor"
+    );
+    let wanted: u64 = CAUGHT.iter().map(|s| 1_u64 << (*s as u32 - 1)).sum();
+    for sig in CAUGHT {
+        // Our own unreaped child, by pid.
+        kill(Pid::from_raw(supervisor), sig).expect("signal the supervisor");
+    }
+    support::wait_until("the four signals are pending in the supervisor", || {
+        support::pending_signals(supervisor).is_some_and(|(pending, _)| pending & wanted == wanted)
+    });
+    println!("HANDLED_BY_SUPERVISOR {}", HANDLED.load(Ordering::SeqCst));
+    nix::sys::signal::raise(NixSignal::SIGUSR1).expect("raise");
+    println!("HANDLED_HERE {}", HANDLED.load(Ordering::SeqCst));
+    match group.shutdown() {
+        Ok(report) => println!("SHUTDOWN {:?}", report.status.signal()),
+        Err(e) => println!("SHUTDOWN error {e}"),
+    }
+    0
+}
+
+/// No handler of the test binary ever runs in the supervisor, which shares its memory (it
+/// would run the test binary's code on the supervisor's stack), and SIGTERM, SIGINT, SIGHUP
+/// and SIGUSR1 sent to it neither run one nor end it: it blocks them for good. A run would
+/// show: the handler counts in memory the two processes share. The negative control: the
+/// same handler, raised in the test binary itself, does run.
+#[test]
+fn no_handler_of_the_test_binary_runs_in_the_supervisor() {
+    let marker = support::marker("handlers");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let mut cmd = support::role_command("handlers");
+    cmd.env(support::MARKER_VAR, &marker)
+        .stdout(std::process::Stdio::piped());
+    let out = support::run_collecting(cmd, Duration::from_secs(60));
+    assert_eq!(out.one("HANDLED_BY_SUPERVISOR"), "0", "{:?}", out.lines);
+    assert_eq!(out.one("HANDLED_HERE"), "1", "{:?}", out.lines);
+    assert_eq!(out.one("SHUTDOWN"), "Some(9)", "{:?}", out.lines);
     support::assert_no_leaks(&marker);
 }
 
