@@ -17,6 +17,10 @@ use procfs::process::Process;
 use crate::group::time_left;
 use crate::{sys, Containment, Escapee};
 
+/// How long teardown yields rather than sleeps while the shared supervisor finishes (see
+/// `Supervised::yield_until_finished`).
+const FINISH_YIELD: Duration = Duration::from_millis(1);
+
 /// How long spawning waits for a supervisor to report the leader's pid.
 const SUPERVISOR_REPORT_BOUND: Duration = Duration::from_secs(5);
 
@@ -752,7 +756,28 @@ impl Supervised {
                     self.ns_pids = namespace_pids(init);
                 }
                 self.command_failed = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN).err();
+                self.yield_until_finished();
             }
+        }
+    }
+
+    /// After the teardown command: yields the CPU, for at most [`FINISH_YIELD`], until the
+    /// shared supervisor has exited, rather than going to sleep at once. Its teardown
+    /// usually takes a fraction of that, and a sleeping caller is often woken onto the CPU
+    /// where the leader (killed, but busy in its dynamic loader until the signal lands) or
+    /// another task runs, and waits there for a scheduler tick while the other CPU idles.
+    fn yield_until_finished(&self) {
+        let Some(exit) = self.exit_pidfd.get() else {
+            return;
+        };
+        let until = Instant::now() + FINISH_YIELD;
+        while Instant::now() < until {
+            if sys::poll_readable(&[exit.as_fd()], Some(Duration::ZERO))
+                .map_or(true, |ready| ready.first() == Some(&true))
+            {
+                return;
+            }
+            std::thread::yield_now();
         }
     }
 

@@ -351,6 +351,10 @@ pub(crate) fn spawn(cmd: &mut Command, mut plan: Plan) -> io::Result<Respawned> 
     Err(error)
 }
 
+/// How long the calling thread yields rather than sleeps while it waits for the supervisor's
+/// first message (see [`wait_for_release`]).
+const SPIN_US: i64 = 1_000;
+
 /// Blocks until the supervisor's first message is readable (the leader's pid, or the
 /// failure it sends before it exits) or it has exited without one (killed by someone else
 /// while it spawned: looked for every 100 ms), with raw calls only: while it runs std's
@@ -359,6 +363,21 @@ fn wait_for_release(status_read: RawFd, supervisor: pid_t) {
     let Ok(id) = libc::id_t::try_from(supervisor) else {
         return;
     };
+    let spin_until = raw::monotonic_us().saturating_add(SPIN_US);
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: status_read,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if raw::poll(&mut fds, 0).is_ok() && fds[0].revents != 0 {
+            return;
+        }
+        if raw::monotonic_us() >= spin_until {
+            break;
+        }
+        raw::sched_yield();
+    }
     loop {
         let mut fds = [libc::pollfd {
             fd: status_read,
