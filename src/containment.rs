@@ -13,7 +13,7 @@
 /// | tier | catches | needs | costs (spawn + teardown, grace 0, vs `Group`) |
 /// | --- | --- | --- | --- |
 /// | `Group` | the group's members, when Drop or `shutdown` runs, and through the [`lifeline`](crate::lifeline) when the test binary dies of a signal it can handle or exits | Linux 5.3 (pidfd) | 1x (230–290 µs) |
-/// | `Supervised` (default) | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort; not an OOM kill, see below) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3, x86_64 or aarch64 (elsewhere the supervisor is forked) | about 1.3–1.6x `Group`, the same at any size of the test binary |
+/// | `Supervised` (default) | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort; not an OOM kill, see below) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3, x86_64 or aarch64 (elsewhere the supervisor is forked) | about 1.2–1.5x `Group` (BENCHMARKS.md), the same at any size of the test binary |
 /// | `Namespace` | also every process in the new PID namespace, which nothing can leave | root, or unprivileged user namespaces | 5.0–5.2x at 2 MiB, growing with the test binary's memory |
 ///
 /// The default is `Supervised`, by the rule "the strongest tier whose spawn plus teardown

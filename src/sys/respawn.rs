@@ -18,8 +18,11 @@
 //!    thread-local area, the teardown's pid bitmap), blocks every signal, and creates the
 //!    supervisor with `clone(CLONE_VM | CLONE_FILES)`: a process (its own
 //!    pid, its own thread group, its own signal handlers) that shares the test binary's
-//!    memory and, for now, its descriptor table. The calling thread then waits in a raw
-//!    `ppoll` (no `errno`, no libc state) on the status pipe.
+//!    memory and, for now, its descriptor table. The calling thread then waits for the
+//!    supervisor's first message with raw calls only (no `errno`, no libc state): it yields
+//!    the CPU for up to 1 ms, then sleeps in `ppoll` on the status pipe. (A thread that goes
+//!    to sleep at once is often woken onto the CPU where the new leader runs its dynamic
+//!    loader, and waits there for a scheduler tick while the other CPU idles.)
 //! 2. The supervisor makes itself a child subreaper in a process group of its own, sets
 //!    SIGCHLD to its default and every handled signal to its default (no handler of the test
 //!    binary may ever run in it), and runs std's `Command::spawn` on the user's `Command`,
