@@ -325,17 +325,18 @@ pub(crate) fn spawn(cmd: &mut Command, mut plan: Plan) -> io::Result<Respawned> 
             ptr::from_mut(&mut ctx).cast::<c_void>(),
         )
     };
-    let clone_error = io::Error::last_os_error();
-    if pid > 0 {
-        wait_for_release(plan.status_read, pid);
-    }
-    // SAFETY: restores the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
     if pid <= 0 {
+        // No supervisor: `errno` is this thread's alone.
+        let clone_error = io::Error::last_os_error();
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
         // SAFETY: no supervisor was made: nothing uses the mapping.
         unsafe { mapping.release() };
         return Err(clone_error);
     }
+    wait_for_release(plan.status_read, pid);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
     let supervisor = SharedSupervisor {
         pid: u32::try_from(pid).map_err(|_| io::Error::other("negative pid"))?,
         mapping: Some(mapping),
