@@ -920,6 +920,12 @@ impl SpawnedGroup {
         steps.sigkill_needed = sigkill_needed;
         self.signal_in_teardown(&[Signal::SIGKILL], &mut steps.errors);
         self.signal_leader_if_it_left(&[Signal::SIGKILL]);
+        if self.leader_mut().finishes_by_itself() {
+            // Nothing is signalled by number from here on: out of the lifeline (see
+            // `teardown_reap`), then the supervisor finishes while we wait for the leader.
+            drop(self.lifeline.take());
+            self.leader_mut().finish_start();
+        }
         steps.phase = Phase::Kill {
             deadline: Instant::now().checked_add(KILL_WAIT_BOUND),
         };

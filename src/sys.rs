@@ -23,10 +23,11 @@ use nix::unistd::{self, Pid};
 use crate::Pgid;
 
 pub(crate) mod lifeline;
+mod raw;
 mod respawn;
 mod supervise;
 
-pub(crate) use respawn::{available as exec_supervisor_available, Respawned};
+pub(crate) use respawn::{available as exec_supervisor_available, Respawned, SharedSupervisor};
 
 pub(crate) use supervise::{
     CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS, TAG_STUCK,
@@ -59,16 +60,20 @@ impl SupervisorPipes {
 /// kernel placed there because the test binary had closed one of them.
 fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let lift = |fd: OwnedFd| -> io::Result<OwnedFd> {
-        if fd.as_raw_fd() > 2 {
-            return Ok(fd);
-        }
-        let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) has just returned this new descriptor, which
-        // nothing else owns; the original is closed when `fd` drops.
-        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-    };
-    Ok((lift(read)?, lift(write)?))
+    Ok((above_stdio(read)?, above_stdio(write)?))
+}
+
+/// `fd`, moved to a descriptor above 2 if it is one of 0, 1 and 2 (free in the test binary
+/// when it closed its stdio, where std would take a write to, say, a pidfd for an error
+/// instead of a closed stdout).
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) has just returned this new descriptor, which
+    // nothing else owns; the original is closed when `fd` drops.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// The control pipe and the status pipe of a supervisor, both above stdio, the status
@@ -101,6 +106,8 @@ pub(crate) fn install_supervisor(
         status_read: status_read.as_raw_fd(),
         namespace,
         new_session,
+        check_exec: true,
+        pid_bits: 0,
     };
     let armed = Arc::new(AtomicBool::new(true));
     let hook_armed = Arc::clone(&armed);
@@ -126,17 +133,17 @@ pub(crate) fn install_supervisor(
     })
 }
 
-/// The test binary's side of a supervisor that was exec'd rather than forked (see
+/// The test binary's side of a supervisor that shares its memory rather than a fork (see
 /// `sys/respawn.rs`): the same two pipes as [`SupervisorPipes`], std's handle on the leader
-/// (for its stdio pipes only: the leader is the supervisor's child) and the supervisor's pid.
+/// (for its stdio pipes only: the leader is the supervisor's child) and the supervisor.
 pub(crate) struct ExecSupervised {
     pub control: OwnedFd,
     pub status: OwnedFd,
     pub spawned: Respawned,
 }
 
-/// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under an
-/// exec'd supervisor: no copy of the test binary's page tables, whatever its size.
+/// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under a
+/// supervisor that shares the test binary's memory: no copy of its page tables, no exec.
 pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervised> {
     let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
     let plan = supervise::Plan {
@@ -146,9 +153,11 @@ pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervi
         status_read: status_read.as_raw_fd(),
         namespace: false,
         new_session: false,
+        check_exec: false,
+        pid_bits: 0,
     };
     let spawned = respawn::spawn(cmd, plan);
-    // The supervisor's ends: it has its own copies (or was never exec'd).
+    // The supervisor's ends: it has its own copies (or is gone).
     drop(control_read);
     drop(status_write);
     Ok(ExecSupervised {

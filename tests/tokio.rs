@@ -57,6 +57,7 @@ fn marked(marker: &str, program: &str, args: &[&str]) -> Command {
 /// `ready` once its trap is set; teardown costs it the whole grace period, then SIGKILL.
 async fn stubborn(marker: &str, grace: Duration) -> pgroup::tokio::SpawnedGroup {
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(grace)
         .spawn_tokio(
             marked(
@@ -226,6 +227,7 @@ async fn negative_control_the_sync_drop_stalls_a_current_thread_runtime() {
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let ticker = Ticker::start().await;
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(Duration::from_millis(200))
         .spawn(
             support::marked(

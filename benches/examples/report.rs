@@ -518,7 +518,8 @@ fn many_rows() -> io::Result<(Row, Vec<String>)> {
 }
 
 /// The variants of the resident-size sweep: the tier, whether the `Supervised` tier may use
-/// its exec'd supervisor (`PGROUP_EXEC_SUPERVISOR=off` forces the forked one), and a name.
+/// its shared-memory supervisor (`PGROUP_EXEC_SUPERVISOR=off` forces the forked one), and a
+/// name.
 const SWEEP_VARIANTS: [(pgroup::Containment, bool, &str); 4] = [
     (pgroup::Containment::Group, true, "Group"),
     (pgroup::Containment::Supervised, true, "Supervised"),
@@ -802,10 +803,11 @@ fn main() -> io::Result<()> {
         cpu_line(&tiers_default),
     );
     println!(
-        "Tier rows measured from the report's process, {} MiB resident. `Supervised` execs \
-         its supervisor and copies no page table, so its cost does not grow with the test \
-         binary's memory; `Namespace` (and `Supervised` with PGROUP_EXEC_SUPERVISOR=off) \
-         fork the spawning process twice, so theirs does: see the resident-size sweep rows.",
+        "Tier rows measured from the report's process, {} MiB resident. `Supervised` runs \
+         its supervisor in the test binary's memory (clone(CLONE_VM)), copies no page table \
+         and execs nothing, so its cost does not grow with the test binary's memory; \
+         `Namespace` (and `Supervised` with PGROUP_EXEC_SUPERVISOR=off) fork the spawning \
+         process twice, so theirs does: see the resident-size sweep rows.",
         rss_kib / 1024
     );
     for line in &unavailable {

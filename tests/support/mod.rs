@@ -309,7 +309,10 @@ fn unshare_command(
 /// Runs `cmd` (which pipes stdout) in a `SpawnedGroup`, collects its stdout, and tears it
 /// down. Panics with what it printed if it outlives `limit`.
 pub fn run_collecting(mut cmd: Command, limit: Duration) -> RoleOutput {
+    // The plain tier: the role is this process's own child, as the tests that read its
+    // parent or its place in the process tree expect.
     let mut group = pgroup::Builder::new()
+        .containment(pgroup::Containment::Group)
         .grace_period(Duration::from_millis(200))
         .spawn(&mut cmd)
         .expect("spawn the role");
@@ -400,10 +403,17 @@ pub fn chain_link(scenario: Scenario, logs: &dyn Fn(&str) -> bool) -> i32 {
     let next = CHAIN[next_index];
     let mut cmd = role_command(&env::var(ROLE_VAR).unwrap_or_default());
     cmd.env("PGROUP_CHAIN_LEVEL", next).envs(canary_env);
+    // The plain tier: each link is the previous one's child (the chain is the tree the
+    // guard is tested in), not a supervisor's.
     let group_of_next = if next == "session" {
-        pgroup::Builder::new().new_session(true).spawn(&mut cmd)
+        pgroup::Builder::new()
+            .containment(pgroup::Containment::Group)
+            .new_session(true)
+            .spawn(&mut cmd)
     } else {
-        pgroup::Builder::new().spawn(&mut cmd)
+        pgroup::Builder::new()
+            .containment(pgroup::Containment::Group)
+            .spawn(&mut cmd)
     };
     let next_link = group_of_next.expect("spawn the next link");
     // The caller reports through stdout, which every link inherits.
