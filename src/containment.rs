@@ -13,29 +13,31 @@
 /// | tier | catches | needs | costs (spawn + teardown, grace 0, vs `Group`) |
 /// | --- | --- | --- | --- |
 /// | `Group` | the group's members, when Drop or `shutdown` runs, and through the [`lifeline`](crate::lifeline) when the test binary dies of a signal it can handle or exits | Linux 5.3 (pidfd), or the portable backend (macOS, FreeBSD) | 1x (230–290 µs) |
-/// | `Supervised` | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3 | several times `Group` (one more exec of the test binary per spawn), the same at any size of the test binary |
+/// | `Supervised` (default with the Linux backend; `Group` with the portable one) | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort; not an OOM kill, see below) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3, x86_64 or aarch64 (elsewhere the supervisor is forked) | about 1.2–1.5x `Group` (BENCHMARKS.md), the same at any size of the test binary |
 /// | `Namespace` | also every process in the new PID namespace, which nothing can leave | root, or unprivileged user namespaces | 5.0–5.2x at 2 MiB, growing with the test binary's memory |
 ///
-/// The default is `Group`, by the rule "the strongest tier whose spawn plus teardown costs
-/// at most 2x the `Group` tier", measured with
+/// The default is `Supervised`, by the rule "the strongest tier whose spawn plus teardown
+/// costs at most 2x the `Group` tier", measured with
 /// `cargo run --release -p pgroup-benches --example report` on a 2-core machine, at 2, 64
-/// and 256 MiB resident (BENCHMARKS.md). `Supervised` execs its supervisor and copies none
-/// of the test binary's memory, so its cost stays flat as the test binary grows, but the
-/// exec of the test binary (dynamic loading included) keeps it above 2x. `Namespace` forks
-/// the test binary twice (std cannot use `posix_spawn` with a `pre_exec` hook), so its cost
-/// grows with the resident memory (tens of ms at 64 MiB, hundreds at 256 MiB).
+/// and 256 MiB resident (BENCHMARKS.md). `Supervised` runs its supervisor in the test
+/// binary's own memory (`clone(CLONE_VM)`): it copies no page table and execs nothing, so
+/// its cost stays flat as the test binary grows. `Namespace` forks the test binary twice
+/// (std cannot use `posix_spawn` with a `pre_exec` hook), so its cost grows with the
+/// resident memory (tens of ms at 64 MiB, hundreds at 256 MiB).
 ///
 /// Every row is backed by a test in `tests/containment.rs`.
 ///
-/// For `Supervised`, the supervisor is the test binary itself, exec'd again
-/// (`/proc/self/exe`), and caught by the library before `main` (an `.init_array` entry): a
-/// short-lived helper process that shares the test binary's memory
-/// (`clone(CLONE_VM | CLONE_VFORK)`, as `posix_spawn` does) runs std's `spawn` for the
-/// leader, so that the `Command` is applied exactly as in `Group` (stdio, environment and
-/// `env_clear`, `arg0`, working directory, uid/gid, `pre_exec` hooks, which run in the leader
-/// before its exec), then execs the supervisor. `Namespace` forks its supervisor from the
-/// test binary, as `Supervised` does with `PGROUP_EXEC_SUPERVISOR=off`. Either way the
-/// supervisor runs only async-signal-safe code, in a
+/// For `Supervised`, the supervisor is a process that shares the test binary's memory
+/// (`clone(CLONE_VM)`, on a stack of its own): it runs std's `spawn` for the leader while
+/// the calling thread waits, so that the `Command` is applied exactly as in `Group` (stdio,
+/// environment and `env_clear`, `arg0`, working directory, uid/gid, `pre_exec` hooks, which
+/// run in the leader before its exec), then supervises on raw system calls that touch no
+/// libc state. Two kernel mechanisms kill every process that shares memory with the test
+/// binary: the OOM killer, and a core dump on kernels before 5.16; when the test binary dies
+/// of one of those, the supervisor dies with it and the leader is re-parented instead of
+/// killed. `Namespace` forks its supervisor from the test binary, as `Supervised` does with
+/// `PGROUP_EXEC_SUPERVISOR=off` and on architectures other than x86_64 and aarch64. Either
+/// way the supervisor runs only async-signal-safe code, in a
 /// process group of its own, outside every test thread; it does not use
 /// `PR_SET_PDEATHSIG`, which fires when the spawning *thread* ends (libtest runs each test
 /// on its own thread), but watches the test binary *process* itself through a pidfd, and a
@@ -47,8 +49,8 @@
 /// The supervisor does not trust the signal state it inherits: with SIGCHLD set to `SIG_IGN`
 /// in the test binary (the kernel would reap the leader at once), or SIGALRM ignored, or
 /// handlers installed, it behaves the same (the leader still gets the test binary's SIGCHLD
-/// action, as in `Group`, except with the exec'd `Supervised` supervisor: there the leader
-/// starts with SIGCHLD at its default action). It reaps every orphan re-parented to it as soon as it exits, by
+/// action, as in `Group`, except with the shared-memory `Supervised` supervisor: there the
+/// leader starts with SIGCHLD at its default action). It reaps every orphan re-parented to it as soon as it exits, by
 /// pid, but never the leader before teardown: the leader's zombie pins the group id.
 ///
 /// `Namespace` does not downgrade: where a PID namespace cannot be made (no root, and user
@@ -70,7 +72,7 @@
 ///
 /// With `Namespace` (and the forked `Supervised` supervisor), `pre_exec` hooks already
 /// registered on the `Command` run in the supervisor, before the leader is forked, not in
-/// the leader; with the exec'd `Supervised` supervisor they run in the leader, as in
+/// the leader; with the shared-memory `Supervised` supervisor they run in the leader, as in
 /// `Group` (and a hook, uid/gid or a new session make std fork the test binary once, as in
 /// `Group`). The forked supervisor's own hook stays in the `Command` but does nothing once
 /// its spawn has returned, so the `Command` can be spawned again, in any tier (each such
@@ -101,11 +103,14 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Containment {
-    /// A plain POSIX process group: the leader is the test binary's child.
-    #[default]
+    /// A plain POSIX process group: the leader is the test binary's child. The default with
+    /// the portable backend (macOS, FreeBSD), which has no other tier.
+    #[cfg_attr(not(all(target_os = "linux", not(pgroup_portable))), default)]
     Group,
     /// A supervisor per group: the leader's parent, a child subreaper that reaps orphans,
-    /// and tied to the test binary's life by a pidfd and a pipe.
+    /// and tied to the test binary's life by a pidfd and a pipe. The default with the Linux
+    /// backend.
+    #[cfg_attr(all(target_os = "linux", not(pgroup_portable)), default)]
     Supervised,
     /// The supervisor is init of a new PID namespace: nothing can escape, and the kernel kills
     /// everything in it when the supervisor goes.

@@ -928,6 +928,12 @@ impl SpawnedGroup {
         steps.sigkill_needed = sigkill_needed;
         self.signal_in_teardown(&[Signal::SIGKILL], &mut steps.errors);
         self.signal_leader_if_it_left(&[Signal::SIGKILL]);
+        if self.leader_mut().finishes_by_itself() {
+            // Nothing is signalled by number from here on: out of the lifeline (see
+            // `teardown_reap`), then the supervisor finishes while we wait for the leader.
+            drop(self.lifeline.take());
+            self.leader_mut().finish_start();
+        }
         steps.phase = Phase::Kill {
             deadline: Instant::now().checked_add(KILL_WAIT_BOUND),
         };
@@ -1198,7 +1204,7 @@ impl fmt::Debug for SpawnedGroup {
 
 /// How long teardown waits, after the reap, for the captured pipes to reach end of file: only
 /// a process that left the group and still holds them makes it wait that long.
-const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
+pub(crate) const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
 
 /// Whether std's `Debug` of `cmd` (its alternate form, which lists the settings) shows a
 /// `process_group`. Std has no getter for it; where the form does not show it, the spawn's
@@ -1389,7 +1395,7 @@ impl SpawnedGroup {
     }
 
     /// The captured output, for the async front end (`Capture::next_lines`).
-    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async front end's
     pub(crate) fn capture(&self) -> Option<&output::Capture> {
         self.capture.as_ref().map(Reader::capture)
     }
@@ -1500,9 +1506,7 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
     // handed out. (A process older than the leader that joins its group with `setpgid` is
     // missed.) When few pids were handed out since, each is asked directly; otherwise /proc
     // is listed, and the older processes in it (most of a machine's) are skipped.
-    let last = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
+    let last = last_pid();
     let mut found = Vec::new();
     let mut consider = |pid: u32| {
         let Ok(raw) = i32::try_from(pid) else {
@@ -1548,6 +1552,9 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
             }
         }
     }
+    if found.is_empty() {
+        return Ok(found);
+    }
     // Members that have exited already (zombies not yet reaped by their new parent) are
     // members still, but nothing to wait for.
     let exited = sys::poll_readable(
@@ -1580,6 +1587,21 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
     let mut exited = exited.into_iter();
     found.retain(|_| !exited.next().unwrap_or(false));
     Ok(found)
+}
+
+/// The last pid handed out in this PID namespace (`/proc/sys/kernel/ns_last_pid`), with one
+/// open, one read and a close: a number and a newline always fit the buffer, so no second
+/// read (nor `std::fs::read_to_string`'s `statx` for a size hint) is needed.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+fn last_pid() -> Option<u32> {
+    use std::io::Read;
+    let mut buf = [0u8; 32];
+    let n = std::fs::File::open("/proc/sys/kernel/ns_last_pid")
+        .and_then(|mut f| f.read(&mut buf))
+        .ok()?;
+    let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+    // A complete reading ends with its newline.
+    text.strip_suffix('\n')?.parse().ok()
 }
 
 /// Pidfds on the leader's descendants, found through `/proc/<pid>/task/<tid>/children`. The

@@ -212,7 +212,7 @@ impl Capture {
     /// The step an async front end polls (the blocking wait uses the same logic under the
     /// condvar): the lines of `stream` from line number `*cursor` on (from the oldest one kept, if
     /// that one is later), advancing the cursor; see [`Next`].
-    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async front end's
     pub(crate) fn next_lines(
         &self,
         stream: Stream,

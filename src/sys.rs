@@ -31,10 +31,12 @@ use crate::Pgid;
 
 pub(crate) mod lifeline;
 // The Linux backend: pidfds, the supervisor (subreaper, signalfd, PID namespaces) and its
-// exec'd start. Everywhere else, and on Linux under `--cfg pgroup_portable`, the portable
+// start in shared memory (raw syscalls). Everywhere else, and on Linux under `--cfg pgroup_portable`, the portable
 // backend (`sys/portable.rs`) stands in for them.
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 mod portable;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+mod raw;
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
 mod respawn;
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
@@ -43,11 +45,11 @@ mod supervise;
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 pub(crate) use portable::{
     exec_supervisor_available, kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal,
-    Pidfd, Respawned, CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID,
-    TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
+    Pidfd, Respawned, SharedSupervisor, CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
+    TAG_PID, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
 };
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
-pub(crate) use respawn::{available as exec_supervisor_available, Respawned};
+pub(crate) use respawn::{available as exec_supervisor_available, Respawned, SharedSupervisor};
 
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) use supervise::{
@@ -95,16 +97,32 @@ impl SupervisorPipes {
 /// kernel placed there because the test binary had closed one of them.
 fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let lift = |fd: OwnedFd| -> io::Result<OwnedFd> {
-        if fd.as_raw_fd() > 2 {
-            return Ok(fd);
-        }
-        let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) has just returned this new descriptor, which
-        // nothing else owns; the original is closed when `fd` drops.
-        Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-    };
-    Ok((lift(read)?, lift(write)?))
+    Ok((above_stdio(read)?, above_stdio(write)?))
+}
+
+/// A pidfd moved above stdio (see [`above_stdio`]).
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+pub(crate) use above_stdio as pidfd_above_stdio;
+
+/// The portable backend's exit notifications are not moved (the supervised tiers, which
+/// ask for it, do not exist there).
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) fn pidfd_above_stdio(pidfd: Pidfd) -> io::Result<Pidfd> {
+    Ok(pidfd)
+}
+
+/// `fd`, moved to a descriptor above 2 if it is one of 0, 1 and 2 (free in the test binary
+/// when it closed its stdio, where std would take a write to, say, a pidfd for an error
+/// instead of a closed stdout).
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    let raw = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) has just returned this new descriptor, which
+    // nothing else owns; the original is closed when `fd` drops.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
@@ -163,6 +181,8 @@ pub(crate) fn install_supervisor(
         status_read: status_read.as_raw_fd(),
         namespace,
         new_session,
+        check_exec: true,
+        pid_bits: 0,
     };
     let armed = Arc::new(AtomicBool::new(true));
     let hook_armed = Arc::clone(&armed);
@@ -188,9 +208,9 @@ pub(crate) fn install_supervisor(
     })
 }
 
-/// The test binary's side of a supervisor that was exec'd rather than forked (see
+/// The test binary's side of a supervisor that shares its memory rather than a fork (see
 /// `sys/respawn.rs`): the same two pipes as [`SupervisorPipes`], std's handle on the leader
-/// (for its stdio pipes only: the leader is the supervisor's child) and the supervisor's pid.
+/// (for its stdio pipes only: the leader is the supervisor's child) and the supervisor.
 pub(crate) struct ExecSupervised {
     pub control: OwnedFd,
     pub status: OwnedFd,
@@ -218,8 +238,8 @@ pub(crate) fn spawn_exec_supervised(_cmd: &mut Command) -> io::Result<ExecSuperv
     Err(unsupported_tier("Supervised"))
 }
 
-/// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under an
-/// exec'd supervisor: no copy of the test binary's page tables, whatever its size.
+/// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under a
+/// supervisor that shares the test binary's memory: no copy of its page tables, no exec.
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervised> {
     let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
@@ -230,9 +250,11 @@ pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervi
         status_read: status_read.as_raw_fd(),
         namespace: false,
         new_session: false,
+        check_exec: false,
+        pid_bits: 0,
     };
     let spawned = respawn::spawn(cmd, plan);
-    // The supervisor's ends: it has its own copies (or was never exec'd).
+    // The supervisor's ends: it has its own copies (or is gone).
     drop(control_read);
     drop(status_write);
     Ok(ExecSupervised {
@@ -461,14 +483,24 @@ pub(crate) fn peek_exit(pidfd: &Pidfd) -> io::Result<Option<ExitStatus>> {
 
 /// Makes `cmd` call `setsid(2)` in the child before exec: a new session whose leader is the
 /// child, and so also a new process group with the child as leader.
+///
+/// std keeps a `pre_exec` hook for every later spawn of the same `Command`, so a `Command`
+/// spawned again carries this hook twice: the hook does nothing in a child that already
+/// leads its own session (an earlier copy of it ran), where `setsid` would fail with `EPERM`.
 pub(crate) fn set_new_session(cmd: &mut Command) {
     // SAFETY: the closure runs in the forked child between fork and exec. It calls only
-    // setsid(2), which is async-signal-safe, and builds the error from a raw errno without
-    // allocating; it takes no lock and touches no state shared with the parent.
+    // getpid(2), getsid(2) and setsid(2), which are async-signal-safe, and builds the error
+    // from a raw errno without allocating; it takes no lock and touches no state shared with
+    // the parent.
     unsafe {
-        cmd.pre_exec(|| match unistd::setsid() {
-            Ok(_) => Ok(()),
-            Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+        cmd.pre_exec(|| {
+            if unistd::getsid(None) == Ok(unistd::getpid()) {
+                return Ok(());
+            }
+            match unistd::setsid() {
+                Ok(_) => Ok(()),
+                Err(e) => Err(io::Error::from_raw_os_error(e as i32)),
+            }
         });
     }
 }

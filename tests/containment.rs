@@ -451,14 +451,14 @@ fn a_missing_program_fails_cleanly(
         return;
     }
     let marker = support::marker("missing");
-    let started = Instant::now();
     let err = Builder::new()
         .containment(tier)
         .spawn(&mut support::marked(&marker, "/no/such/program", &[]))
         .unwrap_err();
+    // NotFound, not TimedOut: the spawn did not wait out the bound on the supervisor's
+    // report (no clock needed to tell).
     assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
     assert!(err.to_string().contains("/no/such/program"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
     support::assert_no_leaks(&marker);
 }
 

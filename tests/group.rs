@@ -168,8 +168,8 @@ fn a_tree_of_grandchildren_is_torn_down(#[values(End::Shutdown, End::Drop)] how:
     assert_eq!(support::marked_alive(&marker).len(), 10);
     if let Some(report) = end(group, how) {
         assert!(!report.sigkill_needed, "{report:?}");
+        // Everything exited within the grace period (no clock: `sigkill_needed` says it).
         assert_eq!(report.descendants_seen, 9, "{report:?}");
-        assert!(report.elapsed < SHORT_GRACE, "{report:?}");
     }
     support::assert_no_leaks(&marker);
 }
@@ -232,7 +232,6 @@ fn stopped_processes_are_continued_and_torn_down(#[values(End::Shutdown, End::Dr
     if let Some(report) = end(group, how) {
         // SIGCONT after SIGTERM: both act on TERM at once, well inside the grace period.
         assert!(!report.sigkill_needed, "{report:?}");
-        assert!(report.elapsed < Duration::from_secs(5), "{report:?}");
         assert_eq!(report.status.to_string(), "signal: 15 (SIGTERM)");
     }
     support::assert_no_leaks(&marker);
@@ -532,5 +531,33 @@ fn the_leak_detector_sees_a_live_marked_process() {
     assert!(leaked.is_err(), "assert_no_leaks missed a live process");
     child.kill().expect("kill our own child by pid");
     child.wait().expect("reap");
+    support::assert_no_leaks(&marker);
+}
+
+/// A `Command` spawned again (a loop, a fixture that respawns its server) works in every tier
+/// with a new session too: the hook that the first spawn added to it (`setsid` in the child)
+/// does not make the second spawn fail with `EPERM`.
+#[rstest]
+fn a_command_spawned_twice_with_a_new_session_works(
+    #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
+    tier: Containment,
+) {
+    let marker = support::marker("respawn-session");
+    let mut cmd = support::marked(&marker, "sleep", &["1000"]);
+    for round in 1..=2 {
+        let group = Builder::new()
+            .containment(tier)
+            .new_session(true)
+            .spawn(&mut cmd)
+            .unwrap_or_else(|e| panic!("{tier:?}, spawn number {round}: {e}"));
+        let pid = i32::try_from(group.id()).expect("pid");
+        let stat = Process::new(pid).and_then(|p| p.stat()).expect("stat");
+        assert_eq!(
+            (stat.session, stat.pgrp),
+            (pid, pid),
+            "{tier:?}, spawn {round}"
+        );
+        group.shutdown().expect("shutdown");
+    }
     support::assert_no_leaks(&marker);
 }

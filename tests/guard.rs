@@ -40,6 +40,7 @@ fn role_entry() {
             ("nl-parent", |_| run_link("nl-caller", true)),
             ("nl-caller", nonleader_caller),
             ("unverifiable-caller", unverifiable_caller),
+            ("sandbox-check", sandbox_check),
         ],
     );
 }
@@ -114,6 +115,7 @@ fn probe_scenario(harness: &Harness, logs: &dyn Fn(&str) -> bool) -> i32 {
 fn raw_parent_scenario(harness: &Harness, _logs: &dyn Fn(&str) -> bool) -> i32 {
     let pgid = nix::unistd::Pid::from_raw(harness.groups["parent"]);
     // Deliberately unguarded, and only ever run inside the PID-namespace sandbox.
+    support::assert_inside_pid_sandbox();
     let raw = nix::sys::signal::killpg(pgid, Signal::SIGKILL);
     println!("RAW_KILLPG {raw:?}");
     let dead = harness.dead_canaries();
@@ -227,6 +229,54 @@ fn negative_control_raw_killpg_of_the_parent_group_kills_its_canary() {
         dead.contains("parent:"),
         "the parent's canary survived raw killpg: {dead}"
     );
+}
+
+/// The negative controls' unguarded `killpg` runs only behind
+/// `support::assert_inside_pid_sandbox`, which must fail closed: a role started outside the
+/// sandbox (here as a plain child, told the test process's PID namespace as the sandbox
+/// would) sees that it is outside and panics before it could signal, while the same role in
+/// the sandbox sees that it is inside.
+#[test]
+fn the_unguarded_negative_controls_run_only_inside_the_sandbox() {
+    let marker = support::marker("sandbox-check");
+    let mut outside = support::role_command("sandbox-check");
+    outside
+        .env(support::MARKER_VAR, &marker)
+        .env("PGROUP_OUTER_PID_NS", support::own_pid_namespace())
+        .stdin(std::process::Stdio::null())
+        // Its expected panic message would only clutter the test's output.
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let out = support::run_collecting(outside, Duration::from_secs(60));
+    assert_eq!(out.one("INSIDE"), "false", "{:#?}", out.lines);
+    assert!(
+        !out.values.contains_key("ASSERTED"),
+        "the check passed outside the sandbox: {:#?}",
+        out.lines
+    );
+    assert!(
+        !out.status.expect("finished").success(),
+        "the role outside the sandbox should have panicked"
+    );
+    let Some(inside) =
+        support::run_sandboxed(&marker, "sandbox-check", &[], Duration::from_secs(60))
+    else {
+        assert_eq!(support::sandbox_mode(), SandboxMode::Reduced);
+        return;
+    };
+    assert_eq!(inside.one("INSIDE"), "true", "{:#?}", inside.lines);
+    assert_eq!(inside.one("ASSERTED"), "ok", "{:#?}", inside.lines);
+    support::assert_no_leaks(&marker);
+}
+
+/// Reports whether it is inside the sandbox, then runs the fail-closed check (and nothing
+/// else: no signal is sent either way).
+fn sandbox_check(_logs: &dyn Fn(&str) -> bool) -> i32 {
+    println!("INSIDE {}", support::inside_pid_sandbox());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    support::assert_inside_pid_sandbox();
+    println!("ASSERTED ok");
+    0
 }
 
 /// `/proc` that belongs to another PID namespace: the ancestor rule cannot be checked, so

@@ -91,6 +91,7 @@ fn reaped_elsewhere_role(_logs: support::Logs<'_>) -> i32 {
     let member = "(trap '' TERM; exec sleep 1000) & (trap '' TERM; exec sleep 1000) & \
                   echo ready; read _; exit 0";
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(SHORT_GRACE)
         .spawn(
             support::marked(&marker, "sh", &["-c", member])
@@ -194,6 +195,7 @@ fn reuse_role(_logs: support::Logs<'_>) -> i32 {
     reap_behind_the_crates_back("sigchld-ignore");
     // The leader waits for a line, so that it is pinned before it exits.
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(SHORT_GRACE)
         .spawn(support::marked(&marker, "sh", &["-c", "read line; exit 0"]).stdin(Stdio::piped()))
         .expect("spawn");
@@ -355,6 +357,7 @@ fn spawn_stubborn_group(marker: &str) -> pgroup::SpawnedGroup {
                   (trap '' TERM; echo member; exec sleep 1000) & \
                   trap '' TERM; echo leader; while :; do sleep 1; done";
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(SHORT_GRACE)
         .spawn(
             support::marked(marker, "sh", &["-c", script])
@@ -490,6 +493,7 @@ fn a_leader_that_left_its_group_is_killed_through_its_pidfd() {
         .stdout(Stdio::piped())
         .stdin(Stdio::null());
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(SHORT_GRACE)
         .spawn(&mut cmd)
         .expect("spawn");

@@ -1052,6 +1052,7 @@ fn raw_control_scenario(harness: &Harness, _logs: Logs<'_>) -> i32 {
         .filter(|(name, _)| above.contains(&name.as_str()))
         .cloned()
         .collect();
+    support::assert_inside_pid_sandbox();
     for (_, pid) in &frozen {
         // By pid, on links of this sandbox's own chain; never run outside the namespace.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), Signal::SIGSTOP);
@@ -1067,6 +1068,7 @@ fn raw_control_scenario(harness: &Harness, _logs: Logs<'_>) -> i32 {
     println!("PGID {pgid}");
     let _ = std::io::stdout().flush();
     // Deliberately unguarded, and only ever run inside the PID-namespace sandbox.
+    support::assert_inside_pid_sandbox();
     let raw = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), Signal::SIGKILL);
     println!("RAW {raw:?}");
     println!("REPORT caller {}", dead_list(&watched));

@@ -1,5 +1,5 @@
-//! Issue 14: the `Supervised` tier's exec'd supervisor. It copies none of the test binary's
-//! memory, and the leader gets the `Command` exactly as std would give it in the `Group`
+//! Issue 14: the `Supervised` tier's supervisor shares the test binary's memory. It copies
+//! none of it and execs nothing, and the leader gets the `Command` exactly as std would give it in the `Group`
 //! tier (signal mask, `pre_exec` hooks in the leader, `env_clear`, `arg0`, cwd).
 
 // The suite's support reads /proc (leak markers in each process's environ, process states,
@@ -16,20 +16,30 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal};
+use std::os::unix::process::ExitStatusExt;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use nix::sys::signal::{
+    kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal as NixSignal,
+};
+use nix::unistd::Pid;
 use pgroup::{Builder, Containment, SpawnedGroup};
 use procfs::process::Process;
 use rstest::rstest;
 use tracing_test::traced_test;
 
-/// How much the `rss` role grows its own resident memory before it spawns.
-const BALLAST_MIB: usize = 64;
+/// What the `shared` role writes into its own memory before and after the spawn.
+const BEFORE: &[u8; 16] = b"before the spawn";
+const AFTER: &[u8; 16] = b"after the spawn!";
 
 #[test]
 #[ignore = "entry point of the helper processes the other tests re-execute this binary as"]
 #[traced_test]
 fn role_entry() {
-    support::role_main(&|s| logs_contain(s), &[("rss", rss_role)]);
+    support::role_main(
+        &|s| logs_contain(s),
+        &[("shared", shared_role), ("handlers", handlers_role)],
+    );
 }
 
 fn spawn_in(tier: Containment, cmd: &mut Command) -> SpawnedGroup {
@@ -56,17 +66,13 @@ fn status_field(pid: i32, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in the status of {pid}"))
 }
 
-/// Grows this process by [`BALLAST_MIB`] of written pages, spawns a supervised `sleep` and
-/// prints the supervisor's resident size (`SUPERVISOR_KIB`) and the ballast's
-/// (`BALLAST_KIB`).
-fn rss_role(_logs: support::Logs<'_>) -> i32 {
+/// Writes [`BEFORE`] into a buffer of its own, spawns a supervised `sleep`, overwrites the
+/// buffer with [`AFTER`], and prints what the supervisor's memory holds at the buffer's
+/// address (`SEEN`, read through `/proc/<supervisor>/mem`).
+fn shared_role(_logs: support::Logs<'_>) -> i32 {
     let marker = env::var(support::MARKER_VAR).expect("marker");
-    let len = BALLAST_MIB << 20;
-    let mut ballast = vec![0_u8; len];
-    for i in (0..len).step_by(4096) {
-        ballast[i] = 1;
-    }
-    std::hint::black_box(&ballast);
+    let mut probe = Box::new(*BEFORE);
+    std::hint::black_box(&mut probe);
     let group = spawn_in(
         Containment::Supervised,
         &mut support::marked(&marker, "sleep", &["1000"]),
@@ -77,47 +83,122 @@ fn rss_role(_logs: support::Logs<'_>) -> i32 {
         Some(std::process::id()),
         "the leader's parent is a supervisor"
     );
-    println!("SUPERVISOR_KIB {}", status_field(supervisor, "VmRSS:"));
-    println!("BALLAST_KIB {}", len / 1024);
+    probe.copy_from_slice(AFTER);
+    std::hint::black_box(&mut probe);
+    let address = std::ptr::from_ref::<[u8; 16]>(&probe) as u64;
+    let mut seen = [0_u8; 16];
+    let mem = std::fs::File::open(format!("/proc/{supervisor}/mem")).expect("open mem");
+    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut seen, address).expect("read mem");
+    println!("SEEN {}", String::from_utf8_lossy(&seen));
     group.shutdown().expect("shutdown");
     0
 }
 
-/// The supervisor holds none of the test binary's memory: with 64 MiB written in the test
-/// binary, the supervisor's resident size stays small, so spawning costs the same whatever
-/// the test binary's size (before, the supervisor was a fork of the test binary and its
-/// resident size included all 64 MiB, whose page tables every spawn copied twice). The
-/// negative control, the forked supervisor (`PGROUP_EXEC_SUPERVISOR=off`), shows that the
-/// measurement sees such a copy.
+/// The supervisor copies none of the test binary's memory: it shares it (`CLONE_VM`), so a
+/// write made in the test binary after the spawn is seen at the same address in the
+/// supervisor, and no page table was copied, whatever the test binary's size (before issue
+/// 14 the supervisor was a fork, whose copy of every page table grew with the test binary's
+/// memory). The negative control, the forked supervisor (`PGROUP_EXEC_SUPERVISOR=off`), has
+/// a copy: it still holds what the buffer held when it was forked.
 #[rstest]
-fn the_supervisor_holds_none_of_the_test_binarys_memory(#[values(true, false)] exec: bool) {
+fn the_supervisor_shares_the_test_binarys_memory(#[values(true, false)] shared: bool) {
     if support::tier_unavailable(Containment::Supervised) {
         return;
     }
-    let marker = support::marker("rss");
+    let marker = support::marker("shared");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
-    let mut cmd = support::role_command("rss");
+    let mut cmd = support::role_command("shared");
     cmd.env(support::MARKER_VAR, &marker)
         .stdout(std::process::Stdio::piped());
-    if !exec {
+    if !shared {
         cmd.env("PGROUP_EXEC_SUPERVISOR", "off");
     }
     let out = support::run_collecting(cmd, Duration::from_secs(60));
-    let supervisor: u64 = out.one("SUPERVISOR_KIB").parse().expect("number");
-    let ballast: u64 = out.one("BALLAST_KIB").parse().expect("number");
-    if exec {
-        assert!(
-            supervisor < ballast / 4,
-            "the exec'd supervisor is {supervisor} KiB resident, with {ballast} KiB of \
-             ballast in the test binary"
-        );
-    } else {
-        assert!(
-            supervisor >= ballast,
-            "negative control: a forked supervisor maps the test binary's {ballast} KiB, \
-             but {supervisor} KiB were seen"
-        );
+    let seen = out.one("SEEN");
+    let expected = if shared { AFTER } else { BEFORE };
+    assert_eq!(
+        seen.as_bytes(),
+        expected.as_slice(),
+        "shared supervisor: {shared}"
+    );
+    support::assert_no_leaks(&marker);
+}
+
+/// How many times the `handlers` role's handler ran, in this process's memory, which the
+/// shared supervisor shares: a run of the handler in the supervisor would count here too.
+static HANDLED: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn count_signal(_: nix::libc::c_int) {
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The signals the `handlers` role catches and sends to its supervisor.
+const CAUGHT: [NixSignal; 4] = [
+    NixSignal::SIGTERM,
+    NixSignal::SIGINT,
+    NixSignal::SIGHUP,
+    NixSignal::SIGUSR1,
+];
+
+/// Installs a counting handler for [`CAUGHT`], spawns a supervised `sleep`, sends each of
+/// them to the supervisor (its own child, by pid), waits until all four are pending there,
+/// then reports the count (`HANDLED_BY_SUPERVISOR`), raises SIGUSR1 in itself (the handler
+/// works: `HANDLED_HERE`), and tears down (`SHUTDOWN`).
+fn handlers_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    let action = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in CAUGHT {
+        // SAFETY: the handler only increments an atomic; this process is a role of its own.
+        unsafe { sigaction(sig, &action) }.expect("install the handler");
     }
+    let group = spawn_in(
+        Containment::Supervised,
+        &mut support::marked(&marker, "sleep", &["1000"]),
+    );
+    let supervisor = parent_of(group.id());
+    assert_ne!(
+        u32::try_from(supervisor).ok(),
+        Some(std::process::id()),
+        "the leader's parent is a supervisor"
+    );
+    let wanted: u64 = CAUGHT.iter().map(|s| 1_u64 << (*s as u32 - 1)).sum();
+    for sig in CAUGHT {
+        // Our own unreaped child, by pid.
+        kill(Pid::from_raw(supervisor), sig).expect("signal the supervisor");
+    }
+    support::wait_until("the four signals are pending in the supervisor", || {
+        support::pending_signals(supervisor).is_some_and(|(pending, _)| pending & wanted == wanted)
+    });
+    println!("HANDLED_BY_SUPERVISOR {}", HANDLED.load(Ordering::SeqCst));
+    nix::sys::signal::raise(NixSignal::SIGUSR1).expect("raise");
+    println!("HANDLED_HERE {}", HANDLED.load(Ordering::SeqCst));
+    match group.shutdown() {
+        Ok(report) => println!("SHUTDOWN {:?}", report.status.signal()),
+        Err(e) => println!("SHUTDOWN error {e}"),
+    }
+    0
+}
+
+/// No handler of the test binary ever runs in the supervisor, which shares its memory (it
+/// would run the test binary's code on the supervisor's stack), and SIGTERM, SIGINT, SIGHUP
+/// and SIGUSR1 sent to it neither run one nor end it: it blocks them for good. A run would
+/// show: the handler counts in memory the two processes share. The negative control: the
+/// same handler, raised in the test binary itself, does run.
+#[test]
+fn no_handler_of_the_test_binary_runs_in_the_supervisor() {
+    let marker = support::marker("handlers");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let mut cmd = support::role_command("handlers");
+    cmd.env(support::MARKER_VAR, &marker)
+        .stdout(std::process::Stdio::piped());
+    let out = support::run_collecting(cmd, Duration::from_secs(60));
+    assert_eq!(out.one("HANDLED_BY_SUPERVISOR"), "0", "{:?}", out.lines);
+    assert_eq!(out.one("HANDLED_HERE"), "1", "{:?}", out.lines);
+    assert_eq!(out.one("SHUTDOWN"), "Some(9)", "{:?}", out.lines);
     support::assert_no_leaks(&marker);
 }
 

@@ -61,6 +61,7 @@ fn marked(marker: &str, program: &str, args: &[&str]) -> Command {
 /// `ready` once its trap is set; teardown costs it the whole grace period, then SIGKILL.
 async fn stubborn(marker: &str, grace: Duration) -> pgroup::tokio::SpawnedGroup {
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(grace)
         .spawn_tokio(
             marked(
@@ -230,6 +231,7 @@ async fn negative_control_the_sync_drop_stalls_a_current_thread_runtime() {
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let ticker = Ticker::start().await;
     let mut group = Builder::new()
+        .containment(Containment::Group)
         .grace_period(Duration::from_millis(200))
         .spawn(
             support::marked(
@@ -350,6 +352,107 @@ async fn waits_wake_on_exit(flavor: &str) {
     }
 }
 both_runtimes!(waits, waits_wake_on_exit);
+
+/// The async readiness waits. `wait_for_line` waits for a line that only another task on
+/// the same runtime can cause (it writes the leader's stdin): a wait that blocked the
+/// thread would starve that task on the current-thread runtime, and time out. Then the
+/// errors: the leader exits first (`UnexpectedEof`, with its status and its tail), the
+/// timeout passes (`TimedOut`), and the output is not captured (`InvalidInput`); and
+/// `wait_for_tcp` against a listener of this test, and against a leader that exits.
+async fn readiness_waits_are_async(flavor: &str) {
+    use pgroup::Stream;
+    use std::io::ErrorKind;
+
+    let marker = support::marker("tokio-ready");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let mut server = Builder::new()
+        .capture_output(true)
+        .spawn_tokio(
+            marked(
+                &marker,
+                "sh",
+                &[
+                    "-c",
+                    "echo starting; read port; echo \"listening on 127.0.0.1:$port\"; sleep 30",
+                ],
+            )
+            .stdin(Stdio::piped()),
+        )
+        .expect("spawn");
+    let mut stdin = server.stdin.take().expect("piped");
+    let (line, written) = tokio::join!(
+        server.wait_for_line(Stream::Stdout, Duration::from_secs(30), |l| {
+            l.starts_with("listening on")
+        }),
+        async move {
+            tokio::task::yield_now().await;
+            stdin.write_all(b"8123\n").await
+        }
+    );
+    written.expect("write the port");
+    assert_eq!(
+        line.expect("the ready line"),
+        "listening on 127.0.0.1:8123",
+        "{flavor}"
+    );
+    assert_eq!(
+        server.captured(Stream::Stdout).as_deref(),
+        Some("starting\nlistening on 127.0.0.1:8123\n")
+    );
+    // The same predicate finds the same line again; a line that never comes times out.
+    let again = server.wait_for_line(Stream::Stdout, Duration::from_secs(30), |l| l.contains(':'));
+    assert_eq!(again.await.expect("again"), "listening on 127.0.0.1:8123");
+    let err = server
+        .wait_for_line(Stream::Stderr, Duration::from_millis(50), |_| true)
+        .await
+        .expect_err("nothing on stderr");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    // wait_for_tcp: a port of this test's own listener is accepted at once.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    server
+        .wait_for_tcp(addr, Duration::from_secs(30))
+        .await
+        .expect("the listener accepts");
+    drop(listener);
+    server.shutdown().await.expect("shutdown");
+
+    let quitter = Builder::new()
+        .capture_output(true)
+        .spawn_tokio(&mut marked(&marker, "sh", &["-c", "echo bye; exit 3"]))
+        .expect("spawn");
+    let err = quitter
+        .wait_for_line(Stream::Stdout, Duration::from_secs(30), |l| l == "ready")
+        .await
+        .expect_err("the leader exits first");
+    assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("exit status: 3") && text.contains("bye"),
+        "{text}"
+    );
+    let err = quitter
+        .wait_for_tcp(addr, Duration::from_secs(30))
+        .await
+        .expect_err("the leader has exited");
+    assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
+    assert!(err.to_string().contains("exit status: 3"), "{err}");
+    quitter.shutdown().await.expect("shutdown");
+
+    let uncaptured =
+        pgroup::tokio::SpawnedGroup::spawn(&mut marked(&marker, "sleep", &["30"])).expect("spawn");
+    assert_eq!(uncaptured.captured(Stream::Stdout), None);
+    let err = uncaptured
+        .wait_for_line(Stream::Stdout, Duration::from_secs(30), |_| true)
+        .await
+        .expect_err("not captured");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    uncaptured.shutdown().await.expect("shutdown");
+    support::assert_no_leaks(&marker);
+}
+both_runtimes!(readiness, readiness_waits_are_async);
 
 /// `signal` goes through the guard to the whole group, and `wait` sees the leader die of it.
 async fn signal_reaches_the_group(flavor: &str) {

@@ -473,7 +473,26 @@ pub(crate) fn exec_supervisor_available() -> bool {
 /// What `sys/respawn.rs` hands back on Linux; never made here.
 pub(crate) struct Respawned {
     pub leader: Child,
-    pub supervisor: u32,
+    pub supervisor: SharedSupervisor,
+}
+
+/// `sys/respawn.rs`'s handle on a shared-memory supervisor; never made here.
+pub(crate) struct SharedSupervisor {
+    pid: u32,
+}
+
+impl SharedSupervisor {
+    pub(crate) fn id(&self) -> u32 {
+        self.pid
+    }
+
+    pub(crate) fn try_reap(&mut self) -> io::Result<bool> {
+        super::try_reap_pid(self.pid)
+    }
+
+    pub(crate) fn reap(self) {
+        super::reap_pid(self.pid);
+    }
 }
 
 // The supervisor protocol's constants, so that the supervised tiers' code compiles here

@@ -1,389 +1,508 @@
-//! The `Supervised` tier without a fork of the test binary: an exec'd supervisor.
+//! The `Supervised` tier without a copy of the test binary and without an exec: a
+//! supervisor that shares the test binary's memory.
 //!
 //! # Why
 //!
-//! The forked supervisor (see `supervise.rs`) costs two copies of the test binary's page
-//! tables per spawn: std forks (a `pre_exec` hook takes it off `posix_spawn`), and the hook
-//! forks the leader again. That cost grows with the test binary's resident memory (about
-//! 50 ms per spawn at 256 MiB). This path copies no page table at all.
+//! A forked supervisor (see `supervise.rs`) costs two copies of the test binary's page
+//! tables per spawn, which grows with the test binary's resident memory (about 50 ms per
+//! spawn at 256 MiB). The exec'd supervisor that replaced it (the test binary exec'd again
+//! from a `vfork`-style helper, caught by an `.init_array` entry) copied nothing, but every
+//! spawn paid a full start of a dynamically linked program: the exec, the loader's
+//! relocations and its CPU feature probing (`cpuid`, which traps to the hypervisor on a
+//! virtual machine), about 1 ms of CPU per spawn on the 2-core machine of the benchmarks,
+//! 3–8× a whole `Group` cycle. This one copies nothing and execs nothing.
 //!
 //! # How
 //!
-//! 1. The calling thread blocks every signal and creates the *spawner* with
-//!    `clone(CLONE_VM | CLONE_VFORK | CLONE_FILES)` on a stack of its own: a process that
-//!    shares the test binary's memory and descriptor table, while the calling thread is
-//!    suspended by the kernel until the spawner execs or exits (exactly `vfork`, but with
-//!    a separate stack, as glibc's `posix_spawn` does it).
-//! 2. The spawner makes itself a child subreaper in a process group of its own, opens a
-//!    pidfd on the test binary, and runs std's `Command::spawn` on the user's `Command`,
+//! 1. The calling thread maps the supervisor's memory (a stack with a guard page, a small
+//!    thread-local area, the teardown's pid bitmap), blocks every signal, and creates the
+//!    supervisor with `clone(CLONE_VM | CLONE_FILES)`: a process (its own
+//!    pid, its own thread group, its own signal handlers) that shares the test binary's
+//!    memory and, for now, its descriptor table. The calling thread then waits for the
+//!    supervisor's first message with raw calls only (no `errno`, no libc state): it yields
+//!    the CPU for up to 1 ms, then sleeps in `ppoll` on the status pipe. (A thread that goes
+//!    to sleep at once is often woken onto the CPU where the new leader runs its dynamic
+//!    loader, and waits there for a scheduler tick while the other CPU idles.)
+//! 2. The supervisor makes itself a child subreaper in a process group of its own, sets
+//!    SIGCHLD to its default and every handled signal to its default (no handler of the test
+//!    binary may ever run in it), and runs std's `Command::spawn` on the user's `Command`,
 //!    unchanged but for `process_group(0)`: std applies every setting (stdio, env,
-//!    `env_clear`, cwd, `arg0`, uid/gid, `pre_exec` hooks) as it would for the `Group`
-//!    tier, with `posix_spawn` where it can. The leader is therefore the spawner's child.
-//!    The spawner runs that code in place of the suspended thread (same memory, same
-//!    thread-local storage; the thread cannot run until the spawner is gone), with every
-//!    signal blocked, so that no handler of the test binary runs in it.
-//! 3. The spawner takes a private copy of the descriptor table (`unshare(CLONE_FILES)`),
-//!    keeps the supervisor's three descriptors open across exec, and execs the test binary
-//!    (`/proc/self/exe`) with `PGROUP_SUPERVISOR` in its environment. The library's
-//!    `.init_array` entry ([`supervisor_entry`]) sees it before `main` and runs the
-//!    supervisor loop there: the same async-signal-safe loop as the forked supervisor, in a
-//!    fresh, small, single-threaded image that is still the leader's parent and a subreaper
-//!    (both survive exec). The exec releases the suspended thread.
+//!    `env_clear`, cwd, `arg0`, uid/gid, `pre_exec` hooks) as it would for the `Group` tier,
+//!    with `posix_spawn` where it can. The leader is the supervisor's child. The spawn runs in
+//!    place of the blocked calling thread (its thread-local storage, its heap, its locks; the
+//!    thread cannot run until the supervisor says so), with the thread's signal mask, which
+//!    std passes on to the leader; handlers are reset first, so nothing of the test binary
+//!    runs in the supervisor when a signal arrives. Pipes std makes for the leader's stdio
+//!    land in the shared descriptor table, i.e. in the test binary's.
+//! 3. The supervisor takes a private copy of the descriptor table (`unshare(CLONE_FILES)`),
+//!    opens a pidfd on the test binary, writes nothing more into the caller's memory, points
+//!    its thread pointer at its own thread-local area (so that even a stray thread-local
+//!    access could not land in the calling thread's storage, which is freed when that thread
+//!    ends), and enters the supervisor loop, which runs on raw syscalls only (`raw.rs`). Its
+//!    first message (the leader's pid) releases the calling thread.
 //!
-//! Nothing here copies the test binary's memory: `clone(CLONE_VM)` shares it, `posix_spawn`
-//! shares it until the leader execs, and the spawner's exec drops its reference.
+//! # Why it is sound
 //!
-//! # Differences from the forked supervisor
+//! - *The memory it uses stays mapped.* The supervisor touches only its own mapping (stack,
+//!   thread-local area, bitmap) and the code and read-only data of the executable and of
+//!   libc (`memcpy`), which are never unmapped. The mapping belongs to the supervisor's
+//!   handle ([`SharedSupervisor`]) and is unmapped only after the supervisor is reaped (or
+//!   found reaped by someone else, `ECHILD`): a reaped process has left the address space.
+//!   A handle dropped without that reap leaks the mapping rather than unmap it under a live
+//!   supervisor.
+//! - *The address space outlives the test binary.* A process holds a reference on the
+//!   address space it runs in; `exit_group` and SIGKILL end the test binary's threads, not
+//!   the supervisor (another thread group), so the memory stays mapped until the supervisor
+//!   exits too. An `execve` in the test binary gives it a new address space and leaves the
+//!   old one to the supervisor.
+//! - *No thread-local storage of a test thread after the spawn.* During the spawn the
+//!   calling thread is blocked (all signals blocked, in a raw `ppoll`), exactly as a
+//!   `vfork` parent is suspended; the supervisor moves its thread pointer away before it
+//!   releases the thread. `CLONE_VM` without `CLONE_SETTLS` gives the supervisor no `rseq`
+//!   registration (the kernel drops it for `CLONE_VM` children) and no robust futex list.
+//! - *Nothing the kernel writes on its exit.* No `CLONE_CHILD_CLEARTID`, no `CLONE_VFORK`.
+//! - *Forks of the test binary* copy the mapping (harmless: the copy is never used).
 //!
+//! # Costs and limits
+//!
+//! - Two things kill every process that shares an address space: the OOM killer (any
+//!   kernel), and a core dump on kernels before 5.16. An OOM kill or, there, a core dump of
+//!   the test binary therefore takes the supervisor with it, and the leader is re-parented
+//!   (to the next subreaper or init) rather than killed: the one death of the test binary
+//!   that the forked supervisor survived and this one does not. SIGKILL, `abort` without a
+//!   core dump, and every exit are survived as before.
+//! - If the supervisor were SIGKILLed by someone else during std's spawn, a lock of the test
+//!   binary (std's environment lock, malloc's) could stay held, as with any `vfork` child.
+//! - The supervisor shows the test binary's memory in `/proc/<pid>/status` (it is the same
+//!   memory), and is named `pgroup-superv`.
+//! - The leader starts with SIGCHLD at its default action even when the test binary ignores
+//!   it (std's `posix_spawn` passes an ignored SIGCHLD on, and the supervisor must not
+//!   ignore it while the leader lives, or the kernel would reap the leader).
 //! - `pre_exec` hooks of the `Command` run in the leader (before its exec), as in the
-//!   `Group` tier, not in the supervisor; a hook (or uid/gid, or a new session) makes std
-//!   fork, so one copy of the test binary's page tables comes back with it.
-//! - The leader starts with SIGCHLD at its default action even when the test binary
-//!   ignores it (std's `posix_spawn` passes an ignored SIGCHLD on, and the supervisor must
-//!   not ignore it while the leader lives, or the kernel would reap the leader).
-//! - It needs the library's `.init_array` entry in the executable, which is there whenever
-//!   the executable links `pgroup` (not when the library is loaded with `dlopen` into
-//!   another program: unsupported). Where the entry did not run at all, and with
+//!   `Group` tier; a hook (or uid/gid, or a new session) makes std fork, so one copy of the
+//!   test binary's page tables comes back with it.
+//! - x86_64 and aarch64 only (the raw calls and the thread pointer); elsewhere, and with
 //!   `PGROUP_EXEC_SUPERVISOR=off`, the forked supervisor is used.
-//! - The spawner does more than a `vfork` child should: std's `spawn` allocates and takes
-//!   std's environment lock. It does so in place of the suspended calling thread, with
-//!   every signal blocked and no handler installed, and holds no lock when it execs; only a
-//!   SIGKILL aimed at the spawner's own pid during those microseconds could leave a lock
-//!   of the test binary held.
-//! - The supervisor process is named `pgroup-superv` (its argv\[0\] is `pgroup-supervisor`)
-//!   and carries the test binary's environment, as the forked one did.
 
-use std::ffi::{CStr, CString};
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::RawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::process::{Child, Command};
 use std::ptr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-use nix::libc::{self, c_char, c_int, c_void};
+use nix::libc::{self, c_int, c_void, pid_t};
 
+use super::raw;
 use super::supervise::{self, Plan};
 
-/// The environment variable that turns an exec of the test binary into a supervisor; its
-/// value starts with [`MAGIC`].
-const VAR: &[u8] = b"PGROUP_SUPERVISOR";
-/// A value no one sets by accident.
-const MAGIC: &str = "pgroup-supervisor-v1";
-
-/// The spawner's stack: std's `spawn` and `posix_spawn` (which maps a stack of its own for
-/// the leader) run on it.
+/// The supervisor's stack: std's `spawn` (and `posix_spawn`, which maps a stack of its own
+/// for the leader) and then the supervisor loop run on it. Mapped without reserve: only the
+/// pages touched cost memory.
 const STACK_LEN: usize = 512 * 1024;
+/// The supervisor's thread-local area; its thread pointer is the middle of it, so that
+/// accesses at negative (x86_64) and positive (aarch64) offsets stay inside.
+const TLS_LEN: usize = 16 * 1024;
+const GUARD_LEN: usize = 4096;
+const BITS_LEN: usize = supervise::PID_BITS / 8;
+const MAP_LEN: usize = GUARD_LEN + STACK_LEN + TLS_LEN + BITS_LEN;
 
-/// Whether the `.init_array` entry ran in this process, i.e. whether an exec of
-/// `/proc/self/exe` reaches [`supervisor_entry`] before `main`.
-static ENTRY_RAN: AtomicBool = AtomicBool::new(false);
+/// Mappings of reaped supervisors kept for the next spawns: their stack pages are already
+/// faulted in, and no `munmap` (with its TLB shootdown across the test binary's threads)
+/// runs per spawn.
+static POOL: Mutex<Vec<Mapping>> = Mutex::new(Vec::new());
+const POOL_MAX: usize = 8;
 
-/// glibc calls `.init_array` entries with `argc`, `argv` and `envp`; musl with none. The
-/// entry uses none of them: it reads [`VAR`] with `getenv`.
-type InitFn = extern "C" fn();
-
-#[used]
-#[link_section = ".init_array"]
-static SUPERVISOR_ENTRY: InitFn = supervisor_entry;
-
-/// Runs before `main` in every process that links the library. In an exec'd supervisor
-/// (the environment holds [`VAR`] with [`MAGIC`]) it never returns: it supervises the
-/// leader it was handed, then exits. Elsewhere it only records that it ran.
-extern "C" fn supervisor_entry() {
-    ENTRY_RAN.store(true, Ordering::Relaxed);
-    let mut name = [0_u8; 32];
-    name[..VAR.len()].copy_from_slice(VAR);
-    // SAFETY: `name` is NUL-terminated; getenv returns a pointer into the environment or
-    // null; nothing else runs in this process yet (before `main`).
-    let value = unsafe { libc::getenv(name.as_ptr().cast()) };
-    if value.is_null() {
-        return;
-    }
-    // SAFETY: getenv returned a NUL-terminated string that lives as long as the process.
-    let value = unsafe { CStr::from_ptr(value) }.to_bytes();
-    let Some(plan) = parse(value) else {
-        return;
-    };
-    // Named for `ps` (the kernel named it `exe`, after `/proc/self/exe`).
-    let name = b"pgroup-superv\0";
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr(), 0, 0, 0) };
-    supervise::supervise(plan.0, plan.1, plan.2);
-}
-
-/// `MAGIC:control_read:status_write:test_binary:leader`.
-fn parse(value: &[u8]) -> Option<(Plan, libc::pid_t, RawFd)> {
-    let mut fields = value.split(|b| *b == b':');
-    if fields.next()? != MAGIC.as_bytes() {
-        return None;
-    }
-    let mut next = || -> Option<i32> {
-        let field = fields.next()?;
-        std::str::from_utf8(field).ok()?.parse().ok()
-    };
-    let control_read = next()?;
-    let status_write = next()?;
-    let test_binary = next()?;
-    let leader = next()?;
-    let plan = Plan {
-        control_read,
-        status_write,
-        control_write: -1,
-        status_read: -1,
-        namespace: false,
-        new_session: false,
-    };
-    Some((plan, leader, test_binary))
-}
-
-/// Whether the exec'd supervisor can be used in this process.
+/// Whether the shared-memory supervisor can be used here.
 pub(crate) fn available() -> bool {
-    ENTRY_RAN.load(Ordering::Relaxed)
-        && std::env::var_os("PGROUP_EXEC_SUPERVISOR").is_none_or(|v| v != "off")
+    raw::SUPPORTED && std::env::var_os("PGROUP_EXEC_SUPERVISOR").is_none_or(|v| v != "off")
 }
 
-/// What the spawner hands back.
-struct Context<'a> {
-    cmd: &'a mut Command,
-    plan: Plan,
-    /// The buffer the spawner writes `PGROUP_SUPERVISOR=...` into (NUL-terminated).
-    plan_var: Vec<u8>,
-    /// `env`'s pointers, then `plan_var`'s, then null: the supervisor's `envp`. Built
-    /// here, by the calling thread, because whatever the spawner allocated before its exec
-    /// would never be freed (it is the test binary's heap, and exec runs no destructor).
-    /// Set by the spawner: std's answer, or why it did not get that far.
-    spawned: Option<io::Result<Child>>,
-    envp: Vec<*const c_char>,
-    /// The calling thread's signal mask, which std passes on to the leader (as in `Group`).
-    mask: libc::sigset_t,
-    /// Set by the spawner when the leader was spawned but the supervisor could not be
-    /// exec'd (the leader was then killed and reaped).
-    exec_failed: Option<io::Error>,
+/// The supervisor's memory: `[guard | stack | thread-local area | pid bitmap]`.
+struct Mapping {
+    addr: *mut c_void,
 }
 
-/// A supervised leader and its exec'd supervisor.
+// SAFETY: the mapping is plain memory; the handle only carries its address to whoever reaps
+// the supervisor (possibly a background thread), which then unmaps it.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    /// A mapping from the pool, its bitmap cleared, or a new one.
+    fn take() -> io::Result<Mapping> {
+        let pooled = POOL.lock().ok().and_then(|mut pool| pool.pop());
+        match pooled {
+            Some(mapping) => {
+                // SAFETY: the bitmap is inside our own mapping, which no process uses (it
+                // came back from a reaped supervisor); MADV_DONTNEED makes it read as zeros.
+                unsafe {
+                    libc::madvise(
+                        mapping.at(GUARD_LEN + STACK_LEN + TLS_LEN).cast(),
+                        BITS_LEN,
+                        libc::MADV_DONTNEED,
+                    );
+                }
+                Ok(mapping)
+            }
+            None => Mapping::new(),
+        }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`Mapping::unmap`].
+    unsafe fn release(self) {
+        if let Ok(mut pool) = POOL.lock() {
+            if pool.len() < POOL_MAX {
+                pool.push(self);
+                return;
+            }
+        }
+        // SAFETY: the caller vouches that nothing uses it.
+        unsafe { self.unmap() };
+    }
+
+    fn new() -> io::Result<Mapping> {
+        // SAFETY: a new anonymous private mapping, placed by the kernel, checked against
+        // MAP_FAILED; the lowest page becomes a guard page (an overflow faults instead of
+        // writing below the stack).
+        unsafe {
+            let addr = libc::mmap(
+                ptr::null_mut(),
+                MAP_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if addr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            libc::mprotect(addr, GUARD_LEN, libc::PROT_NONE);
+            Ok(Mapping { addr })
+        }
+    }
+
+    fn at(&self, offset: usize) -> *mut u8 {
+        // SAFETY: every offset used is within the mapping (see the constants).
+        unsafe { self.addr.cast::<u8>().add(offset) }
+    }
+
+    /// The top of the stack, 16-byte aligned (the mapping is page-aligned).
+    fn stack_top(&self) -> *mut c_void {
+        self.at(GUARD_LEN + STACK_LEN).cast()
+    }
+
+    /// The supervisor's thread pointer, with the self-pointers a thread control block
+    /// starts with on x86_64 (`tcb` and `self`).
+    fn thread_pointer(&self) -> *mut c_void {
+        let tp = self.at(GUARD_LEN + STACK_LEN + TLS_LEN / 2);
+        // SAFETY: `tp` and the two words after it are inside the thread-local area, which
+        // nothing else uses yet.
+        unsafe {
+            let words = tp.cast::<usize>();
+            words.write(tp as usize);
+            words.add(2).write(tp as usize);
+        }
+        tp.cast()
+    }
+
+    fn pid_bits(&self) -> usize {
+        self.at(GUARD_LEN + STACK_LEN + TLS_LEN) as usize
+    }
+
+    /// # Safety
+    ///
+    /// Only once no process uses the mapping any more: the supervisor has been reaped.
+    unsafe fn unmap(self) {
+        // SAFETY: our own mapping, no longer used (the caller vouches).
+        unsafe { libc::munmap(self.addr, MAP_LEN) };
+    }
+}
+
+/// The test binary's handle on a shared-memory supervisor, our child: its pid and its
+/// memory, unmapped once it is reaped.
+pub(crate) struct SharedSupervisor {
+    pid: u32,
+    /// `None` once unmapped. Never unmapped without the reap: a handle dropped before it
+    /// leaks the mapping (the supervisor may still run on it).
+    mapping: Option<Mapping>,
+}
+
+impl SharedSupervisor {
+    pub(crate) fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether it has exited; reaps it and unmaps its memory if so.
+    pub(crate) fn try_reap(&mut self) -> io::Result<bool> {
+        let reaped = super::try_reap_pid(self.pid)?;
+        if reaped {
+            if let Some(mapping) = self.mapping.take() {
+                // SAFETY: reaped (or reaped by someone else: ECHILD), so it has left the
+                // address space.
+                unsafe { mapping.release() };
+            }
+        }
+        Ok(reaped)
+    }
+
+    /// Waits for it to exit, reaps it and unmaps its memory.
+    pub(crate) fn reap(mut self) {
+        super::reap_pid(self.pid);
+        if let Ok(true) = self.try_reap() {
+            return;
+        }
+        // `reap_pid` returned, so it is no longer our unreaped child: reaped here or
+        // elsewhere, it has exited.
+        if let Some(mapping) = self.mapping.take() {
+            // SAFETY: as in `try_reap`.
+            unsafe { mapping.release() };
+        }
+    }
+}
+
+/// A supervised leader and its shared-memory supervisor.
 pub(crate) struct Respawned {
     /// std's handle on the leader, for its stdio pipes only: the leader is the supervisor's
     /// child, never to be waited for here.
     pub leader: Child,
-    /// The supervisor: our child, to be reaped by pid.
-    pub supervisor: u32,
+    pub supervisor: SharedSupervisor,
 }
 
-/// Spawns `cmd` (already set to `process_group(0)` or a new session) as the child of an
-/// exec'd supervisor that talks through `plan`'s pipes. See the module documentation.
-pub(crate) fn spawn(cmd: &mut Command, plan: Plan) -> io::Result<Respawned> {
-    let env: Vec<CString> = std::env::vars_os()
-        .filter(|(key, _)| key.as_bytes() != VAR)
-        .filter_map(|(key, value)| {
-            let mut entry = key.as_bytes().to_vec();
-            entry.push(b'=');
-            entry.extend_from_slice(value.as_bytes());
-            CString::new(entry).ok()
-        })
-        .collect();
-    let plan_var = vec![0_u8; 160];
-    let mut envp: Vec<*const c_char> = env.iter().map(|e| e.as_ptr()).collect();
-    envp.push(plan_var.as_ptr().cast());
-    envp.push(ptr::null());
-    // `env` holds the strings `envp` points to; it lives until this function returns.
+/// What the calling thread and the supervisor share during the spawn. Written by the
+/// supervisor only while the calling thread is blocked, and never after its first message.
+struct Context<'a> {
+    cmd: &'a mut Command,
+    plan: Plan,
+    /// The calling thread's signal mask, which std passes on to the leader (as in `Group`).
+    mask: libc::sigset_t,
+    /// The supervisor's thread pointer.
+    tls: *mut c_void,
+    /// std's answer, or why the supervisor did not get that far.
+    spawned: Option<io::Result<Child>>,
+    /// Set when the leader was spawned but the supervisor could not be set up (the leader
+    /// was then killed and reaped).
+    setup_errno: c_int,
+}
+
+/// Spawns `cmd` (already set to `process_group(0)` or a new session) as the child of a
+/// shared-memory supervisor that talks through `plan`'s pipes (`status_read` must be
+/// non-blocking). See the module documentation.
+pub(crate) fn spawn(cmd: &mut Command, mut plan: Plan) -> io::Result<Respawned> {
+    let mapping = Mapping::take()?;
+    plan.pid_bits = mapping.pid_bits();
     let mut ctx = Context {
         cmd,
         plan,
-        plan_var,
-        envp,
-        spawned: None,
-        exec_failed: None,
-        // SAFETY: sigset_t is plain data; filled in below, before the spawner runs.
+        // SAFETY: sigset_t is plain data; filled in below, before the supervisor runs.
         mask: unsafe { std::mem::zeroed() },
+        tls: mapping.thread_pointer(),
+        spawned: None,
+        setup_errno: 0,
     };
-    // SAFETY: an anonymous private mapping, checked against MAP_FAILED, unmapped below once
-    // the spawner is gone (CLONE_VFORK: `clone` returns only after it exec'd or exited).
-    let stack = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            STACK_LEN,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if stack == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the lowest page of our own mapping becomes a guard page (an overflow faults
-    // instead of writing below the stack).
-    unsafe { libc::mprotect(stack, 4096, libc::PROT_NONE) };
     // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask fill and apply it. All
-    // signals are blocked in this thread for the spawner's life (it inherits the mask), so
-    // no handler of the test binary runs in the spawner, and none in this thread while
-    // the spawner uses its thread-local storage.
+    // signals are blocked in this thread until the supervisor has released it, so no handler
+    // runs on this thread's storage while the supervisor uses it.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut ctx.mask);
     }
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | libc::SIGCHLD;
-    // SAFETY: `spawner` runs on the new stack (its top, 16-byte aligned) with `ctx`, which
-    // outlives it: with CLONE_VFORK this thread is suspended until the spawner has exec'd or
-    // exited, so `ctx` and this frame are not touched by two parties at once. The spawner
-    // shares memory and thread-local storage with this suspended thread and uses them as
-    // it would (see the module documentation).
+    // Also the two signals glibc keeps for itself (thread cancellation, and `setuid` from
+    // another thread, whose handler would write this thread's descriptor): until the
+    // supervisor releases this thread, nothing at all runs on it. Restored with the mask.
+    raw::set_sigmask(u64::MAX);
+    let flags = libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD;
+    // SAFETY: `supervisor_main` runs on the new stack with `ctx`, which outlives its use
+    // there: this thread does not return (nor touch `ctx`) until the supervisor has sent its
+    // first message or exited, and the supervisor writes nothing into `ctx` after that
+    // message (see the module documentation).
     let pid = unsafe {
-        let top = stack.cast::<u8>().add(STACK_LEN).cast::<c_void>();
         libc::clone(
-            spawner,
-            top,
+            supervisor_main,
+            mapping.stack_top(),
             flags,
             ptr::from_mut(&mut ctx).cast::<c_void>(),
         )
     };
-    let clone_error = io::Error::last_os_error();
-    // SAFETY: restores the mask saved above; the spawner is gone (exec'd or exited), so the
-    // stack is no longer in use.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut());
-        libc::munmap(stack, STACK_LEN);
-    }
-    if pid < 0 {
+    if pid <= 0 {
+        // No supervisor: `errno` is this thread's alone.
+        let clone_error = io::Error::last_os_error();
+        // SAFETY: restores the mask saved above.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
+        // SAFETY: no supervisor was made: nothing uses the mapping.
+        unsafe { mapping.release() };
         return Err(clone_error);
     }
-    let spawner = u32::try_from(pid).map_err(|_| io::Error::other("negative pid"))?;
-    let failed = |e: io::Error| {
-        super::reap_pid(spawner);
-        Err(e)
+    wait_for_release(plan.status_read, pid);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
+    let supervisor = SharedSupervisor {
+        pid: u32::try_from(pid).map_err(|_| io::Error::other("negative pid"))?,
+        mapping: Some(mapping),
     };
-    match (ctx.spawned.take(), ctx.exec_failed.take()) {
-        (Some(Ok(leader)), None) => Ok(Respawned {
-            leader,
-            supervisor: spawner,
-        }),
-        (Some(Ok(_)), Some(e)) => failed(io::Error::new(
-            e.kind(),
-            format!("cannot exec the supervisor (/proc/self/exe): {e}"),
-        )),
-        (Some(Err(e)), _) => failed(e),
-        (None, _) => failed(io::Error::other("the supervisor's spawner died")),
+    let error = match (ctx.spawned.take(), ctx.setup_errno) {
+        (Some(Ok(leader)), 0) => return Ok(Respawned { leader, supervisor }),
+        (Some(Ok(_)), errno) => {
+            let e = io::Error::from_raw_os_error(errno);
+            io::Error::new(e.kind(), format!("cannot set up the supervisor: {e}"))
+        }
+        (Some(Err(e)), _) => e,
+        (None, _) => io::Error::other("the supervisor died while spawning"),
+    };
+    // It has exited, or exits at once: it has nothing left to do.
+    supervisor.reap();
+    Err(error)
+}
+
+/// How long the calling thread yields rather than sleeps while it waits for the supervisor's
+/// first message (see [`wait_for_release`]).
+const SPIN_US: i64 = 1_000;
+
+/// Blocks until the supervisor's first message is readable (the leader's pid, or the
+/// failure it sends before it exits) or it has exited without one (killed by someone else
+/// while it spawned: looked for every 100 ms), with raw calls only: while it runs std's
+/// spawn it uses this thread's storage, `errno` included.
+fn wait_for_release(status_read: RawFd, supervisor: pid_t) {
+    let Ok(id) = libc::id_t::try_from(supervisor) else {
+        return;
+    };
+    let spin_until = raw::monotonic_us().saturating_add(SPIN_US);
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: status_read,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if raw::poll(&mut fds, 0).is_ok() && fds[0].revents != 0 {
+            return;
+        }
+        if raw::monotonic_us() >= spin_until {
+            break;
+        }
+        raw::sched_yield();
+    }
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: status_read,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        match raw::poll(&mut fds, 100) {
+            Ok(_) if fds[0].revents != 0 => return,
+            Ok(_) | Err(libc::EINTR) => {}
+            // Cannot wait (EBADF, EFAULT: cannot happen): waiting for the exit is all that
+            // is left, which the reap does.
+            Err(_) => return,
+        }
+        // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid(2).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG | libc::__WALL;
+        // SAFETY: waitid filled in the pid of the child if it exited (or left it zero).
+        if raw::waitid(libc::P_PID, id, &mut info, flags).is_err() || unsafe { info.si_pid() } != 0
+        {
+            return;
+        }
     }
 }
 
-/// The spawner (see the module documentation). Never returns: it execs the supervisor, or
-/// `_exit`s with its findings in the context.
-extern "C" fn spawner(arg: *mut c_void) -> c_int {
-    // SAFETY: `arg` is the `Context` that `spawn` passed, alive while its thread is
-    // suspended (CLONE_VFORK); no one else touches it meanwhile.
+/// The supervisor (see the module documentation). Never returns.
+extern "C" fn supervisor_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Context` that `spawn` passed, alive and untouched by the
+    // blocked calling thread until this process sends its first message or exits.
     let ctx = unsafe { &mut *arg.cast::<Context<'_>>() };
-    if let Err(e) = prepare() {
-        ctx.spawned = Some(Err(e));
-    } else {
-        // std passes the signal mask on to the leader: the test thread's, as in `Group`.
-        // Unblocked only around std's `spawn` (with no handler of the test binary left).
-        // SAFETY: sets this process's own mask from a sigset_t that `spawn` filled.
-        let spawned = unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut());
-            let spawned = ctx.cmd.spawn();
-            libc::sigprocmask(libc::SIG_SETMASK, &all, ptr::null_mut());
-            spawned
-        };
-        match spawned {
-            Err(e) => ctx.spawned = Some(Err(e)),
-            Ok(child) => {
-                let leader = child.id();
-                ctx.spawned = Some(Ok(child));
-                let e = become_supervisor(ctx, leader);
-                ctx.exec_failed = Some(e);
-                // SAFETY: the leader is our own unreaped child, so its pid is ours to kill.
-                unsafe {
-                    if let Ok(pid) = libc::pid_t::try_from(leader) {
-                        libc::kill(pid, libc::SIGKILL);
-                        let mut status = 0;
-                        libc::waitpid(pid, &mut status, 0);
-                    }
-                }
-            }
-        }
+    let plan = ctx.plan;
+    let tls = ctx.tls;
+    if let Err(errno) = prepare() {
+        ctx.spawned = Some(Err(io::Error::from_raw_os_error(errno)));
+        release_and_exit(&plan);
     }
-    // SAFETY: ends this process only; the context has its answer.
-    unsafe { libc::_exit(0) }
+    // std passes the signal mask on to the leader: the test thread's, as in `Group`.
+    // Unblocked only around std's `spawn` (with no handler of the test binary left).
+    // SAFETY: sets this process's own mask from a sigset_t that `spawn` filled.
+    let spawned = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut());
+        let spawned = ctx.cmd.spawn();
+        libc::sigprocmask(libc::SIG_SETMASK, &all, ptr::null_mut());
+        spawned
+    };
+    let leader = match spawned {
+        Err(e) => {
+            ctx.spawned = Some(Err(e));
+            release_and_exit(&plan);
+        }
+        Ok(child) => {
+            let leader = pid_t::try_from(child.id()).unwrap_or(0);
+            ctx.spawned = Some(Ok(child));
+            leader
+        }
+    };
+    let test_binary = match private_state() {
+        Ok(fd) => fd,
+        Err(errno) => {
+            ctx.setup_errno = errno;
+            if leader > 0 {
+                // Our own unreaped child: its pid is ours to kill.
+                let _ = raw::kill(leader, libc::SIGKILL);
+                let mut status = 0;
+                let _ = raw::waitpid(leader, &mut status, libc::__WALL);
+            }
+            release_and_exit(&plan);
+        }
+    };
+    // From here on nothing of the calling thread is used: not `ctx`, not its storage.
+    // SAFETY: `tls` is inside this process's own mapping, which stays mapped until it is
+    // reaped; only raw calls follow, which use no thread-local storage.
+    let _ = unsafe { raw::set_thread_pointer(tls) };
+    let name = b"pgroup-superv\0";
+    let _ = raw::prctl(libc::PR_SET_NAME, name.as_ptr() as usize);
+    supervise::supervise(plan, leader, test_binary)
 }
 
-/// The spawner's set-up before std spawns the leader: a process group of its own (a SIGKILL
-/// to the test binary's group must not take it), child subreaper, and SIGCHLD at its
-/// default (an ignored SIGCHLD would make the kernel reap the leader).
-fn prepare() -> io::Result<()> {
-    // SAFETY: plain syscalls on this process's own attributes; the sigaction is on our stack
-    // and changes the spawner's own copy of the handler table (no CLONE_SIGHAND).
-    unsafe {
-        if libc::setpgid(0, 0) != 0 {
-            return Err(io::Error::last_os_error());
+/// On failure, once the answer is in the context: releases the calling thread with a
+/// message of its own (it then reads the context and reaps us) and exits.
+fn release_and_exit(plan: &Plan) -> ! {
+    let _ = raw::write(plan.status_write, &[supervise::TAG_FAILED, 0, 0, 0, 0]);
+    raw::exit_group(0)
+}
+
+/// Before std spawns the leader: a process group of its own (a SIGKILL to the test binary's
+/// group must not take it), child subreaper, SIGCHLD at its default (an ignored SIGCHLD
+/// would make the kernel reap the leader), and no handler of the test binary left (this
+/// process shares its memory, so a handler would run the test binary's code here); ignored
+/// signals stay ignored, as std passes them on to the leader.
+fn prepare() -> Result<(), c_int> {
+    raw::setpgid(0, 0)?;
+    raw::prctl(libc::PR_SET_CHILD_SUBREAPER, 1)?;
+    raw::sigaction(libc::SIGCHLD, Some(&raw::KernelSigaction::DFL), None)?;
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || sig == libc::SIGCHLD {
+            continue;
         }
-        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        if libc::sigaction(libc::SIGCHLD, &dfl, ptr::null_mut()) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // No handler of the test binary may run here (this process shares its memory):
-        // each becomes the default action, which exec would make of it for the leader
-        // anyway. Ignored signals stay ignored, as std passes them on.
-        for sig in 1..=64 {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, ptr::null(), &mut old) == 0
-                && old.sa_sigaction != libc::SIG_DFL
-                && old.sa_sigaction != libc::SIG_IGN
-            {
-                libc::sigaction(sig, &dfl, ptr::null_mut());
-            }
+        let mut old = raw::KernelSigaction::DFL;
+        if raw::sigaction(sig, None, Some(&mut old)).is_ok()
+            && old.handler != libc::SIG_DFL
+            && old.handler != libc::SIG_IGN
+        {
+            let _ = raw::sigaction(sig, Some(&raw::KernelSigaction::DFL), None);
         }
     }
     Ok(())
 }
 
-/// Takes a private descriptor table, keeps the supervisor's descriptors across exec, and
-/// execs the supervisor. Returns only on failure.
-fn become_supervisor(ctx: &mut Context<'_>, leader: u32) -> io::Error {
-    let plan = ctx.plan;
-    // SAFETY: unshare, close, fcntl and execve on this process's own descriptor table and
-    // on the strings `spawn` built, alive until execve. Nothing here allocates: whatever
-    // it would allocate would leak in the test binary's heap.
-    unsafe {
-        if libc::unshare(libc::CLONE_FILES) != 0 {
-            return io::Error::last_os_error();
-        }
-        libc::close(plan.control_write);
-        libc::close(plan.status_read);
-        let test_binary = match supervise::watch_parent() {
-            Ok(fd) => fd,
-            Err(e) => return e,
-        };
-        for fd in [plan.control_read, plan.status_write, test_binary] {
-            if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                return io::Error::last_os_error();
-            }
-        }
-        // Formatting into a slice allocates nothing; the last byte stays NUL.
-        let len = ctx.plan_var.len() - 1;
-        let mut out = &mut ctx.plan_var[..len];
-        if write!(
-            out,
-            "PGROUP_SUPERVISOR={MAGIC}:{}:{}:{test_binary}:{leader}",
-            plan.control_read, plan.status_write,
-        )
-        .is_err()
-        {
-            return io::Error::from_raw_os_error(libc::E2BIG);
-        }
-        // The slot before the final null (taken afresh after the write above).
-        let slot = ctx.envp.len() - 2;
-        ctx.envp[slot] = ctx.plan_var.as_ptr().cast();
-        let argv: [*const c_char; 2] = [c"pgroup-supervisor".as_ptr(), ptr::null()];
-        libc::execve(c"/proc/self/exe".as_ptr(), argv.as_ptr(), ctx.envp.as_ptr());
-        io::Error::last_os_error()
+/// After the spawn: a private descriptor table (the shared one is the test binary's), and a
+/// pidfd on the test binary, our parent. `getppid` is read again after `pidfd_open`: if it
+/// changed, the test binary died in between and the descriptor may name whoever inherited
+/// us.
+fn private_state() -> Result<RawFd, c_int> {
+    raw::unshare(libc::CLONE_FILES)?;
+    let parent = raw::getppid();
+    let fd = raw::pidfd_open(parent)?;
+    if raw::getppid() != parent {
+        raw::close(fd);
+        return Err(libc::ESRCH);
     }
+    Ok(fd)
 }

@@ -1,36 +1,41 @@
 //! The supervisor of the `Supervised` and `Namespace` containment tiers.
 //!
-//! # Exec'd or forked
+//! # Shared or forked
 //!
-//! The `Supervised` tier runs this loop in an *exec'd* copy of the test binary (see
-//! `respawn.rs`): a spawner made with `clone(CLONE_VM | CLONE_VFORK)` runs std's `spawn` for
-//! the leader and then execs `/proc/self/exe`, whose `.init_array` entry calls
-//! [`supervise`] before `main`. No page table of the test binary is copied.
+//! The `Supervised` tier runs this loop in a process that shares the test binary's memory
+//! (see `respawn.rs`): made with `clone(CLONE_VM)`, it runs std's `spawn` for the leader in
+//! place of the blocked calling thread, then moves its thread pointer to storage of its own
+//! and supervises, on a stack of its own. No page table of the test binary is copied, and
+//! nothing is exec'd.
 //!
-//! The `Namespace` tier (and `Supervised` with `PGROUP_EXEC_SUPERVISOR=off`, or where the
-//! `.init_array` entry did not run) forks it instead: std forks the child for the
-//! `Command` as usual, and a `pre_exec` hook, which runs in that child between fork and
+//! The `Namespace` tier (and `Supervised` with `PGROUP_EXEC_SUPERVISOR=off`, or on an
+//! architecture without the raw calls of `raw.rs`) forks it instead: std forks the child for
+//! the `Command` as usual, and a `pre_exec` hook, which runs in that child between fork and
 //! exec, forks once more. The grandchild returns from the hook and std execs the user's
 //! program in it: it becomes the group's leader. The child never returns from the hook: it
 //! becomes the supervisor. (A PID namespace's init must be set up before the leader is
 //! forked, and `unshare(CLONE_NEWUSER)` refuses a process that shares its memory, so the
-//! spawner cannot do that part.) Because it was forked from a multi-threaded process,
-//! everything in this file that runs in a forked process is async-signal-safe: raw
-//! syscalls on stack buffers (and one anonymous `mmap`), no allocation, no locks, no
-//! panics, and `_exit` at the end. The exec'd supervisor runs the same code.
+//! shared supervisor cannot do that part.) Because it was forked from a multi-threaded
+//! process, everything in this file that runs in a forked process is async-signal-safe:
+//! syscalls on stack buffers, no allocation, no locks, no panics, and `_exit` at the end.
+//!
+//! [`supervise`] and everything it calls go further, for the shared supervisor: only the
+//! instruction-level calls of `raw.rs`, which touch neither `errno` nor any libc state (the
+//! shared supervisor's thread-local storage is not a libc thread's), and no memory but its
+//! stack and the teardown bitmap its spawner mapped (`Plan::pid_bits`).
 //!
 //! # What it does not trust
 //!
 //! The supervisor inherits the test binary's signal state, which may be anything: SIGCHLD
 //! set to `SIG_IGN` (the kernel would then reap the leader at once), SIGALRM ignored,
 //! handlers that make no sense outside the test binary, a blocked mask. Before its first
-//! fork it sets SIGCHLD to `SIG_DFL` (the leader gets the inherited action back before
-//! exec, as the plain tier's leader would have it); once it supervises, it resets every
-//! handler to the default, ignores the job-control and termination signals, and blocks only
-//! SIGCHLD, which it reads through a `signalfd`. It uses no signal as a timer: every wait
-//! is a `poll` with a timeout computed from a `CLOCK_MONOTONIC` deadline, which works the
-//! same in PID 1 of a namespace (where signals without a handler are dropped) and whatever
-//! the test binary ignores.
+//! fork (or std's spawn) it sets SIGCHLD to `SIG_DFL` (the forked supervisor gives the
+//! leader the inherited action back before exec, as the plain tier's leader would have it);
+//! once it supervises, it blocks every signal for good and reads SIGCHLD through a
+//! `signalfd`: no handler of the test binary can run in it, and SIGTERM, SIGINT, SIGHUP and
+//! job control stay pending forever. It uses no signal as a timer: every wait is a `poll`
+//! with a timeout computed from a `CLOCK_MONOTONIC` deadline, which works the same in PID 1
+//! of a namespace and whatever the test binary ignores.
 //!
 //! # The protocol
 //!
@@ -59,6 +64,8 @@ use std::ptr;
 use nix::errno::Errno;
 use nix::libc::{self, c_int, pid_t};
 
+use super::raw;
+
 /// Length of one status message: a tag byte and an `i32`.
 pub(crate) const MSG_LEN: usize = 5;
 /// Status message: the leader's pid, as the supervisor sees it.
@@ -86,8 +93,12 @@ const EXEC_MARKER: &[u8] = b"pgroup/preexec";
 pub(crate) const TEARDOWN_BOUND_MS: i64 = 4_500;
 const _: () = assert!((TEARDOWN_BOUND_MS as u128) < crate::KILL_WAIT_BOUND.as_millis());
 
+/// How long teardown waits for the leader to die of the test binary's SIGKILL before it
+/// looks for what else is left (see [`teardown`]).
+const LEADER_FIRST_MS: i64 = 50;
+
 /// Pids below this are tracked in the teardown's bitmap (the kernel's `PID_MAX_LIMIT`).
-const PID_BITS: usize = 1 << 22;
+pub(super) const PID_BITS: usize = 1 << 22;
 
 /// The descriptors and choices the hook needs; all plain data, copied into the closure.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +114,12 @@ pub(crate) struct Plan {
     pub namespace: bool,
     /// Start the leader in a new session rather than only a new group.
     pub new_session: bool,
+    /// Whether the leader may exit before its exec (the forked supervisor forks it, and
+    /// std's spawn is still waiting for the exec's outcome): then its name is checked.
+    pub check_exec: bool,
+    /// The address of [`PID_BITS`] / 8 bytes of zeroed memory for the teardown's bitmap, or
+    /// 0 to map it at teardown (see `PidSet::new`).
+    pub pid_bits: usize,
 }
 
 fn errno() -> c_int {
@@ -335,13 +352,14 @@ fn write_decimal(buf: &mut [u8], mut value: u64) -> usize {
 /// Closes every descriptor except those in `keep` (at most four).
 fn close_all_but(keep: &[RawFd]) {
     let mut sorted = [-1_i32; 4];
-    let keep = &keep[..keep.len().min(sorted.len())];
+    let keep = keep.get(..keep.len().min(sorted.len())).unwrap_or(&[]);
     for (slot, fd) in sorted.iter_mut().zip(keep) {
         *slot = *fd;
     }
-    sorted[..keep.len()].sort_unstable();
+    let kept = sorted.get_mut(..keep.len()).unwrap_or(&mut []);
+    kept.sort_unstable();
     let mut first: u32 = 0;
-    for fd in &sorted[..keep.len()] {
+    for fd in kept.iter() {
         if let Ok(fd) = u32::try_from(*fd) {
             if fd > first {
                 close_range(first, fd - 1);
@@ -353,33 +371,19 @@ fn close_all_but(keep: &[RawFd]) {
 }
 
 fn close_range(first: u32, last: u32) {
-    let flags: libc::c_uint = 0;
-    // SAFETY: close_range(2) takes plain integers; closing descriptors this process holds
-    // is what the supervisor wants (nothing else runs in it).
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
-    if rc != 0 {
+    if raw::close_range(first, last).is_err() {
         // Kernels before 5.9: close one by one, up to a generous limit.
         for fd in first..last.min(65_536) {
             if let Ok(fd) = c_int::try_from(fd) {
-                // SAFETY: as above.
-                unsafe { libc::close(fd) };
+                raw::close(fd);
             }
         }
     }
 }
 
 /// Milliseconds on `CLOCK_MONOTONIC`, which no signal disposition or clock change affects.
-#[allow(clippy::useless_conversion)] // `time_t` and `c_long` are `i64` only on some targets
 fn now_ms() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime(2) writes to a timespec on our stack; it is async-signal-safe.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    i64::from(ts.tv_sec)
-        .saturating_mul(1000)
-        .saturating_add(i64::from(ts.tv_nsec) / 1_000_000)
+    raw::monotonic_ms()
 }
 
 /// A `poll` timeout for the time left until `deadline` (`None`: no bound), at least 0.
@@ -398,15 +402,11 @@ fn send(fd: RawFd, tag: u8, value: i32, deadline: Option<i64>) {
     let v = value.to_le_bytes();
     let msg: [u8; MSG_LEN] = [tag, v[0], v[1], v[2], v[3]];
     loop {
-        // SAFETY: writes a stack buffer to a descriptor we own; 5 bytes are below PIPE_BUF,
-        // so the write is atomic: all or nothing.
-        let n = unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
-        if n >= 0 {
-            return;
-        }
-        match errno() {
-            libc::EINTR => {}
-            libc::EAGAIN => {
+        // 5 bytes are below PIPE_BUF, so the write is atomic: all or nothing.
+        match raw::write(fd, &msg) {
+            Ok(_) => return,
+            Err(libc::EINTR) => {}
+            Err(libc::EAGAIN) => {
                 let timeout = timeout_until(deadline);
                 if timeout == 0 {
                     return;
@@ -416,50 +416,24 @@ fn send(fd: RawFd, tag: u8, value: i32, deadline: Option<i64>) {
                     events: libc::POLLOUT,
                     revents: 0,
                 }];
-                // SAFETY: poll(2) on a one-element array on our stack.
-                unsafe { libc::poll(pfd.as_mut_ptr(), 1, timeout) };
+                let _ = raw::poll(&mut pfd, timeout);
             }
-            _ => return,
+            Err(_) => return,
         }
     }
 }
 
-/// Resets what the supervisor inherited from the test binary: every handler back to the
-/// default, the signals that must not end it ignored, and only SIGCHLD blocked (it is read
-/// through a signalfd). Returns the signalfd, or -1 if none could be made.
+/// Takes over the signal state inherited from the test binary: SIGCHLD at its default
+/// action (ignored, or with `SA_NOCLDWAIT`, the kernel would reap the leader), and every
+/// signal blocked for good, SIGCHLD read through a `signalfd`. No handler of the test binary
+/// can then run here (its code would run in this process, on this stack), and the signals
+/// that would end the supervisor (SIGTERM, SIGINT, SIGHUP, job control) stay pending
+/// forever; SIGKILL and SIGSTOP cannot be blocked, and a fault still kills it. Returns the
+/// signalfd, or -1 if none could be made.
 fn take_over_signals() -> RawFd {
-    // SAFETY: sigaction, sigprocmask and signalfd are async-signal-safe; every structure is
-    // on our stack. Resetting handlers is sound: no code of the test binary runs here.
-    unsafe {
-        let dfl = action(libc::SIG_DFL);
-        let ign = action(libc::SIG_IGN);
-        for sig in 1..=64 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // Fails harmlessly for the signals libc reserves for itself.
-                libc::sigaction(sig, &dfl, ptr::null_mut());
-            }
-        }
-        for sig in [
-            libc::SIGINT,
-            libc::SIGTERM,
-            libc::SIGHUP,
-            libc::SIGQUIT,
-            libc::SIGPIPE,
-            libc::SIGTSTP,
-            libc::SIGTTIN,
-            libc::SIGTTOU,
-            libc::SIGALRM,
-            libc::SIGUSR1,
-            libc::SIGUSR2,
-        ] {
-            libc::sigaction(sig, &ign, ptr::null_mut());
-        }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut());
-        libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-    }
+    let _ = raw::sigaction(libc::SIGCHLD, Some(&raw::KernelSigaction::DFL), None);
+    raw::set_sigmask(u64::MAX);
+    raw::signalfd(raw::sigbit(libc::SIGCHLD)).unwrap_or(-1)
 }
 
 /// Reads every pending SIGCHLD out of the signalfd.
@@ -468,8 +442,7 @@ fn drain(sfd: RawFd) {
         return;
     }
     let mut buf = [0_u8; 1024];
-    // SAFETY: reads into a stack buffer from our own non-blocking signalfd.
-    while unsafe { libc::read(sfd, buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+    while raw::read(sfd, &mut buf).is_ok_and(|n| n > 0) {}
 }
 
 /// Waits until a child changes state (SIGCHLD) or `deadline` passes.
@@ -486,138 +459,131 @@ fn wait_for_children(sfd: RawFd, deadline: i64) {
     } else {
         (1, timeout)
     };
-    // SAFETY: poll(2) on an array on our stack (or on no descriptor at all).
-    unsafe { libc::poll(pfd.as_mut_ptr(), count, timeout) };
+    let _ = raw::poll(pfd.get_mut(..count).unwrap_or(&mut []), timeout);
     drain(sfd);
 }
 
 /// The supervisor's life: report the leader's pid, reap orphans as they exit, report the
 /// leader's exit, and on the teardown command or the test binary's death, kill and reap
 /// everything. Never returns.
+///
+/// Only raw syscalls (`raw.rs`) on stack data and on `plan.pid_bits`: no `errno`, no libc
+/// state, no allocation, no panic, so that it may run in the test binary's address space.
 pub(super) fn supervise(plan: Plan, leader: pid_t, test_binary: RawFd) -> ! {
-    // SAFETY (whole function): async-signal-safe syscalls on stack data. `leader` and every
-    // pid we signal are our own unreaped children at the moment we signal them, so their
-    // numbers (and the group ids equal to them) cannot have been recycled.
-    unsafe {
-        close_all_but(&[plan.control_read, plan.status_write, test_binary]);
-        let sfd = take_over_signals();
-        let flags = libc::fcntl(plan.status_write, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(plan.status_write, libc::F_SETFL, flags | libc::O_NONBLOCK);
+    // Every pid we signal is one of our own unreaped children at the moment we signal it,
+    // so its number (and the group id equal to it) cannot have been recycled.
+    close_all_but(&[plan.control_read, plan.status_write, test_binary]);
+    let sfd = take_over_signals();
+    if let Ok(flags) = raw::fcntl(plan.status_write, libc::F_GETFL, 0) {
+        let nonblock = usize::try_from(libc::O_NONBLOCK).unwrap_or(0);
+        let _ = raw::fcntl(plan.status_write, libc::F_SETFL, flags | nonblock);
+    }
+    send(plan.status_write, TAG_PID, leader, None);
+    let pidfd = match raw::pidfd_open(leader) {
+        Ok(fd) => fd,
+        Err(errno) => {
+            send(plan.status_write, TAG_FAILED, errno, None);
+            teardown(plan, leader, -1, sfd, true, false);
         }
-        send(plan.status_write, TAG_PID, leader, None);
-        let no_flags: libc::c_uint = 0;
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, leader, no_flags);
-        let Ok(pidfd) = c_int::try_from(pidfd) else {
-            send(plan.status_write, TAG_FAILED, errno(), None);
-            teardown(plan, leader, sfd, true);
-        };
-        if pidfd < 0 {
-            send(plan.status_write, TAG_FAILED, errno(), None);
-            teardown(plan, leader, sfd, true);
+    };
+    let mut leader_exited = false;
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: plan.control_read,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: if leader_exited { -1 } else { pidfd },
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: test_binary,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        match raw::poll(&mut fds, -1) {
+            Ok(_) => {}
+            Err(libc::EINTR) => continue,
+            Err(_) => teardown(plan, leader, pidfd, sfd, true, leader_exited),
         }
-        let mut leader_exited = false;
-        loop {
-            let mut fds = [
-                libc::pollfd {
-                    fd: plan.control_read,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: if leader_exited { -1 } else { pidfd },
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: test_binary,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: sfd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            if libc::poll(fds.as_mut_ptr(), 4, -1) < 0 {
-                if errno() == libc::EINTR {
-                    continue;
-                }
-                teardown(plan, leader, sfd, true);
+        let mut reap = fds[3].revents != 0;
+        if reap {
+            drain(sfd);
+        }
+        if !leader_exited && fds[1].revents != 0 {
+            leader_exited = true;
+            reap = true;
+            let status = peek_status(leader);
+            if plan.check_exec && never_execd(leader) {
+                // std reports the exec error to the test binary and waits for us.
+                let mut raw_status: c_int = 0;
+                let _ = raw::waitpid(leader, &mut raw_status, 0);
+                raw::exit_group(0);
             }
-            let mut reap = fds[3].revents != 0;
-            if reap {
-                drain(sfd);
+            send(plan.status_write, TAG_STATUS, status, None);
+        }
+        if reap {
+            reap_orphans(leader, leader_exited);
+        }
+        if fds[0].revents != 0 {
+            let mut byte = [0_u8; 1];
+            let n = raw::read(plan.control_read, &mut byte);
+            if n == Err(libc::EINTR) {
+                continue;
             }
-            if !leader_exited && fds[1].revents != 0 {
-                leader_exited = true;
-                reap = true;
-                let status = peek_status(leader);
-                if never_execd(leader) {
-                    // std reports the exec error to the test binary and waits for us.
-                    let mut raw: c_int = 0;
-                    libc::waitpid(leader, &mut raw, 0);
-                    libc::_exit(0);
-                }
-                send(plan.status_write, TAG_STATUS, status, None);
-            }
-            if reap {
-                reap_orphans(leader, leader_exited);
-            }
-            if fds[0].revents != 0 {
-                let mut byte = [0_u8; 1];
-                let n = libc::read(plan.control_read, byte.as_mut_ptr().cast(), 1);
-                if n < 0 && errno() == libc::EINTR {
-                    continue;
-                }
-                let parent_died = !(n == 1 && byte[0] == CMD_TEARDOWN);
-                teardown(plan, leader, sfd, parent_died);
-            }
-            if fds[2].revents != 0 {
-                // The test binary exited, although some fork of it still holds the pipe.
-                teardown(plan, leader, sfd, true);
-            }
+            let parent_died = !(n == Ok(1) && byte[0] == CMD_TEARDOWN);
+            teardown(plan, leader, pidfd, sfd, parent_died, leader_exited);
+        }
+        if fds[2].revents != 0 {
+            // The test binary exited, although some fork of it still holds the pipe.
+            teardown(plan, leader, pidfd, sfd, true, leader_exited);
         }
     }
 }
 
 /// Reaps every child that has exited, except the leader, whose zombie pins the group id.
 fn reap_orphans(leader: pid_t, leader_exited: bool) {
-    // SAFETY (whole function): waitid/waitpid with stack out-parameters; only pids that are
-    // our children and not the leader are reaped.
-    unsafe {
-        if !leader_exited {
-            loop {
-                let mut info: libc::siginfo_t = std::mem::zeroed();
-                // `__WALL` here and below: also children whose exit signal is not SIGCHLD.
-                let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG | libc::__WALL;
-                if libc::waitid(libc::P_ALL, 0, &mut info, flags) != 0 {
-                    if errno() == libc::EINTR {
-                        continue;
-                    }
-                    return;
-                }
-                let pid = info.si_pid();
-                if pid <= 0 || pid == leader {
-                    // Nothing (else) has exited; or the leader, which its pidfd reports.
-                    return;
-                }
-                let mut status: c_int = 0;
-                if libc::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL) <= 0 {
-                    return; // cannot happen for an exited child; never spin on it
-                }
+    // Only pids that are our children and not the leader are reaped.
+    if !leader_exited {
+        loop {
+            // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid(2).
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // `__WALL` here and below: also children whose exit signal is not SIGCHLD.
+            let flags = libc::WEXITED | libc::WNOWAIT | libc::WNOHANG | libc::__WALL;
+            match raw::waitid(libc::P_ALL, 0, &mut info, flags) {
+                Ok(_) => {}
+                Err(libc::EINTR) => continue,
+                Err(_) => return,
+            }
+            // SAFETY: waitid filled in the pid of a child (or left it zero).
+            let pid = unsafe { info.si_pid() };
+            if pid <= 0 || pid == leader {
+                // Nothing (else) has exited; or the leader, which its pidfd reports.
+                return;
+            }
+            let mut status: c_int = 0;
+            if !raw::waitpid(pid, &mut status, libc::WNOHANG | libc::__WALL).is_ok_and(|p| p > 0) {
+                return; // cannot happen for an exited child; never spin on it
             }
         }
-        // Once the leader is a zombie, every `waitid(P_ALL)` finds it first: go by the list
-        // of children instead.
-        for_each_child(|child| {
-            if child > 1 && child != leader {
-                let mut status: c_int = 0;
-                libc::waitpid(child, &mut status, libc::WNOHANG | libc::__WALL);
-            }
-        });
     }
+    // Once the leader is a zombie, every `waitid(P_ALL)` finds it first: go by the list
+    // of children instead.
+    for_each_child(|child| {
+        if child > 1 && child != leader {
+            let mut status: c_int = 0;
+            let _ = raw::waitpid(child, &mut status, libc::WNOHANG | libc::__WALL);
+        }
+    });
 }
 
 /// The leader's raw wait status, without reaping it.
@@ -626,19 +592,20 @@ fn peek_status(leader: pid_t) -> i32 {
         return 0;
     };
     // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid(2).
-    unsafe {
-        let mut info: libc::siginfo_t = std::mem::zeroed();
-        while libc::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) != 0 {
-            if errno() != libc::EINTR {
-                return 0;
-            }
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        match raw::waitid(libc::P_PID, id, &mut info, libc::WEXITED | libc::WNOWAIT) {
+            Ok(_) => break,
+            Err(libc::EINTR) => {}
+            Err(_) => return 0,
         }
-        let status = info.si_status();
-        match info.si_code {
-            libc::CLD_EXITED => (status & 0xff) << 8,
-            libc::CLD_DUMPED => status | 0x80,
-            _ => status,
-        }
+    }
+    // SAFETY: waitid filled in a child's state change.
+    let status = unsafe { info.si_status() };
+    match info.si_code {
+        libc::CLD_EXITED => (status & 0xff) << 8,
+        libc::CLD_DUMPED => status | 0x80,
+        _ => status,
     }
 }
 
@@ -657,52 +624,38 @@ fn never_execd(leader: pid_t) -> bool {
 fn read_proc_file<'b>(pid: pid_t, file: &[u8], buf: &'b mut [u8]) -> Option<&'b [u8]> {
     let mut path = [0_u8; 64];
     let prefix = b"/proc/";
-    path[..prefix.len()].copy_from_slice(prefix);
+    path.get_mut(..prefix.len())?.copy_from_slice(prefix);
     let mut len = prefix.len();
-    len += write_decimal(&mut path[len..], u64::try_from(pid).ok()?);
+    len += write_decimal(path.get_mut(len..)?, u64::try_from(pid).ok()?);
     path.get_mut(len..len + file.len())?.copy_from_slice(file);
-    // SAFETY: `path` is NUL-terminated (`file` ends with NUL) and on the stack; `buf` is a
-    // valid buffer of its length; the descriptor is closed before returning.
-    let n = unsafe {
-        let fd = libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC);
-        if fd < 0 {
-            return None;
-        }
-        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
-        libc::close(fd);
-        n
-    };
-    let n = usize::try_from(n).ok()?;
-    buf.get(..n)
+    let fd = raw::open(
+        path.get(..len + file.len())?,
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    )
+    .ok()?;
+    let n = raw::read(fd, buf);
+    raw::close(fd);
+    buf.get(..n.ok()?)
 }
 
-/// One bit per pid, in anonymous memory mapped at teardown (no allocator involved): the
-/// children already killed, so that each is signalled and reported once. Without the
-/// mapping every child is killed again on every pass (still correct, only slower).
+/// One bit per pid, in anonymous memory (no allocator involved): the children already
+/// killed, so that each is signalled and reported once. Without the memory every child is
+/// killed again on every pass (still correct, only slower).
 struct PidSet {
     bits: *mut u8,
 }
 
 impl PidSet {
-    fn new() -> PidSet {
-        // SAFETY: an anonymous private mapping; the result is checked against MAP_FAILED.
-        let bits = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                PID_BITS / 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
+    /// `plan.pid_bits` if the spawner mapped it (the shared-memory supervisor, which must
+    /// not map anything of its own in the test binary's address space), else a mapping of
+    /// its own (a forked supervisor: it goes with the process).
+    fn new(plan: &Plan) -> PidSet {
+        let bits = if plan.pid_bits != 0 {
+            plan.pid_bits as *mut u8
+        } else {
+            raw::mmap_anonymous(PID_BITS / 8).map_or(ptr::null_mut(), |p| p.cast())
         };
-        PidSet {
-            bits: if bits == libc::MAP_FAILED {
-                ptr::null_mut()
-            } else {
-                bits.cast()
-            },
-        }
+        PidSet { bits }
     }
 
     /// The byte and bit of `pid`, if it is tracked.
@@ -737,64 +690,90 @@ impl PidSet {
 /// could not send the final SIGKILL to the group, so the supervisor does. Bounded by
 /// [`TEARDOWN_BOUND_MS`] on the monotonic clock: a child that cannot die (uninterruptible
 /// sleep, a nested PID namespace whose init cannot finish) is reported with [`TAG_STUCK`],
-/// and the supervisor exits without it.
-fn teardown(plan: Plan, leader: pid_t, sfd: RawFd, parent_died: bool) -> ! {
-    // SAFETY (whole function): async-signal-safe syscalls; every pid signalled is one of our
-    // own unreaped children when it is signalled (it was listed as our child after the last
-    // reap, and only we reap our children: SIGCHLD is not ignored), so neither it nor the
-    // group id equal to it can have been recycled.
-    unsafe {
-        let deadline = now_ms().saturating_add(TEARDOWN_BOUND_MS);
-        if parent_died && leader > 1 {
-            libc::kill(-leader, libc::SIGKILL);
-        }
-        let mut killed = PidSet::new();
-        loop {
-            // Reap everything that has exited (the leader included: the test binary no
-            // longer signals the group).
-            loop {
-                let mut status: c_int = 0;
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL);
-                if pid > 0 {
-                    killed.remove(pid);
-                    continue;
-                }
-                if pid < 0 && errno() == libc::EINTR {
-                    continue;
-                }
-                if pid < 0 && errno() == libc::ECHILD {
-                    send(plan.status_write, TAG_DONE, 0, Some(deadline));
-                    libc::_exit(0);
-                }
+/// and the supervisor exits without it. Unless `status_sent`, the leader's status is
+/// reported when it is reaped (the test binary may send [`CMD_TEARDOWN`] right after its
+/// final SIGKILL, before the leader has died).
+///
+/// When the test binary sent its final SIGKILL itself, the leader is about to die: the
+/// supervisor waits for that first (on `leader_pidfd`, within [`LEADER_FIRST_MS`]), so that
+/// in the usual case (nothing but the leader left) teardown is a reap and no scan of /proc.
+fn teardown(
+    plan: Plan,
+    leader: pid_t,
+    leader_pidfd: RawFd,
+    sfd: RawFd,
+    parent_died: bool,
+    mut status_sent: bool,
+) -> ! {
+    // Every pid signalled is one of our own unreaped children when it is signalled (it was
+    // listed as our child after the last reap, and only we reap our children: SIGCHLD is not
+    // ignored), so neither it nor the group id equal to it can have been recycled.
+    let deadline = now_ms().saturating_add(TEARDOWN_BOUND_MS);
+    if parent_died && leader > 1 {
+        let _ = raw::kill(-leader, libc::SIGKILL);
+    }
+    if !parent_died && !status_sent && leader_pidfd >= 0 {
+        let mut fds = [libc::pollfd {
+            fd: leader_pidfd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        let until = now_ms().saturating_add(LEADER_FIRST_MS).min(deadline);
+        while fds[0].revents == 0 {
+            let timeout = timeout_until(Some(until));
+            if timeout == 0 || raw::poll(&mut fds, timeout).is_err_and(|e| e != libc::EINTR) {
                 break;
             }
-            let mut alive = 0_i32;
-            for_each_child(|child| {
-                if child <= 1 {
-                    return; // never: our children have pids above 1; but never kill(-1)
-                }
-                alive = alive.saturating_add(1);
-                if killed.insert(child) {
-                    return; // SIGKILL is on its way
-                }
-                if child != leader {
-                    let group = libc::getpgid(child);
-                    if group > 0 && group != leader && !is_zombie(child) {
-                        send(plan.status_write, TAG_ESCAPEE, child, Some(deadline));
-                    }
-                    if group == child {
-                        // It leads a group of its own (setsid, setpgid): take the group.
-                        libc::kill(-child, libc::SIGKILL);
-                    }
-                }
-                libc::kill(child, libc::SIGKILL);
-            });
-            if now_ms() >= deadline {
-                send(plan.status_write, TAG_STUCK, alive, None);
-                libc::_exit(1);
-            }
-            wait_for_children(sfd, deadline);
         }
+    }
+    let mut killed = PidSet::new(&plan);
+    loop {
+        // Reap everything that has exited (the leader included: the test binary no
+        // longer signals the group).
+        loop {
+            let mut status: c_int = 0;
+            match raw::waitpid(-1, &mut status, libc::WNOHANG | libc::__WALL) {
+                Ok(pid) if pid > 0 => {
+                    killed.remove(pid);
+                    if pid == leader && !status_sent {
+                        send(plan.status_write, TAG_STATUS, status, Some(deadline));
+                        status_sent = true;
+                    }
+                }
+                Err(libc::EINTR) => {}
+                Err(libc::ECHILD) => {
+                    send(plan.status_write, TAG_DONE, 0, Some(deadline));
+                    raw::exit_group(0);
+                }
+                _ => break,
+            }
+        }
+        let mut alive = 0_i32;
+        for_each_child(|child| {
+            if child <= 1 {
+                return; // never: our children have pids above 1; but never kill(-1)
+            }
+            alive = alive.saturating_add(1);
+            if killed.insert(child) {
+                return; // SIGKILL is on its way
+            }
+            if child != leader {
+                let group = raw::getpgid(child);
+                if group > 0 && group != leader && !is_zombie(child) {
+                    send(plan.status_write, TAG_ESCAPEE, child, Some(deadline));
+                }
+                if group == child {
+                    // It leads a group of its own (setsid, setpgid): take the group.
+                    let _ = raw::kill(-child, libc::SIGKILL);
+                }
+            }
+            let _ = raw::kill(child, libc::SIGKILL);
+        });
+        if now_ms() >= deadline {
+            send(plan.status_write, TAG_STUCK, alive, None);
+            raw::exit_group(1);
+        }
+        wait_for_children(sfd, deadline);
     }
 }
 
@@ -813,25 +792,21 @@ fn is_zombie(pid: pid_t) -> bool {
 /// Calls `f` with each child of this process, from `/proc/thread-self/children` (the
 /// supervisor has one thread), read in pieces so that any number of children fits.
 fn for_each_child(mut f: impl FnMut(pid_t)) {
-    let path = b"/proc/thread-self/children\0";
-    // SAFETY: NUL-terminated static path; the descriptor is closed before returning.
-    let fd = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
+    let Ok(fd) = raw::open(
+        b"/proc/thread-self/children\0",
+        libc::O_RDONLY | libc::O_CLOEXEC,
+    ) else {
         return;
-    }
+    };
     let mut buf = [0_u8; 4096];
     let mut current: Option<pid_t> = None;
     loop {
-        // SAFETY: reads into a stack buffer of its length from our own descriptor.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && errno() == libc::EINTR {
-            continue;
-        }
-        let Ok(n) = usize::try_from(n) else { break };
-        if n == 0 {
-            break;
-        }
-        for &b in &buf[..n] {
+        let n = match raw::read(fd, &mut buf) {
+            Err(libc::EINTR) => continue,
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in buf.get(..n).unwrap_or(&[]) {
             if b.is_ascii_digit() {
                 let digit = pid_t::from(b - b'0');
                 current = Some(
@@ -848,6 +823,5 @@ fn for_each_child(mut f: impl FnMut(pid_t)) {
     if let Some(pid) = current {
         f(pid);
     }
-    // SAFETY: our own descriptor, closed once.
-    unsafe { libc::close(fd) };
+    raw::close(fd);
 }

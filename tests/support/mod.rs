@@ -320,6 +320,7 @@ fn unshare_command(
     }
     cmd.arg(role_cmd.get_program())
         .args(role_cmd.get_args())
+        .env(OUTER_PID_NS_VAR, own_pid_namespace())
         .env(ROLE_VAR, role)
         .env(MARKER_VAR, marker)
         .stdin(Stdio::null())
@@ -333,7 +334,10 @@ fn unshare_command(
 /// Runs `cmd` (which pipes stdout) in a `SpawnedGroup`, collects its stdout, and tears it
 /// down. Panics with what it printed if it outlives `limit`.
 pub fn run_collecting(mut cmd: Command, limit: Duration) -> RoleOutput {
+    // The plain tier: the role is this process's own child, as the tests that read its
+    // parent or its place in the process tree expect.
     let mut group = pgroup::Builder::new()
+        .containment(pgroup::Containment::Group)
         .grace_period(Duration::from_millis(200))
         .spawn(&mut cmd)
         .expect("spawn the role");
@@ -424,10 +428,17 @@ pub fn chain_link(scenario: Scenario, logs: &dyn Fn(&str) -> bool) -> i32 {
     let next = CHAIN[next_index];
     let mut cmd = role_command(&env::var(ROLE_VAR).unwrap_or_default());
     cmd.env("PGROUP_CHAIN_LEVEL", next).envs(canary_env);
+    // The plain tier: each link is the previous one's child (the chain is the tree the
+    // guard is tested in), not a supervisor's.
     let group_of_next = if next == "session" {
-        pgroup::Builder::new().new_session(true).spawn(&mut cmd)
+        pgroup::Builder::new()
+            .containment(pgroup::Containment::Group)
+            .new_session(true)
+            .spawn(&mut cmd)
     } else {
-        pgroup::Builder::new().spawn(&mut cmd)
+        pgroup::Builder::new()
+            .containment(pgroup::Containment::Group)
+            .spawn(&mut cmd)
     };
     let next_link = group_of_next.expect("spawn the next link");
     // The caller reports through stdout, which every link inherits.
@@ -613,6 +624,40 @@ pub fn own_mount_namespace() -> String {
     std::fs::read_link("/proc/self/ns/mnt")
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Set on every sandbox's command: the PID namespace of the test process outside it.
+const OUTER_PID_NS_VAR: &str = "PGROUP_OUTER_PID_NS";
+
+/// This process's PID namespace (`/proc/self/ns/pid`'s link, such as `pid:[4026531836]`),
+/// or an empty string if it cannot be read.
+pub fn own_pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Whether this process runs in a PID namespace other than the test process's that entered
+/// the sandbox: the only place an unguarded `killpg` (a negative control) may run. `false`
+/// when either namespace cannot be read.
+pub fn inside_pid_sandbox() -> bool {
+    let outer = env::var(OUTER_PID_NS_VAR).unwrap_or_default();
+    let own = own_pid_namespace();
+    !outer.is_empty() && !own.is_empty() && own != outer
+}
+
+/// Fails closed before an unguarded `killpg` of a negative control: panics (the role exits
+/// without signalling) unless [`inside_pid_sandbox`] holds, so that a role started by hand
+/// outside the sandbox, or a sandbox that silently failed to make its namespace, can never
+/// reach the machine's processes.
+pub fn assert_inside_pid_sandbox() {
+    assert!(
+        inside_pid_sandbox(),
+        "refusing an unguarded killpg outside the PID-namespace sandbox (this process's PID \
+         namespace {:?}, the test process's {:?})",
+        own_pid_namespace(),
+        env::var(OUTER_PID_NS_VAR).unwrap_or_default()
+    );
 }
 
 /// Whether this process runs as PID 1 of a PID namespace and in a mount namespace other than
