@@ -1039,6 +1039,7 @@ pub(crate) fn walk_descendants(root: u32, mut visit: impl FnMut(u32) -> ControlF
 
 /// Reads a `children` file of /proc into `list` (cleared first) with plain reads into a
 /// buffer on the stack: no `fstat` or `lseek` for a size hint, which /proc cannot give.
+#[cfg(target_os = "linux")]
 fn read_children(path: &std::path::Path, list: &mut Vec<u8>) -> io::Result<()> {
     use std::io::Read;
     list.clear();
