@@ -542,6 +542,9 @@ fn a_command_spawned_twice_with_a_new_session_works(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("respawn-session");
     let mut cmd = support::marked(&marker, "sleep", &["1000"]);
     for round in 1..=2 {

@@ -190,6 +190,9 @@ fn handlers_role(_logs: support::Logs<'_>) -> i32 {
 /// same handler, raised in the test binary itself, does run.
 #[test]
 fn no_handler_of_the_test_binary_runs_in_the_supervisor() {
+    if support::tier_unavailable(Containment::Supervised) {
+        return;
+    }
     let marker = support::marker("handlers");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let mut cmd = support::role_command("handlers");
