@@ -48,7 +48,7 @@ fn fd_count_role(_logs: support::Logs<'_>) -> i32 {
             .containment(tier)
             .spawn(&mut support::marked(&marker, "true", &[])),
     );
-    let before = support::open_fds();
+    let before = support::held_fds();
     let groups: Vec<SpawnedGroup> = (0..16)
         .map(|_| {
             Builder::new()
@@ -58,11 +58,11 @@ fn fd_count_role(_logs: support::Logs<'_>) -> i32 {
                 .expect("spawn")
         })
         .collect();
-    let during = support::open_fds();
+    let during = support::held_fds();
     for group in groups {
         group.shutdown().expect("shutdown");
     }
-    let after = support::open_fds();
+    let after = support::held_fds();
     println!("FDS {before} {during} {after}");
     0
 }

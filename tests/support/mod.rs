@@ -748,6 +748,21 @@ impl Drop for KillMarkedOnDrop {
     }
 }
 
+/// The descriptors this process holds, other than files of /proc: those are open only for a
+/// moment (this count's own listing of /proc/self/fd; the portable backend's exit watcher,
+/// a thread, reading a process's stat file while the count runs), never kept by the crate.
+pub fn held_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|target| !target.starts_with("/proc/"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Open descriptors of this process.
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
