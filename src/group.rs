@@ -90,14 +90,16 @@ impl Default for Builder {
 }
 
 impl Builder {
-    /// The defaults: a grace period of [`DEFAULT_GRACE_PERIOD`], and a new process group in
-    /// the caller's session.
+    /// The defaults: a grace period of [`DEFAULT_GRACE_PERIOD`], a new process group in the
+    /// caller's session, the [`Containment::Supervised`] tier (see [`Containment`] for why),
+    /// and the output not captured.
     ///
     /// # Examples
     ///
     /// ```
     /// let builder = pgroup::Builder::new();
     /// # let _ = builder;
+    /// assert_eq!(pgroup::Containment::default(), pgroup::Containment::Supervised);
     /// ```
     #[must_use]
     pub fn new() -> Self {

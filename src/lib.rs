@@ -59,8 +59,8 @@
 //!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
 //!   `group_teardown_failed`.
 //! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
-//!   `Supervised` adds a supervisor process (the test binary exec'd again and caught before
-//!   `main`, so its cost does not grow with the test binary's memory; the leader's parent, a
+//!   `Supervised` (the default) adds a supervisor process (one that shares the test binary's
+//!   memory, so its cost does not grow with it; the leader's parent, a
 //!   child subreaper that reaps orphans, tied to the test binary's life by a pidfd and a
 //!   pipe) that catches what leaves the group and what outlives the test binary; `Namespace` makes that supervisor
 //!   init of a PID namespace.
@@ -101,7 +101,7 @@
 //! processes that leave their group, are what the [`Containment::Supervised`] tier's
 //! supervisor is for.
 //!
-//! | how the test or the test binary ends | `Group` (default) | `Supervised` | `Namespace` | backed by |
+//! | how the test or the test binary ends | `Group` | `Supervised` (default) | `Namespace` | backed by |
 //! | --- | --- | --- | --- | --- |
 //! | the value is dropped | cleaned | cleaned | cleaned | `lifeline::drop_and_panic_clean_up_in_every_tier` |
 //! | a panic unwinds (a failed assertion) | cleaned | cleaned | cleaned | the same |
@@ -113,6 +113,7 @@
 //! | a `static`, an rstest `#[once]` fixture, `mem::forget` | cleaned at exit, by the lifeline | cleaned | cleaned | the lifeline tests (each holds a group in a `static`, one forgotten, one on its thread); `containment::statics_and_sigkill_of_the_test_binary` |
 //! | SIGKILL of the test binary (nextest after its grace period) | **not cleaned** | cleaned, by the supervisor | cleaned, by the supervisor | `containment::statics_and_sigkill_of_the_test_binary` |
 //! | a process that left the group (`setsid`, a double fork) | **not cleaned** | cleaned | cleaned | `containment::a_setsid_escaper`, `containment::a_double_fork_daemon` |
+//! | the OOM killer kills the test binary (or it dumps core, before Linux 5.16) | **not cleaned** | **not cleaned**: its supervisor shares the test binary's memory, and the kernel kills every process that does | cleaned | none: no test provokes the OOM killer |
 //!
 //! The `Group` tier's cells for the signal and exit rows are also checked with the lifeline
 //! off (`lifeline::without_the_lifeline_the_group_tier_leaks`): there the groups survive.

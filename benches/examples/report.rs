@@ -230,7 +230,7 @@ fn grace_row() -> io::Result<Row> {
     let ours = median(runs);
     let bound = grace + Duration::from_millis(1);
     Ok(Row {
-        name: "teardown, child ignores SIGTERM, grace 200 ms",
+        name: "`Group` tier: teardown, child ignores SIGTERM, grace 200 ms",
         ours: fmt(ours),
         comparison: "grace: 200.0 ms".to_owned(),
         ratio: format!(
@@ -258,7 +258,7 @@ fn tree_row() -> io::Result<Row> {
     let worst = ours.iter().max().copied().unwrap_or_default();
     let (ours, floor) = (median(ours), median(floor));
     Ok(Row {
-        name: "teardown, 100-process tree, exits on SIGTERM",
+        name: "`Group` tier: teardown, 100-process tree, exits on SIGTERM",
         ours: fmt(ours),
         comparison: format!("floor, raw killpg(TERM) until all gone: {}", fmt(floor)),
         ratio: format!(
@@ -504,7 +504,7 @@ fn many_rows() -> io::Result<(Row, Vec<String>)> {
     // spawning threads of the previous run may still be counted before).
     let ok = growth <= 1.5 && threads_ok;
     let row = Row {
-        name: "256 groups alive at once, 4 threads",
+        name: "256 groups alive at once, 4 threads, default tier",
         ours: format!("{} per group", fmt(per_group[per_group.len() - 1])),
         comparison: format!("32 groups: {} per group", fmt(per_group[0])),
         ratio: format!(
@@ -650,7 +650,7 @@ fn lifeline_row() -> io::Result<Row> {
     let (on, off) = (median(on), median(off));
     let extra = on.as_secs_f64() - off.as_secs_f64();
     Ok(Row {
-        name: "lifeline cost: spawn `sleep` + teardown, grace 0, PGROUP_LIFELINE on vs off",
+        name: "lifeline cost: `Group` tier, spawn `sleep` + teardown, grace 0, PGROUP_LIFELINE on vs off",
         ours: format!("on: {}", fmt(on)),
         comparison: format!("off: {}", fmt(off)),
         ratio: format!(
@@ -707,14 +707,14 @@ fn main() -> io::Result<()> {
     let raw = support::raw_cycle;
     let pairs = paired(SPAWN_PAIRS, || support::ours_grace_zero().map(drop), raw)?;
     rows.push(ratio_row(
-        "spawn `sleep` + teardown, grace 0",
+        "`Group` tier: spawn `sleep` + teardown, grace 0",
         "std process_group(0), killpg(KILL), wait",
         &pairs,
         1.05,
     ));
     let pairs = paired(SPAWN_PAIRS, || support::ours_default_grace().map(drop), raw)?;
     rows.push(ratio_row(
-        "spawn `sleep` + teardown, default grace, exits on TERM",
+        "`Group` tier: spawn `sleep` + teardown, default grace, exits on TERM",
         "the same raw cycle",
         &pairs,
         1.2,
@@ -725,7 +725,7 @@ fn main() -> io::Result<()> {
         support::process_wrap_cycle,
     )?;
     rows.push(ratio_row(
-        "spawn `sleep` + teardown, grace 0",
+        "`Group` tier: spawn `sleep` + teardown, grace 0",
         "process-wrap ProcessGroup, kill, wait",
         &pairs,
         1.0,
