@@ -91,15 +91,24 @@ impl Default for Builder {
 
 impl Builder {
     /// The defaults: a grace period of [`DEFAULT_GRACE_PERIOD`], a new process group in the
-    /// caller's session, the [`Containment::Supervised`] tier (see [`Containment`] for why),
-    /// and the output not captured.
+    /// caller's session, the [`Containment::Supervised`] tier (see [`Containment`] for why;
+    /// [`Containment::Group`] with the portable backend, which has no other), and the output
+    /// not captured.
     ///
     /// # Examples
     ///
     /// ```
+    /// use pgroup::Containment;
+    ///
     /// let builder = pgroup::Builder::new();
     /// # let _ = builder;
-    /// assert_eq!(pgroup::Containment::default(), pgroup::Containment::Supervised);
+    /// // The strongest tier the platform offers.
+    /// let expected = if Containment::Supervised.is_available() {
+    ///     Containment::Supervised
+    /// } else {
+    ///     Containment::Group
+    /// };
+    /// assert_eq!(Containment::default(), expected);
     /// ```
     #[must_use]
     pub fn new() -> Self {
