@@ -46,10 +46,10 @@ pub(crate) struct Pidfd {
     /// Whether the process was our child when this was opened: only then does `waitid`
     /// answer for it, and only then may it be signalled by number (while unreaped).
     child: bool,
-    /// Its start time, as the platform's reader gives it, when it could be read: `waitid`
+    /// What tells it from a later process with its number (see [`Identity`]): `waitid`
     /// answers for a *pid*, and a leader reaped behind our back may have left its number to
-    /// a new child of ours. A different start time says so.
-    start: Option<u64>,
+    /// a new child of ours.
+    ident: Arc<Identity>,
     /// The watcher's entry for this process goes when this value drops.
     alive: Arc<()>,
 }
@@ -64,20 +64,72 @@ impl Drop for Pidfd {
     }
 }
 
-/// Whether `pid` is still the process that started at `start` (`true` when either cannot
-/// be read: macOS cannot read a zombie, and `waitid` remains the pin).
-fn same_process(pid: libc::pid_t, start: Option<u64>) -> bool {
-    match (start, proc_info(pid)) {
+/// What tells a process from a later one that got its number.
+///
+/// Linux: its `/proc/<pid>` directory, held open. The directory names the process it was
+/// opened for (its `struct pid`), not the number: once that process is reaped, nothing can be
+/// opened in it any more, whoever has the number now. (Its start time in `/proc/<pid>/stat`
+/// counts clock ticks, too coarse: a number reused within 10 ms looked the same.)
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub(crate) struct Identity(Option<OwnedFd>);
+
+/// What tells a process from a later one that got its number: elsewhere, its start time in
+/// microseconds, as the platform's reader gives it (when it could be read).
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+pub(crate) struct Identity(Option<u64>);
+
+#[cfg(target_os = "linux")]
+fn identity(pid: libc::pid_t) -> Identity {
+    use nix::fcntl::{open, OFlag};
+    use nix::sys::stat::Mode;
+    Identity(
+        open(
+            format!("/proc/{pid}").as_str(),
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_RDONLY,
+            Mode::empty(),
+        )
+        .ok(),
+    )
+}
+
+#[cfg(not(target_os = "linux"))]
+fn identity(pid: libc::pid_t) -> Identity {
+    Identity(proc_info(pid).ok().map(|info| info.start))
+}
+
+/// Whether `pid` is still the process `ident` was taken from (`true` when that cannot be
+/// told: macOS cannot read a zombie, and `waitid` remains the pin).
+#[cfg(target_os = "linux")]
+fn same_process(_pid: libc::pid_t, ident: &Identity) -> bool {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    match &ident.0 {
+        Some(dir) => openat(
+            dir,
+            "stat",
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .is_ok(),
+        None => true,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn same_process(pid: libc::pid_t, ident: &Identity) -> bool {
+    match (ident.0, proc_info(pid)) {
         (Some(start), Ok(info)) => info.start == start,
         _ => true,
     }
 }
 
 /// `waitid_peek` of our child `pid`, `ECHILD` also when the number now names another
-/// process than the one that started at `start`.
-fn peek_child(pid: libc::pid_t, start: Option<u64>) -> Result<Option<ExitStatus>, Errno> {
+/// process than the one `ident` was taken from.
+fn peek_child(pid: libc::pid_t, ident: &Identity) -> Result<Option<ExitStatus>, Errno> {
     let status = waitid_peek(pid)?;
-    if !same_process(pid, start) {
+    if !same_process(pid, ident) {
         return Err(Errno::ECHILD);
     }
     Ok(status)
@@ -93,7 +145,7 @@ impl AsFd for Pidfd {
 struct Watched {
     pid: libc::pid_t,
     child: bool,
-    start: Option<u64>,
+    ident: Arc<Identity>,
     /// The pipe's write end, held to be dropped: closing it makes the [`Pidfd`] readable.
     _write: OwnedFd,
     alive: Weak<()>,
@@ -136,7 +188,7 @@ fn watch_loop() {
     loop {
         watcher.watched.retain(|w| {
             // Dropping the entry closes the write end: the `Pidfd` becomes readable.
-            w.alive.strong_count() > 0 && !has_exited(w.pid, w.child, w.start)
+            w.alive.strong_count() > 0 && !has_exited(w.pid, w.child, &w.ident)
         });
         if watcher.kicked {
             watcher.kicked = false;
@@ -157,9 +209,9 @@ fn watch_loop() {
 
 /// Whether the process has exited: for our child, `waitid(WNOWAIT)` sees its exit or says
 /// it was reaped (`ECHILD`); for another process, it is gone or a zombie.
-fn has_exited(pid: libc::pid_t, child: bool, start: Option<u64>) -> bool {
+fn has_exited(pid: libc::pid_t, child: bool, ident: &Identity) -> bool {
     if child {
-        !matches!(peek_child(pid, start), Ok(None))
+        !matches!(peek_child(pid, ident), Ok(None))
     } else {
         proc_info(pid).map_or(true, |info| info.zombie)
     }
@@ -175,11 +227,11 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
         Err(Errno::ECHILD) => false,
         Err(e) => return Err(e.into()),
     };
-    let info = proc_info(pid);
-    if !child && info.is_err() {
+    if !child && proc_info(pid).is_err() {
         return Err(Errno::ESRCH.into());
     }
-    let start = info.ok().map(|i| i.start);
+    // Only our children are pinned by `waitid`, and only they need telling apart.
+    let ident = Arc::new(if child { identity(pid) } else { Identity(None) });
     let (read, write) = super::pipe()?;
     let alive = Arc::new(());
     let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
@@ -194,7 +246,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     watcher.watched.push(Watched {
         pid,
         child,
-        start,
+        ident: Arc::clone(&ident),
         _write: write,
         alive: Arc::downgrade(&alive),
     });
@@ -204,7 +256,7 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
         fd: read,
         pid,
         child,
-        start,
+        ident,
         alive,
     })
 }
@@ -259,7 +311,7 @@ pub(crate) fn peek_exit(pidfd: &Pidfd) -> io::Result<Option<ExitStatus>> {
     if !pidfd.child {
         return Err(Errno::ECHILD.into());
     }
-    Ok(peek_child(pidfd.pid, pidfd.start)?)
+    Ok(peek_child(pidfd.pid, &pidfd.ident)?)
 }
 
 /// `pidfd_send_signal` of this backend. There is no group signal by handle: `group` fails
@@ -274,7 +326,7 @@ pub(crate) fn pidfd_send_signal(
     if group {
         return Err(Errno::EINVAL);
     }
-    if !pidfd.child || peek_child(pidfd.pid, pidfd.start).is_err() {
+    if !pidfd.child || peek_child(pidfd.pid, &pidfd.ident).is_err() {
         return Err(Errno::ESRCH);
     }
     kick();
@@ -314,6 +366,7 @@ pub(crate) struct ProcInfo {
     pub zombie: bool,
     /// When it started, in the platform's unit (ticks since boot, or microseconds since
     /// the epoch): with the pid, it names one process.
+    #[cfg_attr(target_os = "linux", allow(dead_code))] // Linux uses the /proc directory
     pub start: u64,
 }
 

@@ -748,15 +748,18 @@ impl Drop for KillMarkedOnDrop {
     }
 }
 
-/// The descriptors this process holds, other than files of /proc: those are open only for a
-/// moment (this count's own listing of /proc/self/fd; the portable backend's exit watcher,
-/// a thread, reading a process's stat file while the count runs), never kept by the crate.
+/// The descriptors this process holds, other than files inside a process's /proc directory:
+/// those are open only for a moment (this count's own listing of /proc/self/fd; the
+/// portable backend's exit watcher, a thread, reading a process's stat file while the count
+/// runs), never kept by the crate. (A held /proc/<pid> directory itself is counted.)
 pub fn held_fds() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| {
             d.flatten()
                 .filter(|e| {
-                    std::fs::read_link(e.path()).is_ok_and(|target| !target.starts_with("/proc/"))
+                    std::fs::read_link(e.path()).is_ok_and(|target| {
+                        !(target.starts_with("/proc/") && target.components().count() > 3)
+                    })
                 })
                 .count()
         })
