@@ -106,13 +106,17 @@ fn same_process(_pid: libc::pid_t, ident: &Identity) -> bool {
     use nix::fcntl::{openat, OFlag};
     use nix::sys::stat::Mode;
     match &ident.0 {
-        Some(dir) => openat(
-            dir,
-            "stat",
-            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .is_ok(),
+        // Gone from under the directory: reaped. Any other failure (no descriptor free:
+        // teardown must work then too) cannot tell, and `waitid` stays the pin.
+        Some(dir) => !matches!(
+            openat(
+                dir,
+                "stat",
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                Mode::empty()
+            ),
+            Err(Errno::ENOENT | Errno::ESRCH)
+        ),
         None => true,
     }
 }
