@@ -12,8 +12,8 @@
 ///
 /// | tier | catches | needs | costs (spawn + teardown, grace 0, vs `Group`) |
 /// | --- | --- | --- | --- |
-/// | `Group` | the group's members, when Drop or `shutdown` runs, and through the [`lifeline`](crate::lifeline) when the test binary dies of a signal it can handle or exits | Linux 5.3 (pidfd) | 1x (230–290 µs) |
-/// | `Supervised` (default) | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort; not an OOM kill, see below) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3, x86_64 or aarch64 (elsewhere the supervisor is forked) | about 1.2–1.5x `Group` (BENCHMARKS.md), the same at any size of the test binary |
+/// | `Group` | the group's members, when Drop or `shutdown` runs, and through the [`lifeline`](crate::lifeline) when the test binary dies of a signal it can handle or exits | Linux 5.3 (pidfd), or the portable backend (macOS, FreeBSD) | 1x (230–290 µs) |
+/// | `Supervised` (default with the Linux backend; `Group` with the portable one) | also processes that left the group (`setsid`, double fork: re-parented to the supervisor, a child subreaper), and everything when the test binary dies (SIGKILL, abort; not an OOM kill, see below) or the value is never dropped (`static`, `mem::forget`) | Linux 5.3, x86_64 or aarch64 (elsewhere the supervisor is forked) | about 1.2–1.5x `Group` (BENCHMARKS.md), the same at any size of the test binary |
 /// | `Namespace` | also every process in the new PID namespace, which nothing can leave | root, or unprivileged user namespaces | 5.0–5.2x at 2 MiB, growing with the test binary's memory |
 ///
 /// The default is `Supervised`, by the rule "the strongest tier whose spawn plus teardown
@@ -90,6 +90,7 @@
 /// use std::process::Command;
 /// use pgroup::{Builder, Containment};
 ///
+/// # if !Containment::Supervised.is_available() { return Ok(()); }
 /// // `setsid sleep` leaves the group; the supervisor still kills it.
 /// let group = Builder::new()
 ///     .containment(Containment::Supervised)
@@ -102,13 +103,44 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Containment {
-    /// A plain POSIX process group: the leader is the test binary's child.
+    /// A plain POSIX process group: the leader is the test binary's child. The default with
+    /// the portable backend (macOS, FreeBSD), which has no other tier.
+    #[cfg_attr(not(all(target_os = "linux", not(pgroup_portable))), default)]
     Group,
     /// A supervisor per group: the leader's parent, a child subreaper that reaps orphans,
-    /// and tied to the test binary's life by a pidfd and a pipe. The default.
-    #[default]
+    /// and tied to the test binary's life by a pidfd and a pipe. The default with the Linux
+    /// backend.
+    #[cfg_attr(all(target_os = "linux", not(pgroup_portable)), default)]
     Supervised,
     /// The supervisor is init of a new PID namespace: nothing can escape, and the kernel kills
     /// everything in it when the supervisor goes.
     Namespace,
+}
+
+impl Containment {
+    /// Whether this build of the crate offers the tier: every tier with the Linux backend;
+    /// only [`Containment::Group`] with the portable backend (macOS, FreeBSD, and Linux
+    /// under `--cfg pgroup_portable`), where spawning a supervised tier fails with
+    /// [`std::io::ErrorKind::Unsupported`] and never falls back to a weaker tier. A cross-platform
+    /// test suite can choose its tier with it. (`Namespace` may still fail at spawn where
+    /// no PID namespace can be made: see [`Containment::Namespace`].)
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use pgroup::Containment;
+    ///
+    /// assert!(Containment::Group.is_available());
+    /// // The strongest tier this platform has, for a server shared by many tests.
+    /// let tier = if Containment::Supervised.is_available() {
+    ///     Containment::Supervised
+    /// } else {
+    ///     Containment::Group
+    /// };
+    /// # let _ = tier;
+    /// ```
+    #[must_use]
+    pub const fn is_available(self) -> bool {
+        matches!(self, Containment::Group) || !crate::sys::PORTABLE
+    }
 }

@@ -56,6 +56,7 @@ const MAX_TRACKED_DESCENDANTS: usize = 1024;
 
 /// Teardown's search for the members left asks each pid handed out since the leader's, one
 /// `getpgid` each, up to this many; beyond, listing /proc is cheaper.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 const MAX_PIDS_ASKED: u32 = 1024;
 
 /// Options for spawning a [`SpawnedGroup`].
@@ -90,15 +91,24 @@ impl Default for Builder {
 
 impl Builder {
     /// The defaults: a grace period of [`DEFAULT_GRACE_PERIOD`], a new process group in the
-    /// caller's session, the [`Containment::Supervised`] tier (see [`Containment`] for why),
-    /// and the output not captured.
+    /// caller's session, the [`Containment::Supervised`] tier (see [`Containment`] for why;
+    /// [`Containment::Group`] with the portable backend, which has no other), and the output
+    /// not captured.
     ///
     /// # Examples
     ///
     /// ```
+    /// use pgroup::Containment;
+    ///
     /// let builder = pgroup::Builder::new();
     /// # let _ = builder;
-    /// assert_eq!(pgroup::Containment::default(), pgroup::Containment::Supervised);
+    /// // The strongest tier the platform offers.
+    /// let expected = if Containment::Supervised.is_available() {
+    ///     Containment::Supervised
+    /// } else {
+    ///     Containment::Group
+    /// };
+    /// assert_eq!(Containment::default(), expected);
     /// ```
     #[must_use]
     pub fn new() -> Self {
@@ -296,7 +306,7 @@ impl Builder {
                 return Err(e.into());
             }
         };
-        let lifeline = lifeline::register(pgid, spawned.leader.pidfd());
+        let lifeline = lifeline::register(pgid, spawned.leader.pidfd().map(AsFd::as_fd));
         drop(window);
         let (stdout, stderr, capture) = if self.capture {
             (
@@ -533,6 +543,7 @@ pub struct Teardown {
 /// use std::process::Command;
 /// use pgroup::{Builder, Containment};
 ///
+/// # if !Containment::Supervised.is_available() { return Ok(()); }
 /// let group = Builder::new()
 ///     .containment(Containment::Supervised)
 ///     .spawn(Command::new("sh").args(["-c", "setsid sleep 30 & sleep 30"]))?;
@@ -683,6 +694,12 @@ impl SpawnedGroup {
         } else {
             "its leader was reaped by someone else, and this kernel (before Linux 6.9) has no \
              PIDFD_SIGNAL_PROCESS_GROUP to reach the group without its number"
+        };
+        let why = if sys::PORTABLE && !self.torn_down {
+            "its leader was reaped by someone else, and the portable backend can reach the \
+             group only by its number"
+        } else {
+            why
         };
         io::Error::other(format!(
             "{}: the group id is no longer pinned ({why}), so it is not signalled",
@@ -1458,7 +1475,7 @@ enum Phase {
     /// After SIGTERM: waiting, until `deadline`, for the leader and the members in
     /// `pending` (or, `blind`, for the deadline alone).
     Grace {
-        pending: Vec<OwnedFd>,
+        pending: Vec<sys::Pidfd>,
         leader_exited: bool,
         blind: bool,
         deadline: Option<Instant>,
@@ -1493,7 +1510,8 @@ impl TeardownSteps {
 /// skipped; the group is checked again after `pidfd_open`, so the pidfd is for a process
 /// that was a member when it was opened. Only teardown's wait uses this, never a signal: a
 /// member it misses gets SIGKILL before the grace period ends, nothing worse.
-fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
     // Members are started after the leader, so their pids were handed out after the
     // leader's: above it, or, if the pid counter has wrapped since, at most the last pid
     // handed out. (A process older than the leader that joins its group with `setpgid` is
@@ -1559,9 +1577,33 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<OwnedFd>> {
     Ok(found)
 }
 
+/// [`live_members`] where there is no /proc: the group's members by the platform's reader
+/// (`sys::group_members`), each watched by the portable backend's exit notification.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
+    let mut found = Vec::new();
+    for pid in sys::group_members(pgid.as_raw())? {
+        if pid == leader || found.len() >= MAX_TRACKED_DESCENDANTS {
+            continue;
+        }
+        let Ok(fd) = sys::pidfd_open(pid) else {
+            continue;
+        };
+        found.push(fd);
+    }
+    let exited = sys::poll_readable(
+        &found.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
+        Some(Duration::ZERO),
+    )?;
+    let mut exited = exited.into_iter();
+    found.retain(|_| !exited.next().unwrap_or(false));
+    Ok(found)
+}
+
 /// The last pid handed out in this PID namespace (`/proc/sys/kernel/ns_last_pid`), with one
 /// open, one read and a close: a number and a newline always fit the buffer, so no second
 /// read (nor `std::fs::read_to_string`'s `statx` for a size hint) is needed.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 fn last_pid() -> Option<u32> {
     use std::io::Read;
     let mut buf = [0u8; 32];
@@ -1577,7 +1619,7 @@ fn last_pid() -> Option<u32> {
 /// cost grows with the size of the tree, never with the number of processes on the machine.
 /// Processes that exit while we look are simply missed: the final SIGKILL to the group
 /// catches those that are still members.
-fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
+fn visible_descendants(leader: u32) -> Vec<sys::Pidfd> {
     let mut found = Vec::new();
     crate::leader::walk_descendants(leader, |child| {
         if found.len() >= MAX_TRACKED_DESCENDANTS {
@@ -1594,7 +1636,7 @@ fn visible_descendants(leader: u32) -> Vec<OwnedFd> {
 
 /// Whether this kernel has `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), asked once with signal 0
 /// on `pidfd`: `EINVAL` says the flag is unknown; `ESRCH` and success both say it is known.
-fn pidfd_group_signal_supported(pidfd: BorrowedFd<'_>) -> bool {
+fn pidfd_group_signal_supported(pidfd: &sys::Pidfd) -> bool {
     const UNKNOWN: u8 = 0;
     const YES: u8 = 1;
     const NO: u8 = 2;

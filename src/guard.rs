@@ -6,6 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 use procfs::process::Process;
 
 use crate::{sys, Pgid, Signal};
@@ -108,7 +109,8 @@ pub const GUARD_RULES: &[GuardRule] = &[
     GuardRule {
         reason: "ancestor_pgroup",
         refuses: "the group of any ancestor process up to init, as it is at the call (Linux: \
-                  the chain of pids through /proc, each one's group with getpgid)",
+                  the chain of pids through /proc; macOS: proc_pidinfo; FreeBSD: sysctl \
+                  KERN_PROC_PID; each one's group with getpgid)",
         why: "ancestors are the shells, multiplexers, editors and terminal emulators the run \
               was started from; none of them is ever a group a test created",
     },
@@ -116,8 +118,8 @@ pub const GUARD_RULES: &[GuardRule] = &[
         reason: "guard_unverifiable",
         refuses: "every pgid, whenever a rule above cannot be checked",
         why: "the guard fails closed: when /proc is missing or belongs to another PID \
-              namespace, or the parent vanished mid-check, it cannot prove the target is \
-              safe, so it does not signal",
+              namespace, the platform's reader cannot read an ancestor, or the parent \
+              vanished mid-check, it cannot prove the target is safe, so it does not signal",
     },
 ];
 
@@ -421,6 +423,7 @@ fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
 
 /// Reads the chain of ancestors above the parent from /proc, checking first that /proc
 /// belongs to the caller's PID namespace.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     let proc_err = |what: &'static str| {
         move |e: procfs::ProcError| {
@@ -463,6 +466,46 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
             session_leader: stat.session == stat.pid,
         });
         next = stat.ppid;
+    }
+    Ok(ancestors)
+}
+
+/// The portable backend's walk: reads the chain of ancestors above the parent with the
+/// platform's reader (`sys::proc_info`: `proc_pidinfo` on macOS, `sysctl(KERN_PROC_PID)` on
+/// FreeBSD, /proc on Linux under `--cfg pgroup_portable`), checking first that the reader's
+/// pids are the caller's (a /proc of another PID namespace). A process it cannot read makes
+/// the guard refuse (fail closed). No ancestor counts as a session leader, so each one's
+/// group is asked afresh on every call.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
+    match sys::reader_sees(me) {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Refusal::Unverifiable {
+                what: "ancestors: the process reader (/proc) belongs to another PID namespace",
+                errno: 0,
+            })
+        }
+        Err(e) => return Err(unverifiable("the process reader (is /proc mounted?)", e)),
+    }
+    let read = |pid: i32| sys::proc_info(pid).map_err(|e| unverifiable("an ancestor", e));
+    let mut ancestors = Vec::new();
+    // The parent's own group is the parent rule's; the chain starts above it.
+    let mut next = if parent > 1 { read(parent)?.ppid } else { 0 };
+    while next > 0 {
+        if ancestors.len() >= MAX_DEPTH {
+            return Err(Refusal::Unverifiable {
+                what: "ancestors: the chain is deeper than the guard follows",
+                errno: 0,
+            });
+        }
+        let info = read(next)?;
+        ancestors.push(Ancestor {
+            pid: next,
+            pgid: info.pgid,
+            session_leader: false,
+        });
+        next = info.ppid;
     }
     Ok(ancestors)
 }

@@ -12,6 +12,7 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitSta
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
 use procfs::process::Process;
 
 use crate::group::time_left;
@@ -29,7 +30,7 @@ pub(crate) enum Leader {
     Direct {
         child: Option<Child>,
         /// Shared with the group's [`ExitWatch`], which polls it without the group's lock.
-        pidfd: Arc<OwnedFd>,
+        pidfd: Arc<sys::Pidfd>,
         exit: Option<ExitStatus>,
         /// Someone else reaped it (SIGCHLD set to `SIG_IGN`, a `waitpid(-1)` elsewhere in
         /// the process): its number is free, and its exit status is lost.
@@ -78,14 +79,14 @@ pub(crate) struct Supervised {
     /// A pidfd on the shared-memory supervisor, opened when it is told to finish (so that a
     /// live group holds no descriptor for it): readable once it has exited, by which time
     /// its status pipe has reached end of file. Shared with the group's [`ExitWatch`].
-    exit_pidfd: Arc<OnceLock<OwnedFd>>,
+    exit_pidfd: Arc<OnceLock<sys::Pidfd>>,
     control: Option<OwnedFd>,
     /// Shared with the group's [`ExitWatch`] (its hang-up says the supervisor is gone).
     status: Arc<OwnedFd>,
     /// A pidfd on the leader (not our child), opened once the supervisor reported it: it
     /// becomes readable when the leader exits and stays so, whoever reads the status pipe.
     /// Shared with the group's [`ExitWatch`].
-    leader_pidfd: Option<Arc<OwnedFd>>,
+    leader_pidfd: Option<Arc<sys::Pidfd>>,
     buf: Vec<u8>,
     reported_pid: Option<i32>,
     failed: Option<i32>,
@@ -150,6 +151,10 @@ impl Leader {
             check_exec_format(cmd)
                 .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         }
+        if sys::PORTABLE && containment != Containment::Group {
+            // Never downgraded: the caller asked for what only Linux's backend has.
+            return Err(sys::unsupported_tier(&format!("{containment:?}")));
+        }
         match containment {
             Containment::Group => Leader::spawn_direct(cmd, new_session, what),
             Containment::Supervised if exec_supervisor => {
@@ -175,7 +180,7 @@ impl Leader {
         // process that is alive and not our child is such a stranger: not ours to signal.
         let pinned = sys::pidfd_open(pid).and_then(|pidfd| {
             let stranger = matches!(
-                sys::peek_exit(pidfd.as_fd()),
+                sys::peek_exit(&pidfd),
                 Err(ref e) if e.raw_os_error() == Some(nix::libc::ECHILD)
             ) && !sys::poll_readable(&[pidfd.as_fd()], Some(Duration::ZERO))?[0];
             if stranger {
@@ -260,16 +265,10 @@ impl Leader {
             if sys::hung_up(sup.status.as_fd()) {
                 // No supervisor holds the leader any more: end its group through the pidfd,
                 // which names it and never a recycled number.
-                let _ = sys::pidfd_send_signal(
-                    pidfd.as_fd(),
-                    Some(nix::sys::signal::Signal::SIGKILL),
-                    true,
-                );
-                let _ = sys::pidfd_send_signal(
-                    pidfd.as_fd(),
-                    Some(nix::sys::signal::Signal::SIGKILL),
-                    false,
-                );
+                let _ =
+                    sys::pidfd_send_signal(&pidfd, Some(nix::sys::signal::Signal::SIGKILL), true);
+                let _ =
+                    sys::pidfd_send_signal(&pidfd, Some(nix::sys::signal::Signal::SIGKILL), false);
                 Err(io::Error::other(
                     "the supervisor exited before the leader could be watched",
                 ))
@@ -400,7 +399,7 @@ impl Leader {
                     return Err(reaped_elsewhere_error());
                 }
                 if exit.is_none() {
-                    match sys::peek_exit(pidfd.as_fd()) {
+                    match sys::peek_exit(pidfd) {
                         Ok(status) => *exit = status,
                         Err(e) if e.raw_os_error() == Some(nix::libc::ECHILD) => {
                             *reaped_elsewhere = true;
@@ -471,9 +470,9 @@ impl Leader {
     /// signals the group (`PIDFD_SIGNAL_PROCESS_GROUP`) and the leader itself. The
     /// supervised tiers signal nothing through theirs (the leader is not our child; they
     /// watch its exit with it, see [`ExitWatch`]).
-    pub(crate) fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+    pub(crate) fn pidfd(&self) -> Option<&sys::Pidfd> {
         match self {
-            Leader::Direct { pidfd, .. } => Some(pidfd.as_fd()),
+            Leader::Direct { pidfd, .. } => Some(pidfd),
             Leader::Supervised(_) => None,
         }
     }
@@ -488,7 +487,7 @@ impl Leader {
                 pidfd,
                 reaped_elsewhere,
                 ..
-            } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd.as_fd()).is_ok(),
+            } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd).is_ok(),
             // The supervisor holds the leader unreaped for as long as it lives, and its end
             // of the status pipe closes only when it exits.
             Leader::Supervised(sup) => sup.control.is_some() && !sys::hung_up(sup.status.as_fd()),
@@ -499,11 +498,7 @@ impl Leader {
     /// after its number is recycled, wherever it is (also when it left its group).
     pub(crate) fn kill_leader(&mut self) {
         if let Leader::Direct { pidfd, .. } = self {
-            let _ = sys::pidfd_send_signal(
-                pidfd.as_fd(),
-                Some(nix::sys::signal::Signal::SIGKILL),
-                false,
-            );
+            let _ = sys::pidfd_send_signal(pidfd, Some(nix::sys::signal::Signal::SIGKILL), false);
         }
         // A supervisor kills everything itself on `finish`.
     }
@@ -553,7 +548,10 @@ impl Leader {
             Leader::Supervised(sup) => {
                 sup.pump()?;
                 // Its exit where it has a pidfd: by then the pipe has reached end of file.
-                Ok((!sup.eof).then(|| sup.exit_pidfd.get().unwrap_or(&sup.status).as_fd()))
+                Ok(
+                    (!sup.eof)
+                        .then(|| sup.exit_pidfd.get().map_or(sup.status.as_fd(), AsFd::as_fd)),
+                )
             }
         }
     }
@@ -587,15 +585,15 @@ impl Leader {
 /// so a waiter cannot miss an exit that another thread observed first.
 #[derive(Clone)]
 pub(crate) struct ExitWatch {
-    leader: Option<Arc<OwnedFd>>,
+    leader: Option<Arc<sys::Pidfd>>,
     supervisor: Option<Arc<OwnedFd>>,
     /// A pidfd on the supervisor, once there is one (see `Supervised::exit_pidfd`).
-    supervisor_exit: Option<Arc<OnceLock<OwnedFd>>>,
+    supervisor_exit: Option<Arc<OnceLock<sys::Pidfd>>>,
 }
 
 impl ExitWatch {
     /// The pidfd on the leader (every tier has one once spawned).
-    pub(crate) fn leader_pidfd(&self) -> Option<Arc<OwnedFd>> {
+    pub(crate) fn leader_pidfd(&self) -> Option<Arc<sys::Pidfd>> {
         self.leader.clone()
     }
 
@@ -608,8 +606,8 @@ impl ExitWatch {
         }
         self.leader
             .iter()
-            .chain(self.supervisor.iter())
             .map(|fd| fd.as_fd())
+            .chain(self.supervisor.iter().map(|fd| fd.as_fd()))
             .collect()
     }
     /// What teardown waits on once the leader is dead, while the supervisor finishes
@@ -743,7 +741,8 @@ impl Supervised {
             // Our unreaped child: the pidfd names it. Its exit is then the one thing to wait
             // for (see `ExitWatch::supervisor_fd`).
             if self.exit_pidfd.get().is_none() {
-                if let Ok(pidfd) = sys::pidfd_open(supervisor.id()).and_then(sys::above_stdio) {
+                if let Ok(pidfd) = sys::pidfd_open(supervisor.id()).and_then(sys::pidfd_above_stdio)
+                {
                     let _ = self.exit_pidfd.set(pidfd);
                 }
             }
@@ -962,6 +961,7 @@ fn reaped_elsewhere_error() -> io::Error {
     )
 }
 
+#[cfg(target_os = "linux")]
 /// The children of `pid` (of its main thread), from /proc.
 fn children_of(pid: u32) -> io::Result<Vec<u32>> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
@@ -971,6 +971,7 @@ fn children_of(pid: u32) -> io::Result<Vec<u32>> {
         .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
 }
 
+#[cfg(target_os = "linux")]
 /// The innermost pid (`NSpid`'s last) of the process `pid` of this namespace.
 fn innermost_pid(pid: u32) -> Option<i32> {
     let pid = i32::try_from(pid).ok()?;
@@ -1000,6 +1001,7 @@ fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
     found
 }
 
+#[cfg(target_os = "linux")]
 /// Calls `visit` on every process below `root`, found through
 /// `/proc/<pid>/task/<tid>/children`, so the cost grows with the tree and never with the
 /// number of processes on the machine. `visit` answers whether to go on below that process,
@@ -1037,6 +1039,7 @@ pub(crate) fn walk_descendants(root: u32, mut visit: impl FnMut(u32) -> ControlF
 
 /// Reads a `children` file of /proc into `list` (cleared first) with plain reads into a
 /// buffer on the stack: no `fstat` or `lseek` for a size hint, which /proc cannot give.
+#[cfg(target_os = "linux")]
 fn read_children(path: &std::path::Path, list: &mut Vec<u8>) -> io::Result<()> {
     use std::io::Read;
     list.clear();
@@ -1074,4 +1077,24 @@ fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<(u32, u32)> {
     Err(io::Error::other(format!(
         "the leader (pid {inner} in the namespace) is not a child of its init (pid {init})"
     )))
+}
+
+/// The descendants' walk needs /proc: elsewhere it finds nothing, and teardown waits for
+/// the group's members instead (see `live_members` in `group.rs`).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn walk_descendants(_root: u32, _visit: impl FnMut(u32) -> ControlFlow<(), bool>) {}
+
+/// Only the `Namespace` tier (Linux) asks for children.
+#[cfg(not(target_os = "linux"))]
+fn children_of(pid: u32) -> io::Result<Vec<u32>> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!("cannot read the children of pid {pid} without /proc"),
+    ))
+}
+
+/// Only the `Namespace` tier (Linux) asks for namespaced pids.
+#[cfg(not(target_os = "linux"))]
+fn innermost_pid(_pid: u32) -> Option<i32> {
+    None
 }

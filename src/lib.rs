@@ -140,10 +140,11 @@
 
 #![warn(missing_docs)]
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(unix))]
 compile_error!(
-    "pgroup supports Linux only: it relies on pidfds (Linux 5.3) and on /proc to pin process \
-     groups and to check the ancestors of the caller"
+    "pgroup supports Unix only (Linux, macOS, FreeBSD): process groups, killpg and waitid are \
+     POSIX. On Windows, use a Job Object (for example through the process-wrap crate's \
+     JobObject wrapper) to tear a tree of processes down."
 );
 
 mod containment;

@@ -353,7 +353,7 @@ impl Reader {
     pub(crate) fn start(
         stdout: Option<OwnedFd>,
         stderr: Option<OwnedFd>,
-        leader: Option<Arc<OwnedFd>>,
+        leader: Option<Arc<crate::sys::Pidfd>>,
         name: String,
     ) -> io::Result<Reader> {
         let capture = Arc::new(Capture::default());
@@ -418,7 +418,7 @@ impl Drop for Reader {
 fn read_loop(
     capture: &Capture,
     mut pipes: [Option<OwnedFd>; 2],
-    mut leader: Option<Arc<OwnedFd>>,
+    mut leader: Option<Arc<crate::sys::Pidfd>>,
     stop: &OwnedFd,
 ) {
     const STREAMS: [Stream; 2] = [Stream::Stdout, Stream::Stderr];

@@ -5,9 +5,15 @@
 //! here makes the part of the crate that can do harm small enough to read in one sitting.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Command, ExitStatus};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,23 +22,53 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{self, Signal};
-use nix::sys::time::TimeSpec;
-use nix::sys::wait::{self, Id, WaitPidFlag, WaitStatus};
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+use nix::sys::wait::Id;
+use nix::sys::wait::{self, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, Pid};
 
 use crate::Pgid;
 
 pub(crate) mod lifeline;
+// The Linux backend: pidfds, the supervisor (subreaper, signalfd, PID namespaces) and its
+// start in shared memory (raw syscalls). Everywhere else, and on Linux under `--cfg pgroup_portable`, the portable
+// backend (`sys/portable.rs`) stands in for them.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+mod portable;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 mod raw;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 mod respawn;
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 mod supervise;
 
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) use portable::{
+    exec_supervisor_available, kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal,
+    Pidfd, Respawned, SharedSupervisor, CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
+    TAG_PID, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
+};
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) use respawn::{available as exec_supervisor_available, Respawned, SharedSupervisor};
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) use supervise::{
     CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS, TAG_STUCK,
     TEARDOWN_BOUND_MS,
 };
+
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) use portable::group_members;
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) use portable::{proc_info, reader_sees};
+
+/// A handle on one process that becomes readable once it has exited: a pidfd on Linux, the
+/// portable backend's exit notification elsewhere (see `sys/portable.rs`).
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+pub(crate) type Pidfd = OwnedFd;
+
+/// Whether this build uses the portable backend (not Linux, or `--cfg pgroup_portable`).
+pub(crate) const PORTABLE: bool = cfg!(not(all(target_os = "linux", not(pgroup_portable))));
 
 /// The pipes between the test binary and a supervisor. The test binary keeps `control`
 /// (write end) and `status` (read end, non-blocking); the other two ends are closed in the
@@ -55,6 +91,7 @@ impl SupervisorPipes {
     }
 }
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 /// `pipe2(O_CLOEXEC)` with both ends moved to descriptors 3 and above: std's child puts the
 /// command's stdio on 0, 1 and 2 with `dup2`, which would replace a pipe end that the
 /// kernel placed there because the test binary had closed one of them.
@@ -63,9 +100,21 @@ fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((above_stdio(read)?, above_stdio(write)?))
 }
 
+/// A pidfd moved above stdio (see [`above_stdio`]).
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+pub(crate) use above_stdio as pidfd_above_stdio;
+
+/// The portable backend's exit notifications are not moved (the supervised tiers, which
+/// ask for it, do not exist there).
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) fn pidfd_above_stdio(pidfd: Pidfd) -> io::Result<Pidfd> {
+    Ok(pidfd)
+}
+
 /// `fd`, moved to a descriptor above 2 if it is one of 0, 1 and 2 (free in the test binary
 /// when it closed its stdio, where std would take a write to, say, a pidfd for an error
 /// instead of a closed stdout).
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
@@ -76,10 +125,12 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 /// The control pipe and the status pipe of a supervisor, both above stdio, the status
 /// pipe's read end (the test binary's) non-blocking: `(control, status)`, each `(read,
 /// write)`.
 type PipePair = (OwnedFd, OwnedFd);
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 fn supervisor_pipes() -> io::Result<(PipePair, PipePair)> {
     let control = pipe_above_stdio()?;
     let status = pipe_above_stdio()?;
@@ -90,9 +141,33 @@ fn supervisor_pipes() -> io::Result<(PipePair, PipePair)> {
     Ok((control, status))
 }
 
+/// The error of a tier the backend cannot offer (the supervised tiers in the portable
+/// backend): spawning fails with it, and never falls back to a weaker tier.
+pub(crate) fn unsupported_tier(tier: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        format!(
+            "pgroup: Containment::{tier} is not available on {}{}: it needs Linux (a \
+             subreaper and pidfds{}); use Containment::Group",
+            std::env::consts::OS,
+            if cfg!(pgroup_portable) {
+                " with the portable backend (--cfg pgroup_portable)"
+            } else {
+                ""
+            },
+            if tier == "Namespace" {
+                ", and PID namespaces"
+            } else {
+                ""
+            },
+        ),
+    )
+}
+
 /// Makes the pipes and adds the supervisor hook to `cmd`: when std forks the command's
 /// child, that child becomes the supervisor and forks the leader, which std then execs.
 /// See `sys/supervise.rs` for the protocol and why this is async-signal-safe.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) fn install_supervisor(
     cmd: &mut Command,
     namespace: bool,
@@ -142,8 +217,30 @@ pub(crate) struct ExecSupervised {
     pub spawned: Respawned,
 }
 
+/// The supervised tiers do not exist in the portable backend: `Leader::spawn` refuses them
+/// before it gets here.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) fn install_supervisor(
+    _cmd: &mut Command,
+    namespace: bool,
+    _new_session: bool,
+) -> io::Result<SupervisorPipes> {
+    Err(unsupported_tier(if namespace {
+        "Namespace"
+    } else {
+        "Supervised"
+    }))
+}
+
+/// See [`install_supervisor`]: never reached in the portable backend.
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+pub(crate) fn spawn_exec_supervised(_cmd: &mut Command) -> io::Result<ExecSupervised> {
+    Err(unsupported_tier("Supervised"))
+}
+
 /// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under a
 /// supervisor that shares the test binary's memory: no copy of its page tables, no exec.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervised> {
     let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
     let plan = supervise::Plan {
@@ -167,6 +264,12 @@ pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervi
     })
 }
 
+/// `__WALL` where it exists (Linux: also children that are threads' clones).
+#[cfg(target_os = "linux")]
+const WALL: WaitPidFlag = WaitPidFlag::__WALL;
+#[cfg(not(target_os = "linux"))]
+const WALL: WaitPidFlag = WaitPidFlag::empty();
+
 /// Reaps our child `pid`, waiting for it (a child that is known to have exited, or to be
 /// about to). Errors (someone else reaped it) are ignored.
 pub(crate) fn reap_pid(pid: u32) {
@@ -174,7 +277,7 @@ pub(crate) fn reap_pid(pid: u32) {
         return;
     };
     loop {
-        match wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+        match wait::waitpid(Pid::from_raw(pid), Some(WALL)) {
             Err(Errno::EINTR) => {}
             _ => return,
         }
@@ -186,10 +289,7 @@ pub(crate) fn reap_pid(pid: u32) {
 pub(crate) fn try_reap_pid(pid: u32) -> io::Result<bool> {
     let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
     loop {
-        return match wait::waitpid(
-            Pid::from_raw(pid),
-            Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL),
-        ) {
+        return match wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG | WALL)) {
             Ok(WaitStatus::StillAlive) => Ok(false),
             Ok(_) | Err(Errno::ECHILD) => Ok(true),
             Err(Errno::EINTR) => continue,
@@ -222,8 +322,23 @@ pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 /// `pipe2(O_CLOEXEC)`: the read end, then the write end.
+#[cfg(not(target_vendor = "apple"))]
 pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
+}
+
+/// `pipe(2)`, then `FD_CLOEXEC` on each end (macOS has no `pipe2`; std makes its own pipes
+/// the same way there).
+#[cfg(target_vendor = "apple")]
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = nix::unistd::pipe()?;
+    for fd in [&read, &write] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+    }
+    Ok((read, write))
 }
 
 /// Writes one byte (a command to the supervisor).
@@ -247,6 +362,8 @@ pub(crate) fn killpg(pgid: Pgid, signal: Signal) -> Result<(), Errno> {
     if raw <= 1 {
         return Err(Errno::EINVAL);
     }
+    #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+    exit_watch_kick();
     signal::killpg(Pid::from_raw(raw), signal)
 }
 
@@ -275,9 +392,10 @@ pub(crate) fn getpgid(pid: i32) -> Result<i32, Errno> {
     unistd::getpgid(Some(Pid::from_raw(pid))).map(Pid::as_raw)
 }
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 /// `pidfd_open(2)` (Linux 5.3): a file descriptor that refers to this process and no other,
 /// even after its number is recycled. It becomes readable when the process exits.
-pub(crate) fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     let pid = libc::pid_t::try_from(pid)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid above i32::MAX"))?;
     let flags: libc::c_uint = 0;
@@ -305,8 +423,22 @@ pub(crate) fn poll_readable(
         .iter()
         .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
         .collect();
-    let timespec = timeout.map(TimeSpec::from_duration);
-    match nix::poll::ppoll(&mut pollfds, timespec, None) {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    let polled = nix::poll::ppoll(
+        &mut pollfds,
+        timeout.map(nix::sys::time::TimeSpec::from_duration),
+        None,
+    );
+    // No ppoll (macOS): poll's milliseconds, rounded up so that a wait never ends early.
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    let polled = nix::poll::poll(
+        &mut pollfds,
+        timeout.map_or(nix::poll::PollTimeout::NONE, |t| {
+            let ms = t.as_nanos().div_ceil(1_000_000);
+            nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)
+        }),
+    );
+    match polled {
         Ok(_) | Err(Errno::EINTR) => {}
         Err(e) => return Err(e.into()),
     }
@@ -328,10 +460,12 @@ pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> bool {
     }
 }
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 /// The exit status of the process behind `pidfd`, without reaping it (`waitid` with
 /// `WEXITED | WNOWAIT | WNOHANG`). The zombie stays, and so its pid and group id stay reserved.
 /// `Ok(None)` while it runs. Only valid for the caller's own children.
-pub(crate) fn peek_exit(pidfd: BorrowedFd<'_>) -> io::Result<Option<ExitStatus>> {
+pub(crate) fn peek_exit(pidfd: &Pidfd) -> io::Result<Option<ExitStatus>> {
+    let pidfd = pidfd.as_fd();
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
     loop {
         return match wait::waitid(Id::PIDFd(pidfd), flags) {
@@ -371,11 +505,13 @@ pub(crate) fn set_new_session(cmd: &mut Command) {
     }
 }
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9): `pidfd_send_signal` signals the process group
 /// whose id is the pidfd's process, i.e. the group that process created, rather than the
 /// process itself.
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
 
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 /// `pidfd_send_signal(2)` (Linux 5.1). With `group`, the flag `PIDFD_SIGNAL_PROCESS_GROUP`
 /// (Linux 6.9; `EINVAL` before): the signal goes to every member of the process group that
 /// the pidfd's process created, found through the kernel's `struct pid` and not through a
@@ -385,7 +521,7 @@ const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
 /// wherever it is (`ESRCH` once it has exited). `None` sends no signal (signal 0): the
 /// existence and permission check alone.
 pub(crate) fn pidfd_send_signal(
-    pidfd: BorrowedFd<'_>,
+    pidfd: &Pidfd,
     signal: Option<Signal>,
     group: bool,
 ) -> Result<(), Errno> {
@@ -431,7 +567,7 @@ mod tests {
     /// and `try_wait` answered "running" once in between.
     #[test]
     fn read_available_reports_end_of_file_after_data() {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let (read, write) = pipe().expect("pipe");
         nix::fcntl::fcntl(
             &read,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

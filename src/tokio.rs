@@ -102,6 +102,7 @@ impl Builder {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> std::io::Result<()> {
+    /// # if !Containment::Supervised.is_available() { return Ok(()); }
     /// let group = Builder::new()
     ///     .containment(Containment::Supervised)
     ///     .grace_period(Duration::from_millis(500))

@@ -1,6 +1,11 @@
 //! Containment tiers on real processes: what each tier catches, with negative controls that
 //! show the plain `Group` tier leaking where the stronger tiers do not.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;
@@ -71,6 +76,9 @@ fn a_setsid_escaper(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("setsid");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "setsid_escaper.sh", &[]);
@@ -119,6 +127,9 @@ fn a_double_fork_daemon(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("daemon");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "double_fork_daemon.sh", &[]);
@@ -163,6 +174,9 @@ fn a_bounded_fork_bomb(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("bomb");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let group = spawn_fixture(&marker, tier, "fork_bomb.sh", &["5"]);
@@ -192,6 +206,9 @@ fn a_group_outlives_the_thread_that_spawned_it(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("thread");
     let inner = marker.clone();
     let group = thread::spawn(move || {
@@ -220,8 +237,16 @@ fn shared_group() -> MutexGuard<'static, SpawnedGroup> {
     SHARED
         .get_or_init(|| {
             let marker = support::marker("static");
+            // These two tests are about a group in a `static`; the portable backend has no
+            // `Supervised` tier (`tier_unavailable` asserts that elsewhere), and there the
+            // lifeline's exit hook ends the `Group` tier's group instead.
+            let tier = if cfg!(pgroup_portable) {
+                Containment::Group
+            } else {
+                Containment::Supervised
+            };
             let group = Builder::new()
-                .containment(Containment::Supervised)
+                .containment(tier)
                 .spawn(&mut support::marked(&marker, "sleep", &["1000"]))
                 .expect("spawn");
             Mutex::new(group)
@@ -366,6 +391,9 @@ fn statics_and_sigkill_of_the_test_binary(
     #[values("group", "supervised", "namespace")] tier: &str,
     #[values(true, false)] sigkill: bool,
 ) {
+    if support::tier_unavailable(tier_named(tier)) {
+        return;
+    }
     let marker = support::marker(&format!("hold-{tier}"));
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let (lock, _) = run_hold_role(tier, &marker, sigkill);
@@ -419,6 +447,9 @@ fn a_missing_program_fails_cleanly(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("missing");
     let err = Builder::new()
         .containment(tier)
@@ -438,6 +469,9 @@ fn exit_status_through_the_supervisor(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("status");
     let group = spawn_fixture(&marker, tier, "leader_exits_at_once.sh", &[]);
     let status = group.wait_timeout(Duration::from_secs(10)).expect("wait");
@@ -451,4 +485,32 @@ fn exit_status_through_the_supervisor(
     let report = group.shutdown().expect("shutdown");
     assert!(report.exited_before_teardown);
     support::assert_no_leaks(&marker);
+}
+
+/// Which tiers the build offers, and that a missing one is refused at spawn, never
+/// downgraded: with the Linux backend every tier exists; with the portable backend (macOS,
+/// FreeBSD, and here under `--cfg pgroup_portable`) only `Group` does, and spawning
+/// `Supervised` or `Namespace` fails with `ErrorKind::Unsupported`, an error that names the
+/// tier and the platform, starting nothing.
+#[test]
+fn a_tier_the_backend_lacks_fails_at_spawn_and_never_downgrades() {
+    let portable = cfg!(pgroup_portable);
+    assert!(Containment::Group.is_available());
+    for tier in [Containment::Supervised, Containment::Namespace] {
+        assert_eq!(tier.is_available(), !portable, "{tier:?}");
+        if !portable {
+            continue;
+        }
+        let marker = support::marker("no-downgrade");
+        let err = Builder::new()
+            .containment(tier)
+            .spawn(&mut support::marked(&marker, "sleep", &["1000"]))
+            .map(drop)
+            .expect_err("spawned a tier the backend lacks");
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("Containment::{tier:?}")), "{text}");
+        assert!(text.contains(std::env::consts::OS), "{text}");
+        support::assert_no_leaks(&marker);
+    }
 }

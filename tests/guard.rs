@@ -6,6 +6,11 @@
 //! `kill(-1, SIGKILL)` there reaches only processes this test made. Canaries in each group
 //! of the chain show what a broken guard would have hit.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;

@@ -4,6 +4,11 @@
 //! ignored, closed stdio, a fork that never execs, a test binary that dies) are set up in a
 //! re-executed copy of this binary (a "role").
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::env;
@@ -143,6 +148,9 @@ fn sigchld_ignored_role(_logs: support::Logs<'_>) -> i32 {
 fn sigchld_ignored_by_the_test_binary(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("sigchld-ign");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let out = run_role("sigchld-ignored", &marker, tier, &[]);
@@ -162,6 +170,9 @@ fn sigchld_ignored_by_the_test_binary(
 fn orphans_are_reaped_while_the_group_lives(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("orphans");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let script = "i=0; while [ $i -lt 300 ]; do (sleep 0 &); i=$((i+1)); done; \
@@ -191,6 +202,9 @@ fn orphans_are_reaped_while_the_group_lives(
 fn many_escapees_are_each_reported_once(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     const ESCAPEES: usize = 1100;
     let marker = support::marker("escapees");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
@@ -328,6 +342,9 @@ fn drop_bound() -> Duration {
 fn a_member_that_cannot_die_keeps_the_drop_bound(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     if !can_make_a_stuck_member() {
         return;
     }
@@ -372,6 +389,9 @@ fn reports_the_stuck_teardown(said: &str) -> bool {
 
 #[test]
 fn a_member_that_cannot_die_with_sigalrm_ignored() {
+    if support::tier_unavailable(Containment::Supervised) {
+        return;
+    }
     if !can_make_a_stuck_member() {
         return;
     }
@@ -433,6 +453,9 @@ fn closed_stdio_in_the_test_binary(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
     #[values("0", "012")] close: &str,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("closed-stdio");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let out = run_role("closed-stdio", &marker, tier, &[("PGROUP_CLOSE", close)]);
@@ -453,6 +476,9 @@ fn a_command_spawned_again(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
     second: Containment,
 ) {
+    if support::tier_unavailable(first) || support::tier_unavailable(second) {
+        return;
+    }
     let marker = support::marker("reuse");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let mut cmd = support::marked(&marker, "sleep", &["1000"]);
@@ -504,6 +530,9 @@ fn fork_and_die_role(_logs: support::Logs<'_>) -> i32 {
 fn a_fork_of_the_test_binary_does_not_keep_the_group_alive(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("fork");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
     let mut role = support::role_command("fork-and-die");
@@ -561,6 +590,9 @@ fn a_file_without_a_shebang_fails_in_every_tier(
     #[values("absolute", "relative to the Command's directory", "found in PATH")] how: &str,
     #[values(false, true)] new_session: bool,
 ) {
+    if support::tier_unavailable(tier) {
+        return;
+    }
     let marker = support::marker("enoexec");
     let dir = tempfile::tempdir().expect("tempdir");
     let ran = dir.path().join("ran");

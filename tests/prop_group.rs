@@ -23,6 +23,11 @@
 //! namespace, with the caller as a child subreaper so that orphaned grandchildren come back
 //! to it and are reaped by pid.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::cell::RefCell;

@@ -18,6 +18,11 @@
 //! under `support::run_sandboxed_std`), so mutated copies of the crate can be run against
 //! this file safely: that is what `.ci/mutants` does.
 
+// The suite's support reads /proc (leak markers in each process's environ, process states,
+// the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
+// with the portable one (`--cfg pgroup_portable`). Elsewhere it compiles to nothing.
+#![cfg(target_os = "linux")]
+
 mod support;
 
 use std::cell::RefCell;

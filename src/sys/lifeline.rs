@@ -52,6 +52,7 @@ pub(crate) const SIGNALS: [c_int; 5] = [
 ];
 
 /// `pidfd_send_signal` flag (Linux 6.9): signal the process group of the pidfd's process.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
 
 /// A slot's "someone is signalling from me" bit.
@@ -218,7 +219,12 @@ impl Drop for Slot {
 
 /// Puts a pinned group in the registry. `pidfd`, if given, must stay open until the slot is
 /// released.
+///
+/// The portable backend keeps no descriptor in the slot (its exit notifications are no
+/// pidfds): its handler pins the group by the leader's pid, which is the group's id.
 pub(crate) fn register(pgid: Pgid, pidfd: Option<BorrowedFd<'_>>) -> Slot {
+    #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+    let pidfd: Option<BorrowedFd<'_>> = pidfd.and(None);
     let value = encode(pgid, pidfd.map(|fd| fd.as_raw_fd()));
     let mut block: &'static Block = &FIRST;
     loop {
@@ -474,7 +480,15 @@ fn kill_slot(slot: &AtomicU64) {
 /// SIGKILL to one pinned group: through the leader's pidfd where the kernel can (the group
 /// of that very process, never a recycled number), else `kill(-pgid)`, refusing the ids
 /// that the guard's cheap rules refuse.
+///
+/// The portable backend registers no pidfd: it signals `kill(-pgid)` only while the leader,
+/// whose pid is `pgid`, is our unreaped child (`waitid(P_PID, WNOWAIT)`).
 fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
+    #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+    if pidfd.is_none() && !leader_unreaped_by_pid(pgid) {
+        return;
+    }
+    #[cfg(all(target_os = "linux", not(pgroup_portable)))]
     if let Some(fd) = pidfd {
         // SAFETY: pidfd_send_signal(2) with a descriptor that stays open while the slot is
         // claimed (teardown waits for the claim before it closes it), a null siginfo and a
@@ -520,8 +534,38 @@ fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
     }
 }
 
+/// Whether our child `pid` (a group's leader) is still unreaped: `waitid(P_PID, WEXITED |
+/// WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it (and for a pid that
+/// is not our child).
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+fn leader_unreaped_by_pid(pid: i32) -> bool {
+    // (`id_t` is 32 bits wide on some platforms, 64 on others.)
+    let Some(id) = libc::id_t::try_from(pid).ok() else {
+        return false;
+    };
+    loop {
+        // SAFETY: waitid(2) writes one siginfo_t on our stack and reaps nothing (WNOWAIT).
+        let ret = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                id,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        if ret == 0 {
+            return true;
+        }
+        if Errno::last() != Errno::EINTR {
+            return false;
+        }
+    }
+}
+
 /// Whether the leader behind `pidfd` (our child) is still unreaped: `waitid(P_PIDFD,
 /// WEXITED | WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
 fn leader_unreaped(pidfd: RawFd) -> bool {
     let Ok(id) = libc::id_t::try_from(pidfd) else {
         return false;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use pgroup::SpawnedGroup;
+use pgroup::{Builder, Containment, SpawnedGroup};
 use procfs::process::Process;
 
 /// The variable every process the tests start carries, so leaks can be found in /proc.
@@ -35,6 +35,31 @@ pub fn marker(name: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Whether `tier` is one the portable backend lacks, in a build that uses it (`--cfg
+/// pgroup_portable`: the backend of macOS and FreeBSD, forced on Linux). For such a tier
+/// this first proves, loudly, what the backend does instead: spawning fails at once with
+/// `ErrorKind::Unsupported`, an error naming the tier, and starts nothing. The calling test
+/// then stops (its subject, the tier, does not exist here). `false` everywhere else.
+pub fn tier_unavailable(tier: Containment) -> bool {
+    if !cfg!(pgroup_portable) || tier == Containment::Group {
+        return false;
+    }
+    let marker = marker("unsupported-tier");
+    let err = Builder::new()
+        .containment(tier)
+        .spawn(&mut marked(&marker, "sleep", &["1000"]))
+        .map(drop)
+        .expect_err("the portable backend has no supervised tier");
+    assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{err}");
+    assert!(
+        err.to_string().contains(&format!("Containment::{tier:?}")),
+        "the error names the tier: {err}"
+    );
+    assert_no_leaks(&marker);
+    eprintln!("UNSUPPORTED under --cfg pgroup_portable (asserted): {err}");
+    true
 }
 
 /// `program args...`, carrying the marker.
@@ -721,6 +746,24 @@ impl Drop for KillMarkedOnDrop {
     fn drop(&mut self) {
         kill_marked(&self.0);
     }
+}
+
+/// The descriptors this process holds, other than files inside a process's /proc directory:
+/// those are open only for a moment (this count's own listing of /proc/self/fd; the
+/// portable backend's exit watcher, a thread, reading a process's stat file while the count
+/// runs), never kept by the crate. (A held /proc/<pid> directory itself is counted.)
+pub fn held_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|target| {
+                        !(target.starts_with("/proc/") && target.components().count() > 3)
+                    })
+                })
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// Open descriptors of this process.
