@@ -15,7 +15,7 @@
 //!
 //! - [`safe_killpg`] is `killpg` behind a guard that refuses every dangerous target, listed
 //!   in [`GUARD_RULES`]: ids at or below 1, the caller's own group, its session, its parent's
-//!   group and (on Linux) every ancestor's group. It fails closed: when it cannot tell, it
+//!   group and every ancestor's group. It fails closed: when it cannot tell, it
 //!   refuses. [`Pgid`] is an id that is greater than 1 by construction.
 //! - [`SpawnedGroup`] spawns a command as the leader of a new process group and, when
 //!   dropped (also while a failed assertion unwinds), tears the whole group down: SIGTERM,
@@ -122,11 +122,19 @@
 
 //! # Platform
 //!
-//! Linux 5.3 or later (`pidfd_open`; `close_range` from 5.9 is used when present), with
-//! `/proc` mounted for the caller's PID namespace (the ancestor rule reads it; without it the
-//! guard refuses everything, failing closed). [`Containment::Namespace`] also needs root or
-//! unprivileged user namespaces. Other platforms fail to compile with a message saying so:
-//! the crate relies on pidfds and /proc, and has been tested only on Linux. The minimum
+//! Linux 5.3 or later gets the Linux backend (`pidfd_open`; `close_range` from 5.9 is used
+//! when present) and every tier, with `/proc` mounted for the caller's PID namespace (the
+//! ancestor rule reads it; without it the guard refuses everything, failing closed);
+//! [`Containment::Namespace`] also needs root or unprivileged user namespaces, and the shared
+//! supervisor of [`Containment::Supervised`] x86_64 or aarch64 (elsewhere it is forked).
+//! macOS and FreeBSD get the portable backend: the same guard rules (the ancestors read with
+//! `proc_pidinfo` and `sysctl(KERN_PROC_PID)`, failing closed), the leader pinned unreaped
+//! with `waitid(WNOWAIT)`, exits noticed by a polling thread (50 µs to 5 ms), and only
+//! [`Containment::Group`], which is the default there (the other tiers fail at spawn with
+//! `ErrorKind::Unsupported`; see [`Containment::is_available`]). CI compile-checks them, and
+//! runs the whole suite on Linux with the portable backend forced
+//! (`RUSTFLAGS="--cfg pgroup_portable"`); only the per-platform readers of macOS and FreeBSD
+//! are never run. Windows does not compile (a message points to Job Objects). The minimum
 //! supported Rust version of the library and its tests is 1.85, checked in CI (the benches,
 //! `pgroup-benches`, use current stable).
 //!
