@@ -421,93 +421,88 @@ fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
         .map(|a| a.pid)
 }
 
-/// Reads the chain of ancestors above the parent from /proc, checking first that /proc
-/// belongs to the caller's PID namespace.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+/// What the ancestor rule reads of one process: its parent, its group, and whether it leads
+/// its session.
+pub(crate) struct AncestorInfo {
+    pub(crate) ppid: i32,
+    pub(crate) pgid: i32,
+    pub(crate) session_leader: bool,
+}
+
+/// Reads the chain of ancestors above the parent with the backend's reader, checking first
+/// that the reader's pids are the caller's (a /proc of another PID namespace names other
+/// processes). Any process it cannot read makes the guard refuse (fail closed).
+///
+/// The loop is the same on every backend; only the reader differs: /proc through procfs on
+/// Linux (below), and the portable backend's in `sys/portable.rs` (`proc_pidinfo` on macOS,
+/// `sysctl(KERN_PROC_PID)` on FreeBSD, /proc on Linux under `--cfg pgroup_portable`).
 fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
-    let proc_err = |what: &'static str| {
-        move |e: procfs::ProcError| {
-            let errno = match e {
-                procfs::ProcError::NotFound(_) => Errno::ESRCH,
-                procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
-                _ => Errno::EIO,
-            };
-            unverifiable(what, errno)
-        }
+    check_reader(me)?;
+    let mut ancestors = Vec::new();
+    // The parent's own group is the parent rule's; the chain starts above it.
+    let mut next = if parent > 1 {
+        read_ancestor(parent)?.ppid
+    } else {
+        0
     };
-    // /proc/self names the caller by its pid in the PID namespace /proc belongs to; only
-    // when that is the caller's own namespace do the pids below mean what they say.
-    let own = Process::myself().map_err(proc_err("/proc (is it mounted?)"))?;
+    while next > 0 {
+        if ancestors.len() >= MAX_DEPTH {
+            return Err(Refusal::Unverifiable {
+                what: "ancestors: the chain is deeper than the guard follows",
+                errno: 0,
+            });
+        }
+        let info = read_ancestor(next)?;
+        ancestors.push(Ancestor {
+            pid: next,
+            pgid: info.pgid,
+            session_leader: info.session_leader,
+        });
+        next = info.ppid;
+    }
+    Ok(ancestors)
+}
+
+#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+use crate::sys::{check_reader, read_ancestor};
+
+/// The refusal for a /proc read that failed.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+fn proc_refusal(what: &'static str, e: procfs::ProcError) -> Refusal {
+    let errno = match e {
+        procfs::ProcError::NotFound(_) => Errno::ESRCH,
+        procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
+        _ => Errno::EIO,
+    };
+    unverifiable(what, errno)
+}
+
+/// The Linux backend's check that /proc describes the caller's PID namespace: /proc/self
+/// names the caller by its pid in the namespace /proc belongs to, so only when that is `me`
+/// do the pids read from it mean what they say.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+fn check_reader(me: i32) -> Result<(), Refusal> {
+    let own = Process::myself().map_err(|e| proc_refusal("/proc (is it mounted?)", e))?;
     if own.pid != me {
         return Err(Refusal::Unverifiable {
             what: "ancestors: /proc belongs to another PID namespace",
             errno: 0,
         });
     }
-    let read = |pid: i32| {
-        Process::new(pid)
-            .and_then(|p| p.stat())
-            .map_err(proc_err("an ancestor in /proc"))
-    };
-    let mut ancestors = Vec::new();
-    // The parent's own group is the parent rule's; the chain starts above it.
-    let mut next = if parent > 1 { read(parent)?.ppid } else { 0 };
-    while next > 0 {
-        if ancestors.len() >= MAX_DEPTH {
-            return Err(Refusal::Unverifiable {
-                what: "ancestors: the chain is deeper than the guard follows",
-                errno: 0,
-            });
-        }
-        let stat = read(next)?;
-        ancestors.push(Ancestor {
-            pid: stat.pid,
-            pgid: stat.pgrp,
-            session_leader: stat.session == stat.pid,
-        });
-        next = stat.ppid;
-    }
-    Ok(ancestors)
+    Ok(())
 }
 
-/// The portable backend's walk: reads the chain of ancestors above the parent with the
-/// platform's reader (`sys::proc_info`: `proc_pidinfo` on macOS, `sysctl(KERN_PROC_PID)` on
-/// FreeBSD, /proc on Linux under `--cfg pgroup_portable`), checking first that the reader's
-/// pids are the caller's (a /proc of another PID namespace). A process it cannot read makes
-/// the guard refuse (fail closed). No ancestor counts as a session leader, so each one's
-/// group is asked afresh on every call.
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
-fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
-    match sys::reader_sees(me) {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(Refusal::Unverifiable {
-                what: "ancestors: the process reader (/proc) belongs to another PID namespace",
-                errno: 0,
-            })
-        }
-        Err(e) => return Err(unverifiable("the process reader (is /proc mounted?)", e)),
-    }
-    let read = |pid: i32| sys::proc_info(pid).map_err(|e| unverifiable("an ancestor", e));
-    let mut ancestors = Vec::new();
-    // The parent's own group is the parent rule's; the chain starts above it.
-    let mut next = if parent > 1 { read(parent)?.ppid } else { 0 };
-    while next > 0 {
-        if ancestors.len() >= MAX_DEPTH {
-            return Err(Refusal::Unverifiable {
-                what: "ancestors: the chain is deeper than the guard follows",
-                errno: 0,
-            });
-        }
-        let info = read(next)?;
-        ancestors.push(Ancestor {
-            pid: next,
-            pgid: info.pgid,
-            session_leader: false,
-        });
-        next = info.ppid;
-    }
-    Ok(ancestors)
+/// The Linux backend's reader: `/proc/<pid>/stat` through procfs.
+#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+fn read_ancestor(pid: i32) -> Result<AncestorInfo, Refusal> {
+    let stat = Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_err(|e| proc_refusal("an ancestor in /proc", e))?;
+    Ok(AncestorInfo {
+        ppid: stat.ppid,
+        pgid: stat.pgrp,
+        session_leader: stat.session == stat.pid,
+    })
 }
 
 /// Sends `signal` to the process group `pgid`, unless the guard refuses.

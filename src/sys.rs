@@ -60,7 +60,7 @@ pub(crate) use supervise::{
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 pub(crate) use portable::group_members;
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
-pub(crate) use portable::{proc_info, reader_sees};
+pub(crate) use portable::{check_reader, read_ancestor};
 
 /// A handle on one process that becomes readable once it has exited: a pidfd on Linux, the
 /// portable backend's exit notification elsewhere (see `sys/portable.rs`).

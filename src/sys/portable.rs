@@ -346,6 +346,37 @@ pub(crate) fn reader_sees(me: i32) -> Result<bool, Errno> {
     Ok(own.pid == me)
 }
 
+/// The portable backend's side of the guard's ancestor rule (see `guard::walk_ancestors`,
+/// whose loop is shared): the check that the reader's pids are the caller's.
+pub(crate) fn check_reader(me: i32) -> Result<(), crate::Refusal> {
+    match reader_sees(me) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(crate::Refusal::Unverifiable {
+            what: "ancestors: the process reader (/proc) belongs to another PID namespace",
+            errno: 0,
+        }),
+        Err(e) => Err(crate::Refusal::Unverifiable {
+            what: "the process reader (is /proc mounted?)",
+            errno: e as i32,
+        }),
+    }
+}
+
+/// The portable backend's reader for the guard's ancestor rule: the platform's
+/// [`proc_info`]. No ancestor counts as a session leader here (the readers do not give the
+/// session), so each one's group is asked afresh on every call.
+pub(crate) fn read_ancestor(pid: i32) -> Result<crate::guard::AncestorInfo, crate::Refusal> {
+    let info = proc_info(pid).map_err(|e| crate::Refusal::Unverifiable {
+        what: "an ancestor",
+        errno: e as i32,
+    })?;
+    Ok(crate::guard::AncestorInfo {
+        ppid: info.ppid,
+        pgid: info.pgid,
+        session_leader: false,
+    })
+}
+
 /// See the Linux version: always true here.
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn reader_sees(_me: i32) -> Result<bool, Errno> {
