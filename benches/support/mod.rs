@@ -532,7 +532,18 @@ pub fn many_groups(groups: usize, threads: usize) -> io::Result<ManyGroups> {
     })?;
     let spawn = started.elapsed();
     let rss_growth_kib = status_field("VmRSS:") - rss_before;
-    let threads_alive = usize::try_from(status_field("Threads:")).unwrap_or(0);
+    // The spawning threads have been joined, but the kernel may still count a thread that
+    // has returned and not yet finished exiting: read again (for up to 50 ms) until the count
+    // is back to where it was, and keep the lowest reading.
+    let threads = || usize::try_from(status_field("Threads:")).unwrap_or(0);
+    let mut threads_alive = threads();
+    for _ in 0..50 {
+        if threads_alive <= threads_before {
+            break;
+        }
+        thread::sleep(Duration::from_millis(1));
+        threads_alive = threads_alive.min(threads());
+    }
     let fds_growth = open_fds() - fds_before;
     assert_eq!(alive.iter().map(Vec::len).sum::<usize>(), groups);
     let started = Instant::now();
