@@ -1563,11 +1563,15 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
             }
         }
     }
+    without_exited(found)
+}
+
+/// `found` without the members that have exited already: zombies not yet reaped by their
+/// new parent are members still, but nothing to wait for.
+fn without_exited(mut found: Vec<sys::Pidfd>) -> io::Result<Vec<sys::Pidfd>> {
     if found.is_empty() {
         return Ok(found);
     }
-    // Members that have exited already (zombies not yet reaped by their new parent) are
-    // members still, but nothing to wait for.
     let exited = sys::poll_readable(
         &found.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
         Some(Duration::ZERO),
@@ -1591,13 +1595,7 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
         };
         found.push(fd);
     }
-    let exited = sys::poll_readable(
-        &found.iter().map(AsFd::as_fd).collect::<Vec<_>>(),
-        Some(Duration::ZERO),
-    )?;
-    let mut exited = exited.into_iter();
-    found.retain(|_| !exited.next().unwrap_or(false));
-    Ok(found)
+    without_exited(found)
 }
 
 /// The last pid handed out in this PID namespace (`/proc/sys/kernel/ns_last_pid`), with one

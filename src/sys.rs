@@ -35,6 +35,7 @@ pub(crate) mod lifeline;
 // backend (`sys/portable.rs`) stands in for them.
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 mod portable;
+mod protocol;
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
 mod raw;
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
@@ -45,14 +46,12 @@ mod supervise;
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 pub(crate) use portable::{
     exec_supervisor_available, kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal,
-    Pidfd, Respawned, SharedSupervisor, CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
-    TAG_PID, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
+    Pidfd, Respawned, SharedSupervisor,
 };
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
 pub(crate) use respawn::{available as exec_supervisor_available, Respawned, SharedSupervisor};
 
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-pub(crate) use supervise::{
+pub(crate) use protocol::{
     CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS, TAG_STUCK,
     TEARDOWN_BOUND_MS,
 };

@@ -66,16 +66,12 @@ fn status_field(pid: i32, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in the status of {pid}"))
 }
 
-/// Writes [`BEFORE`] into a buffer of its own, spawns a supervised `sleep`, overwrites the
-/// buffer with [`AFTER`], and prints what the supervisor's memory holds at the buffer's
-/// address (`SEEN`, read through `/proc/<supervisor>/mem`).
-fn shared_role(_logs: support::Logs<'_>) -> i32 {
-    let marker = env::var(support::MARKER_VAR).expect("marker");
-    let mut probe = Box::new(*BEFORE);
-    std::hint::black_box(&mut probe);
+/// `sleep 1000` in the `Supervised` tier, and its supervisor's pid (the leader's parent,
+/// which is not this process).
+fn spawn_supervised_sleep(marker: &str) -> (SpawnedGroup, i32) {
     let group = spawn_in(
         Containment::Supervised,
-        &mut support::marked(&marker, "sleep", &["1000"]),
+        &mut support::marked(marker, "sleep", &["1000"]),
     );
     let supervisor = parent_of(group.id());
     assert_ne!(
@@ -83,6 +79,17 @@ fn shared_role(_logs: support::Logs<'_>) -> i32 {
         Some(std::process::id()),
         "the leader's parent is a supervisor"
     );
+    (group, supervisor)
+}
+
+/// Writes [`BEFORE`] into a buffer of its own, spawns a supervised `sleep`, overwrites the
+/// buffer with [`AFTER`], and prints what the supervisor's memory holds at the buffer's
+/// address (`SEEN`, read through `/proc/<supervisor>/mem`).
+fn shared_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    let mut probe = Box::new(*BEFORE);
+    std::hint::black_box(&mut probe);
+    let (group, supervisor) = spawn_supervised_sleep(&marker);
     probe.copy_from_slice(AFTER);
     std::hint::black_box(&mut probe);
     let address = std::ptr::from_ref::<[u8; 16]>(&probe) as u64;
@@ -155,16 +162,7 @@ fn handlers_role(_logs: support::Logs<'_>) -> i32 {
         // SAFETY: the handler only increments an atomic; this process is a role of its own.
         unsafe { sigaction(sig, &action) }.expect("install the handler");
     }
-    let group = spawn_in(
-        Containment::Supervised,
-        &mut support::marked(&marker, "sleep", &["1000"]),
-    );
-    let supervisor = parent_of(group.id());
-    assert_ne!(
-        u32::try_from(supervisor).ok(),
-        Some(std::process::id()),
-        "the leader's parent is a supervisor"
-    );
+    let (group, supervisor) = spawn_supervised_sleep(&marker);
     let wanted: u64 = CAUGHT.iter().map(|s| 1_u64 << (*s as u32 - 1)).sum();
     for sig in CAUGHT {
         // Our own unreaped child, by pid.

@@ -540,42 +540,25 @@ fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
 #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
 fn leader_unreaped_by_pid(pid: i32) -> bool {
     // (`id_t` is 32 bits wide on some platforms, 64 on others.)
-    let Some(id) = libc::id_t::try_from(pid).ok() else {
-        return false;
-    };
-    loop {
-        // SAFETY: waitid(2) writes one siginfo_t on our stack and reaps nothing (WNOWAIT).
-        let ret = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                libc::P_PID,
-                id,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
-            )
-        };
-        if ret == 0 {
-            return true;
-        }
-        if Errno::last() != Errno::EINTR {
-            return false;
-        }
-    }
+    libc::id_t::try_from(pid).is_ok_and(|id| unreaped(libc::P_PID, id))
 }
 
 /// Whether the leader behind `pidfd` (our child) is still unreaped: `waitid(P_PIDFD,
 /// WEXITED | WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it.
 #[cfg(all(target_os = "linux", not(pgroup_portable)))]
 fn leader_unreaped(pidfd: RawFd) -> bool {
-    let Ok(id) = libc::id_t::try_from(pidfd) else {
-        return false;
-    };
+    libc::id_t::try_from(pidfd).is_ok_and(|id| unreaped(libc::P_PIDFD, id))
+}
+
+/// `waitid(idtype, id, WEXITED | WNOWAIT | WNOHANG)` succeeds: the child it names has not
+/// been reaped (it may have exited). Retried on `EINTR`; async-signal-safe.
+fn unreaped(idtype: libc::idtype_t, id: libc::id_t) -> bool {
     loop {
         // SAFETY: waitid(2) writes one siginfo_t on our stack and reaps nothing (WNOWAIT).
         let ret = unsafe {
             let mut info: libc::siginfo_t = std::mem::zeroed();
             libc::waitid(
-                libc::P_PIDFD,
+                idtype,
                 id,
                 &mut info,
                 libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,

@@ -583,18 +583,6 @@ impl SharedSupervisor {
     }
 }
 
-// The supervisor protocol's constants, so that the supervised tiers' code compiles here
-// (it never runs: spawning them fails first). The values are `sys/supervise.rs`'s.
-pub(crate) const MSG_LEN: usize = 5;
-pub(crate) const TAG_PID: u8 = b'P';
-pub(crate) const TAG_STATUS: u8 = b'S';
-pub(crate) const TAG_ESCAPEE: u8 = b'E';
-pub(crate) const TAG_FAILED: u8 = b'F';
-pub(crate) const TAG_STUCK: u8 = b'T';
-pub(crate) const TAG_DONE: u8 = b'D';
-pub(crate) const CMD_TEARDOWN: u8 = b'K';
-pub(crate) const TEARDOWN_BOUND_MS: i64 = 4_500;
-
 #[cfg(test)]
 mod tests {
     use super::*;

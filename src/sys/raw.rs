@@ -318,26 +318,7 @@ pub(crate) fn monotonic_us() -> i64 {
 
 /// Milliseconds on `CLOCK_MONOTONIC` (the syscall, not the vDSO: no libc state).
 pub(crate) fn monotonic_ms() -> i64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: the kernel writes into `ts`.
-    let _ = unsafe {
-        syscall6(
-            libc::SYS_clock_gettime,
-            int(libc::CLOCK_MONOTONIC),
-            ptr::from_mut(&mut ts) as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    };
-    #[allow(clippy::useless_conversion)] // `time_t` and `c_long` are `i64` only on some targets
-    i64::from(ts.tv_sec)
-        .saturating_mul(1000)
-        .saturating_add(i64::from(ts.tv_nsec) / 1_000_000)
+    monotonic_us() / 1000
 }
 
 /// The kernel's `struct sigaction` (x86_64 and aarch64 alike: both have `sa_restorer`).
