@@ -105,12 +105,12 @@
 pub enum Containment {
     /// A plain POSIX process group: the leader is the test binary's child. The default with
     /// the portable backend (macOS, FreeBSD), which has no other tier.
-    #[cfg_attr(not(all(target_os = "linux", not(pgroup_portable))), default)]
+    #[cfg_attr(not(pgroup_supervised), default)]
     Group,
     /// A supervisor per group: the leader's parent, a child subreaper that reaps orphans,
     /// and tied to the test binary's life by a pidfd and a pipe. The default with the Linux
     /// backend.
-    #[cfg_attr(all(target_os = "linux", not(pgroup_portable)), default)]
+    #[cfg_attr(pgroup_supervised, default)]
     Supervised,
     /// The supervisor is init of a new PID namespace: nothing can escape, and the kernel kills
     /// everything in it when the supervisor goes.
@@ -141,6 +141,23 @@ impl Containment {
     /// ```
     #[must_use]
     pub const fn is_available(self) -> bool {
-        matches!(self, Containment::Group) || !crate::sys::PORTABLE
+        matches!(self, Containment::Group) || crate::sys::SUPERVISED
+    }
+}
+
+/// Reads an on/off environment variable: unset, `on`, `1`, `true` (any case) are on; `off`,
+/// `0`, `false` (any case) are off; anything else is an error that names the variable and
+/// its value.
+pub(crate) fn switch(name: &str) -> Result<bool, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(true);
+    };
+    let text = value.to_string_lossy().to_ascii_lowercase();
+    match text.trim() {
+        "" | "1" | "on" | "true" => Ok(true),
+        "0" | "off" | "false" => Ok(false),
+        _ => Err(format!(
+            "pgroup: {name}={value:?} is not one of on, off, 1, 0, true, false (in any case)"
+        )),
     }
 }

@@ -56,7 +56,7 @@ const MAX_TRACKED_DESCENDANTS: usize = 1024;
 
 /// Teardown's search for the members left asks each pid handed out since the leader's, one
 /// `getpgid` each, up to this many; beyond, listing /proc is cheaper.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 const MAX_PIDS_ASKED: u32 = 1024;
 
 /// Options for spawning a [`SpawnedGroup`].
@@ -306,7 +306,7 @@ impl Builder {
                 return Err(e.into());
             }
         };
-        let lifeline = lifeline::register(pgid, spawned.leader.pidfd().map(AsFd::as_fd));
+        let lifeline = lifeline::register(pgid, Some(spawned.leader.pidfd().as_fd()));
         drop(window);
         let (stdout, stderr, capture) = if self.capture {
             (
@@ -342,7 +342,7 @@ impl Builder {
             group.capture = Some(Reader::start(
                 Some(out),
                 Some(err),
-                group.watch.leader_pidfd(),
+                Some(group.watch.leader_pidfd()),
                 format!("pgroup-output-{pid}"),
             )?);
         }
@@ -664,12 +664,11 @@ impl SpawnedGroup {
             return Err(self.not_pinned());
         }
         let leader = self.lock_leader();
-        if let Some(pidfd) = leader.pidfd() {
-            if pidfd_group_signal_supported(pidfd) {
-                return deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
-                    sys::pidfd_send_signal(pidfd, Some(signal), true)
-                });
-            }
+        let pidfd = leader.pidfd();
+        if pidfd_group_signal_supported(pidfd) {
+            return deliver_to_own_group(self.pgid, signals, &self.context, |signal| {
+                sys::pidfd_send_signal(pidfd, Some(signal), true)
+            });
         }
         // Under the lock: nothing reaps the leader while it is held (teardown needs
         // `&mut self`), so the pin checked here holds for the `killpg` below.
@@ -712,9 +711,7 @@ impl SpawnedGroup {
     /// other, wherever it went; `ESRCH` once it has exited.
     fn signal_leader_if_it_left(&self, signals: &[Signal]) {
         let leader = self.lock_leader();
-        let Some(pidfd) = leader.pidfd() else {
-            return;
-        };
+        let pidfd = leader.pidfd();
         let Ok(pid) = i32::try_from(self.pid) else {
             return;
         };
@@ -993,7 +990,7 @@ impl SpawnedGroup {
             }
         }
         if let Phase::Finishing { deadline, status } = steps.phase {
-            if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()?.is_some()
+            if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()?
             {
                 return Ok(None);
             }
@@ -1059,18 +1056,12 @@ impl SpawnedGroup {
         deadline: Option<Instant>,
     ) -> io::Result<()> {
         let mut errors = std::mem::take(&mut steps.errors);
-        if self.leader_mut().reaped_elsewhere() {
+        if let Some(why) = self.leader_mut().status_lost() {
             self.torn_down = true;
             drop(self.lifeline.take());
             let _ = self.leader_mut().finish();
             tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
-            errors.insert(
-                0,
-                "the leader was reaped by someone else in this process (SIGCHLD set to \
-                 SIG_IGN, or a waitpid(-1) elsewhere), so its exit status is lost; the members \
-                 left in its group were torn down through the leader's pidfd"
-                    .to_owned(),
-            );
+            errors.insert(0, why.to_owned());
             return Err(io::Error::other(format!(
                 "{}: teardown finished with errors: {}",
                 self.context,
@@ -1510,7 +1501,7 @@ impl TeardownSteps {
 /// skipped; the group is checked again after `pidfd_open`, so the pidfd is for a process
 /// that was a member when it was opened. Only teardown's wait uses this, never a signal: a
 /// member it misses gets SIGKILL before the grace period ends, nothing worse.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
     // Members are started after the leader, so their pids were handed out after the
     // leader's: above it, or, if the pid counter has wrapped since, at most the last pid
@@ -1583,7 +1574,7 @@ fn without_exited(mut found: Vec<sys::Pidfd>) -> io::Result<Vec<sys::Pidfd>> {
 
 /// [`live_members`] where there is no /proc: the group's members by the platform's reader
 /// (`sys::group_members`), each watched by the portable backend's exit notification.
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+#[cfg(not(pgroup_linux))]
 fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
     let mut found = Vec::new();
     for pid in sys::group_members(pgid.as_raw())? {
@@ -1601,7 +1592,7 @@ fn live_members(pgid: Pgid, leader: u32) -> io::Result<Vec<sys::Pidfd>> {
 /// The last pid handed out in this PID namespace (`/proc/sys/kernel/ns_last_pid`), with one
 /// open, one read and a close: a number and a newline always fit the buffer, so no second
 /// read (nor `std::fs::read_to_string`'s `statx` for a size hint) is needed.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 fn last_pid() -> Option<u32> {
     use std::io::Read;
     let mut buf = [0u8; 32];

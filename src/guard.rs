@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 use procfs::process::Process;
 
 use crate::{sys, Pgid, Signal};
@@ -463,11 +463,11 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
     Ok(ancestors)
 }
 
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+#[cfg(not(pgroup_linux))]
 use crate::sys::{check_reader, read_ancestor};
 
 /// The refusal for a /proc read that failed.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 fn proc_refusal(what: &'static str, e: procfs::ProcError) -> Refusal {
     let errno = match e {
         procfs::ProcError::NotFound(_) => Errno::ESRCH,
@@ -480,7 +480,7 @@ fn proc_refusal(what: &'static str, e: procfs::ProcError) -> Refusal {
 /// The Linux backend's check that /proc describes the caller's PID namespace: /proc/self
 /// names the caller by its pid in the namespace /proc belongs to, so only when that is `me`
 /// do the pids read from it mean what they say.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 fn check_reader(me: i32) -> Result<(), Refusal> {
     let own = Process::myself().map_err(|e| proc_refusal("/proc (is it mounted?)", e))?;
     if own.pid != me {
@@ -493,7 +493,7 @@ fn check_reader(me: i32) -> Result<(), Refusal> {
 }
 
 /// The Linux backend's reader: `/proc/<pid>/stat` through procfs.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 fn read_ancestor(pid: i32) -> Result<AncestorInfo, Refusal> {
     let stat = Process::new(pid)
         .and_then(|p| p.stat())

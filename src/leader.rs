@@ -2,7 +2,9 @@
 //! supervisor process that is the leader's parent (`Supervised`, `Namespace`).
 //!
 //! Either way the leader stays unreaped until [`Leader::finish`], which is what keeps the
-//! group id pinned while the crate may still signal it.
+//! group id pinned while the crate may still signal it; and either way the crate holds a
+//! pidfd on the leader, through which it signals the leader (and, on Linux 6.9, its group)
+//! whatever happened to its parent.
 
 use std::io;
 use std::ops::ControlFlow;
@@ -16,18 +18,20 @@ use std::time::{Duration, Instant};
 use procfs::process::Process;
 
 use crate::group::time_left;
+use crate::sys::supervisor::protocol::{
+    CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_SETUP_FAILED, TAG_STATUS,
+    TAG_STUCK, TEARDOWN_BOUND_MS,
+};
 use crate::{sys, Containment, Escapee};
 
-/// How long teardown yields rather than sleeps while the shared supervisor finishes (see
-/// `Supervised::yield_until_finished`).
-const FINISH_YIELD: Duration = Duration::from_millis(1);
-
-/// How long spawning waits for a supervisor to report the leader's pid.
+/// How long a wait for the supervisor's report of an exit the kernel already saw may take:
+/// it follows at once, unless the supervisor is stopped or gone.
 const SUPERVISOR_REPORT_BOUND: Duration = Duration::from_secs(5);
 
 pub(crate) enum Leader {
     /// The leader is our own child, watched through its pidfd.
     Direct {
+        /// `None` once reaped.
         child: Option<Child>,
         /// Shared with the group's [`ExitWatch`], which polls it without the group's lock.
         pidfd: Arc<sys::Pidfd>,
@@ -36,73 +40,55 @@ pub(crate) enum Leader {
         /// the process): its number is free, and its exit status is lost.
         reaped_elsewhere: bool,
     },
-    /// The leader's parent is a supervisor, our child, which reports through a pipe.
+    /// The leader's parent is a supervisor, our child, which reports through a socket.
     Supervised(Supervised),
 }
 
-/// The supervisor process, our child either way.
-enum SupervisorProcess {
-    /// Forked by std (with the supervisor's `pre_exec` hook).
-    Forked(Child),
-    /// Made with `clone(CLONE_VM)`, sharing our memory (see `sys/respawn.rs`).
-    Shared(sys::SharedSupervisor),
+/// What the supervisor reported, read from its socket as it comes.
+#[derive(Default)]
+struct Reports {
+    exit: Option<ExitStatus>,
+    escapees: Vec<u32>,
+    /// Its own set-up failed (with this errno); it killed and reaped the leader.
+    failed: Option<i32>,
+    /// Its teardown gave up on this many processes.
+    stuck: Option<i32>,
+    done: bool,
+    /// Every copy of its end is closed.
+    closed: bool,
 }
 
-impl SupervisorProcess {
-    fn id(&self) -> u32 {
-        match self {
-            SupervisorProcess::Forked(child) => child.id(),
-            SupervisorProcess::Shared(sup) => sup.id(),
-        }
-    }
+/// Where the conversation with the supervisor stands.
+enum Phase {
+    Running,
+    /// Told to finish; the outcome of sending the command.
+    Finishing(io::Result<()>),
+    /// Reaped (or left to a background thread).
+    Reaped,
+}
 
-    /// Whether it has exited (and is now reaped).
-    fn try_wait(&mut self) -> io::Result<bool> {
-        match self {
-            SupervisorProcess::Forked(child) => child.try_wait().map(|s| s.is_some()),
-            SupervisorProcess::Shared(sup) => sup.try_reap(),
-        }
-    }
-
-    fn wait(self) {
-        match self {
-            SupervisorProcess::Forked(mut child) => {
-                let _ = child.wait();
-            }
-            SupervisorProcess::Shared(sup) => sup.reap(),
-        }
-    }
+/// The `Namespace` tier's init, and the pids of its namespace read before teardown.
+struct Namespace {
+    init: u32,
+    /// `(pid in the namespace, pid here)` of every process in the namespace, read right
+    /// before teardown, to translate the escapees' pids.
+    pids: Vec<(u32, u32)>,
 }
 
 pub(crate) struct Supervised {
-    supervisor: Option<SupervisorProcess>,
-    /// A pidfd on the shared-memory supervisor, opened when it is told to finish (so that a
-    /// live group holds no descriptor for it): readable once it has exited, by which time
-    /// its status pipe has reached end of file. Shared with the group's [`ExitWatch`].
-    exit_pidfd: Arc<OnceLock<sys::Pidfd>>,
-    control: Option<OwnedFd>,
-    /// Shared with the group's [`ExitWatch`] (its hang-up says the supervisor is gone).
-    status: Arc<OwnedFd>,
-    /// A pidfd on the leader (not our child), opened once the supervisor reported it: it
-    /// becomes readable when the leader exits and stays so, whoever reads the status pipe.
+    /// Our child.
+    supervisor: u32,
     /// Shared with the group's [`ExitWatch`].
-    leader_pidfd: Option<Arc<sys::Pidfd>>,
-    buf: Vec<u8>,
-    reported_pid: Option<i32>,
-    failed: Option<i32>,
-    exit: Option<ExitStatus>,
-    escapees: Vec<u32>,
-    /// `Namespace` tier: the namespace's init, by its pid in the test binary's namespace.
-    ns_init: Option<u32>,
-    /// `Namespace` tier: `(pid in the namespace, pid here)` of every process in the
-    /// namespace, read right before teardown, to translate the escapees' pids.
-    ns_pids: Vec<(u32, u32)>,
-    /// How many processes the supervisor could not kill within its bound.
-    stuck: Option<i32>,
-    done: bool,
-    eof: bool,
-    /// The failure to send the teardown command, reported once the supervisor is reaped.
-    command_failed: Option<io::Error>,
+    channel: Arc<OwnedFd>,
+    /// A pidfd on the leader (not our child). Shared with the group's [`ExitWatch`].
+    leader_pidfd: Arc<sys::Pidfd>,
+    /// A pidfd on the supervisor (our child), opened when it is needed (teardown, a wait
+    /// for its report), so that a live group holds two descriptors: this socket and the
+    /// leader's pidfd. Shared with the group's [`ExitWatch`].
+    exit_pidfd: Arc<OnceLock<sys::Pidfd>>,
+    reports: Reports,
+    namespace: Option<Namespace>,
+    phase: Phase,
 }
 
 /// A spawned leader and the stdio pipes std made for it.
@@ -112,18 +98,6 @@ pub(crate) struct Spawned {
     pub stdin: Option<ChildStdin>,
     pub stdout: Option<ChildStdout>,
     pub stderr: Option<ChildStderr>,
-}
-
-impl Spawned {
-    fn new(leader: Leader, pid: u32, child: &mut Child) -> Spawned {
-        Spawned {
-            leader,
-            pid,
-            stdin: child.stdin.take(),
-            stdout: child.stdout.take(),
-            stderr: child.stderr.take(),
-        }
-    }
 }
 
 fn context_err(e: &io::Error, what: &str) -> io::Error {
@@ -138,39 +112,33 @@ impl Leader {
         new_session: bool,
         what: &str,
     ) -> io::Result<Spawned> {
-        // The paths to exec on which std uses `execvp` (the supervised tiers' hook, the new
-        // session's hook, a `PATH` of the `Command`'s own), which would run a file the kernel
-        // cannot execute with /bin/sh. `posix_spawnp`, the plain `Group` path, fails by
-        // itself, and this check (about 30 µs with a long PATH) is not paid there.
-        let saw_path = cmd.get_envs().any(|(key, _)| key == "PATH");
-        // The `Supervised` tier's exec'd supervisor spawns the leader as `Group` does.
-        let exec_supervisor =
-            containment == Containment::Supervised && sys::exec_supervisor_available();
-        let forked_supervisor = containment != Containment::Group && !exec_supervisor;
-        if forked_supervisor || new_session || saw_path {
-            check_exec_format(cmd)
-                .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
-        }
-        if sys::PORTABLE && containment != Containment::Group {
+        if containment != Containment::Group && !containment.is_available() {
             // Never downgraded: the caller asked for what only Linux's backend has.
             return Err(sys::unsupported_tier(&format!("{containment:?}")));
         }
-        match containment {
-            Containment::Group => Leader::spawn_direct(cmd, new_session, what),
-            Containment::Supervised if exec_supervisor => {
-                Leader::spawn_exec_supervised(cmd, new_session, what)
-            }
-            Containment::Supervised => Leader::spawn_supervised(cmd, false, new_session, what),
-            Containment::Namespace => Leader::spawn_supervised(cmd, true, new_session, what),
+        // The paths to exec on which std uses `execvp` (a new session's hook, a `PATH` of
+        // the `Command`'s own, the forked supervisor's hook), which would run a file the
+        // kernel cannot execute with /bin/sh. `posix_spawnp`, the plain path, fails by
+        // itself, and this check (about 30 µs with a long PATH) is not paid there.
+        let saw_path = cmd.get_envs().any(|(key, _)| key == "PATH");
+        let forked = containment != Containment::Group && sys::supervisor_forks();
+        if forked || new_session || saw_path {
+            check_exec_format(cmd)
+                .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
         }
-    }
-
-    fn spawn_direct(cmd: &mut Command, new_session: bool, what: &str) -> io::Result<Spawned> {
         if new_session {
             sys::set_new_session(cmd);
         } else {
             cmd.process_group(0);
         }
+        match containment {
+            Containment::Group => Leader::spawn_direct(cmd, what),
+            Containment::Supervised => Leader::spawn_supervised(cmd, false, new_session, what),
+            Containment::Namespace => Leader::spawn_supervised(cmd, true, new_session, what),
+        }
+    }
+
+    fn spawn_direct(cmd: &mut Command, what: &str) -> io::Result<Spawned> {
         let mut child = cmd
             .spawn()
             .map_err(|e| context_err(&e, &format!("pgroup: cannot spawn {what}")))?;
@@ -189,22 +157,18 @@ impl Leader {
             Ok(pidfd)
         });
         match pinned {
-            Ok(pidfd) => {
-                let mut spawned = Spawned::new(
-                    Leader::Direct {
-                        child: None,
-                        pidfd: Arc::new(pidfd),
-                        exit: None,
-                        reaped_elsewhere: false,
-                    },
-                    pid,
-                    &mut child,
-                );
-                if let Leader::Direct { child: slot, .. } = &mut spawned.leader {
-                    *slot = Some(child);
-                }
-                Ok(spawned)
-            }
+            Ok(pidfd) => Ok(Spawned {
+                pid,
+                stdin: child.stdin.take(),
+                stdout: child.stdout.take(),
+                stderr: child.stderr.take(),
+                leader: Leader::Direct {
+                    child: Some(child),
+                    pidfd: Arc::new(pidfd),
+                    exit: None,
+                    reaped_elsewhere: false,
+                },
+            }),
             Err(e) if e.raw_os_error() == Some(nix::libc::ESRCH) => {
                 // Gone already, and so reaped by someone else (SIGCHLD ignored, a
                 // waitpid(-1) elsewhere): its number may be recycled, so it is not killed.
@@ -230,68 +194,6 @@ impl Leader {
         }
     }
 
-    /// The `Supervised` tier without a fork of the test binary (see `sys/respawn.rs`): std
-    /// spawns the leader as in `Group`, from a process that then execs the supervisor.
-    fn spawn_exec_supervised(
-        cmd: &mut Command,
-        new_session: bool,
-        what: &str,
-    ) -> io::Result<Spawned> {
-        if new_session {
-            sys::set_new_session(cmd);
-        } else {
-            cmd.process_group(0);
-        }
-        let started = sys::spawn_exec_supervised(cmd).map_err(|e| {
-            context_err(
-                &e,
-                &format!("pgroup: cannot spawn {what} with Containment::Supervised"),
-            )
-        })?;
-        let mut leader = started.spawned.leader;
-        let mut sup = Supervised::new(
-            Some(SupervisorProcess::Shared(started.spawned.supervisor)),
-            started.control,
-            started.status,
-        );
-        // The leader's pid is std's; the supervisor's report of it is not waited for, so
-        // that its start (an exec of the test binary) overlaps the caller's work. Until it
-        // runs, the leader is already its unreaped child (pinned), and if it never runs, its
-        // end of the status pipe closes: the group then counts as unpinned and is never
-        // signalled by number, and teardown reports the supervisor's failure. A pidfd opened
-        // while that end is still open names the leader.
-        let pid = leader.id();
-        let pidfd = sys::pidfd_open(pid).and_then(|pidfd| {
-            if sys::hung_up(sup.status.as_fd()) {
-                // No supervisor holds the leader any more: end its group through the pidfd,
-                // which names it and never a recycled number.
-                let _ =
-                    sys::pidfd_send_signal(&pidfd, Some(nix::sys::signal::Signal::SIGKILL), true);
-                let _ =
-                    sys::pidfd_send_signal(&pidfd, Some(nix::sys::signal::Signal::SIGKILL), false);
-                Err(io::Error::other(
-                    "the supervisor exited before the leader could be watched",
-                ))
-            } else {
-                Ok(pidfd)
-            }
-        });
-        match pidfd {
-            Ok(pidfd) => {
-                sup.leader_pidfd = Some(Arc::new(pidfd));
-                Ok(Spawned::new(Leader::Supervised(sup), pid, &mut leader))
-            }
-            Err(e) => {
-                // Closing the control pipe makes the supervisor kill and reap everything.
-                let _ = sup.finish(true, Instant::now() + crate::KILL_WAIT_BOUND);
-                Err(context_err(
-                    &e,
-                    &format!("pgroup: Containment::Supervised for {what} failed to start"),
-                ))
-            }
-        }
-    }
-
     fn spawn_supervised(
         cmd: &mut Command,
         namespace: bool,
@@ -299,94 +201,49 @@ impl Leader {
         what: &str,
     ) -> io::Result<Spawned> {
         let tier = if namespace { "Namespace" } else { "Supervised" };
-        let pipes = sys::install_supervisor(cmd, namespace, new_session).map_err(|e| {
+        let started = sys::spawn_supervised(cmd, namespace, new_session).map_err(|e| {
             context_err(
                 &e,
-                &format!("pgroup: cannot set up the supervisor for {what}"),
+                &format!("pgroup: cannot spawn {what} with Containment::{tier}"),
             )
         })?;
-        let spawned = cmd.spawn();
-        // The hook stays in `cmd`; from here on it does nothing, so the `Command` can be
-        // spawned again (each supervised spawn adds a hook with its own descriptors).
-        pipes.disarm();
-        drop(pipes.child_ends);
-        let child = spawned.map_err(|e| {
-            let hint = if namespace && e.raw_os_error() == Some(nix::libc::EPERM) {
-                " (creating a PID namespace needs root or unprivileged user namespaces, \
-                  which this system forbids; Containment::Supervised needs neither)"
-            } else {
-                ""
-            };
-            context_err(
-                &e,
-                &format!("pgroup: cannot spawn {what} with Containment::{tier}{hint}"),
-            )
-        })?;
-        let supervisor_pid = child.id();
-        let mut sup = Supervised::new(None, pipes.control, pipes.status);
-        let reported = sup.wait_for_report(Instant::now() + SUPERVISOR_REPORT_BOUND);
-        let pid = reported.and_then(|inner| {
-            if namespace {
-                let (init, leader) = outer_leader_pid(supervisor_pid, inner)?;
-                sup.ns_init = Some(init);
-                Ok(leader)
-            } else {
-                u32::try_from(inner).map_err(|_| io::Error::other("negative leader pid"))
-            }
-        });
-        // The supervisor never reaps the leader before teardown: while its end of the status
-        // pipe is open, the reported pid is the leader's, so a pidfd opened before that check
-        // names the leader.
-        let pid = pid.and_then(|pid| {
-            let pidfd = sys::pidfd_open(pid)?;
-            if sys::hung_up(sup.status.as_fd()) {
-                return Err(io::Error::other(
-                    "the supervisor exited before the leader could be watched",
-                ));
-            }
-            sup.leader_pidfd = Some(Arc::new(pidfd));
-            Ok(pid)
-        });
-        match pid {
-            Ok(pid) => {
-                let mut child = child;
-                let mut spawned = Spawned::new(Leader::Supervised(sup), pid, &mut child);
-                if let Leader::Supervised(sup) = &mut spawned.leader {
-                    sup.supervisor = Some(SupervisorProcess::Forked(child));
-                }
-                Ok(spawned)
-            }
-            Err(e) => {
-                sup.supervisor = Some(SupervisorProcess::Forked(child));
-                // Closing the control pipe makes the supervisor kill and reap everything.
-                let _ = sup.finish(true, Instant::now() + crate::KILL_WAIT_BOUND);
-                Err(context_err(
-                    &e,
-                    &format!("pgroup: Containment::{tier} for {what} failed to start"),
-                ))
-            }
-        }
+        Ok(Spawned {
+            pid: started.leader,
+            stdin: started.stdin,
+            stdout: started.stdout,
+            stderr: started.stderr,
+            leader: Leader::Supervised(Supervised {
+                supervisor: started.supervisor,
+                channel: Arc::new(started.channel),
+                leader_pidfd: Arc::new(started.leader_pidfd),
+                exit_pidfd: Arc::new(OnceLock::new()),
+                reports: Reports::default(),
+                namespace: started.namespace_init.map(|init| Namespace {
+                    init,
+                    pids: Vec::new(),
+                }),
+                phase: Phase::Running,
+            }),
+        })
     }
 
-    /// The descriptors that become readable when the leader exits (or its supervisor goes),
-    /// shared so that they can be polled without the lock around the `Leader`.
+    /// The descriptors that become readable when the leader exits, shared so that they can
+    /// be polled without the lock around the `Leader`.
     pub(crate) fn watch(&self) -> ExitWatch {
         match self {
             Leader::Direct { pidfd, .. } => ExitWatch {
-                leader: Some(Arc::clone(pidfd)),
+                leader: Arc::clone(pidfd),
                 supervisor: None,
-                supervisor_exit: None,
             },
             Leader::Supervised(sup) => ExitWatch {
-                leader: sup.leader_pidfd.clone(),
-                supervisor: Some(Arc::clone(&sup.status)),
-                supervisor_exit: Some(Arc::clone(&sup.exit_pidfd)),
+                leader: Arc::clone(&sup.leader_pidfd),
+                supervisor: Some((Arc::clone(&sup.exit_pidfd), Arc::clone(&sup.channel))),
             },
         }
     }
 
     /// The leader's exit status if it has exited, without blocking or reaping. An error if
-    /// someone else reaped it (see [`Leader::reaped_elsewhere`]).
+    /// its status is lost (see [`Leader::status_lost`]).
     pub(crate) fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
         match self {
             Leader::Direct {
@@ -410,70 +267,52 @@ impl Leader {
                 }
                 Ok(*exit)
             }
-            Leader::Supervised(sup) => {
-                sup.pump()?;
-                if sup.exit.is_none() && !sup.eof && sup.leader_has_exited() {
-                    // The kernel says the leader has exited, and the supervisor's report
-                    // follows at once: wait for it here (the caller holds the group's lock,
-                    // so nobody else reads it away), so that the answer matches the pidfd's
-                    // and a waiter polling it never spins.
-                    sup.await_status(Instant::now() + SUPERVISOR_REPORT_BOUND)?;
-                    if sup.exit.is_none() && !sup.eof {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!(
-                                "pgroup: the leader exited, but its supervisor did not report \
-                                 its status within {SUPERVISOR_REPORT_BOUND:?}"
-                            ),
-                        ));
-                    }
-                }
-                if sup.exit.is_none() && sup.eof {
-                    return Err(io::Error::other(
-                        "pgroup: the supervisor exited before the leader; the group id is no longer pinned",
-                    ));
-                }
-                Ok(sup.exit)
-            }
+            Leader::Supervised(sup) => sup.peek_exit(),
         }
     }
 
-    /// Whether someone other than this crate reaped the leader, which only a `Direct` leader
-    /// can suffer here: its pid and group id are then no longer pinned, and its status is
-    /// lost. Checked afresh (one `waitid`) until it is seen once.
-    pub(crate) fn reaped_elsewhere(&mut self) -> bool {
-        match self {
-            Leader::Direct { .. } => match self.peek_exit() {
-                Ok(_) => false,
-                Err(_) => matches!(
-                    self,
-                    Leader::Direct {
-                        reaped_elsewhere: true,
-                        ..
-                    }
+    /// Whether the leader's exit status is lost: someone other than this crate reaped a
+    /// `Direct` leader (its pid and group id are then no longer pinned), or a supervised
+    /// leader exited after its supervisor died. Checked afresh until it is seen once.
+    pub(crate) fn status_lost(&mut self) -> Option<&'static str> {
+        match self.peek_exit() {
+            Ok(_) => None,
+            Err(_) => match self {
+                Leader::Direct {
+                    reaped_elsewhere: true,
+                    ..
+                } => Some(
+                    "the leader was reaped by someone else in this process (SIGCHLD set to \
+                     SIG_IGN, or a waitpid(-1) elsewhere), so its exit status is lost; the \
+                     members left in its group were torn down through the leader's pidfd",
                 ),
+                Leader::Supervised(sup) => sup.lost().then_some(
+                    "the supervisor died before the leader (killed by someone, or by the OOM \
+                     killer), so the leader's exit status is lost; the group was torn down \
+                     through the leader's pidfd, and processes that had left it were not \
+                     reached",
+                ),
+                Leader::Direct { .. } => None,
             },
-            Leader::Supervised(_) => false,
         }
     }
 
-    /// Whether the leader has exited: its status is known, or someone else reaped it.
+    /// Whether the leader has exited: its status is known, or it is lost.
     pub(crate) fn has_exited(&mut self) -> io::Result<bool> {
         match self.peek_exit() {
             Ok(status) => Ok(status.is_some()),
-            Err(_) if self.reaped_elsewhere() => Ok(true),
+            Err(_) if self.status_lost().is_some() => Ok(true),
             Err(e) => Err(e),
         }
     }
 
-    /// The leader's pidfd, for the `Direct` tier only: the handle through which the crate
-    /// signals the group (`PIDFD_SIGNAL_PROCESS_GROUP`) and the leader itself. The
-    /// supervised tiers signal nothing through theirs (the leader is not our child; they
-    /// watch its exit with it, see [`ExitWatch`]).
-    pub(crate) fn pidfd(&self) -> Option<&sys::Pidfd> {
+    /// The leader's pidfd: the handle through which the crate signals the leader itself and
+    /// (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9) its group, in every tier. It names that
+    /// process, never a recycled number, wherever its parent went.
+    pub(crate) fn pidfd(&self) -> &sys::Pidfd {
         match self {
-            Leader::Direct { pidfd, .. } => Some(pidfd),
-            Leader::Supervised(_) => None,
+            Leader::Direct { pidfd, .. } => pidfd,
+            Leader::Supervised(sup) => &sup.leader_pidfd,
         }
     }
 
@@ -488,39 +327,34 @@ impl Leader {
                 reaped_elsewhere,
                 ..
             } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd).is_ok(),
-            // The supervisor holds the leader unreaped for as long as it lives, and its end
-            // of the status pipe closes only when it exits.
-            Leader::Supervised(sup) => sup.control.is_some() && !sys::hung_up(sup.status.as_fd()),
+            // The supervisor holds the leader unreaped for as long as it runs and has not
+            // been told to finish.
+            Leader::Supervised(sup) => {
+                matches!(sup.phase, Phase::Running)
+                    && sup.reports.failed.is_none()
+                    && !sys::has_exited(sup.supervisor_pid())
+            }
         }
     }
 
     /// Kills the leader through its pidfd, which names that process and no other even
     /// after its number is recycled, wherever it is (also when it left its group).
     pub(crate) fn kill_leader(&mut self) {
-        if let Leader::Direct { pidfd, .. } = self {
-            let _ = sys::pidfd_send_signal(pidfd, Some(nix::sys::signal::Signal::SIGKILL), false);
-        }
-        // A supervisor kills everything itself on `finish`.
+        let _ = sys::pidfd_send_signal(self.pidfd(), Some(nix::sys::signal::Signal::SIGKILL), false);
     }
 
     /// Reaps the leader (after the final SIGKILL): from here on its id may be recycled.
     /// Returns the escapees a supervisor found and killed. A supervisor gets
-    /// [`crate::KILL_WAIT_BOUND`] from now to finish; see [`Leader::finish_by`].
+    /// [`crate::KILL_WAIT_BOUND`] from now to finish.
     pub(crate) fn finish(&mut self) -> io::Result<Vec<Escapee>> {
-        self.finish_by(Instant::now() + crate::KILL_WAIT_BOUND)
-    }
-
-    /// As [`Leader::finish`], with the supervisor's teardown bounded by `deadline` (the
-    /// deadline of the wait for the leader after the final SIGKILL, so that the whole of
-    /// teardown keeps the bound the docs give). A supervisor that is not done by then keeps
-    /// working on its own (it has a bound of its own) and is reaped in the background.
-    pub(crate) fn finish_by(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
+        let deadline = Instant::now() + crate::KILL_WAIT_BOUND;
         self.finish_start();
-        while let Some(fd) = self.finish_pending()? {
+        let watch = self.watch();
+        while self.finish_pending()? {
             let Some(left) = time_left(Some(deadline)) else {
                 break;
             };
-            sys::poll_readable(&[fd], left)?;
+            sys::poll_readable(&watch.supervisor_fd(), left)?;
         }
         self.finish_complete(deadline)
     }
@@ -532,32 +366,25 @@ impl Leader {
         matches!(self, Leader::Supervised(_))
     }
 
-    /// The first step of [`Leader::finish_by`], which never blocks: tells a supervisor to
+    /// The first step of [`Leader::finish`], which never blocks: tells a supervisor to
     /// finish (kill and reap what is left, report, exit).
     pub(crate) fn finish_start(&mut self) {
         if let Leader::Supervised(sup) = self {
-            sup.finish_start(false);
+            sup.finish_start();
         }
     }
 
-    /// What [`Leader::finish_by`] still waits for: the supervisor's status pipe, until it
-    /// reports and exits (end of file); `None` once there is nothing to wait for.
-    pub(crate) fn finish_pending(&mut self) -> io::Result<Option<BorrowedFd<'_>>> {
+    /// Whether [`Leader::finish`] still waits, on [`ExitWatch::supervisor_fd`], for the
+    /// supervisor's exit.
+    pub(crate) fn finish_pending(&mut self) -> io::Result<bool> {
         match self {
-            Leader::Direct { .. } => Ok(None),
-            Leader::Supervised(sup) => {
-                sup.pump()?;
-                // Its exit where it has a pidfd: by then the pipe has reached end of file.
-                Ok(
-                    (!sup.eof)
-                        .then(|| sup.exit_pidfd.get().map_or(sup.status.as_fd(), AsFd::as_fd)),
-                )
-            }
+            Leader::Direct { .. } => Ok(false),
+            Leader::Supervised(sup) => sup.finish_pending(),
         }
     }
 
-    /// The last step of [`Leader::finish_by`], once [`Leader::finish_pending`] has nothing
-    /// to wait for or `deadline` has passed: the reap.
+    /// The last step of [`Leader::finish`], once [`Leader::finish_pending`] has nothing to
+    /// wait for or `deadline` has passed: the reap.
     pub(crate) fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         match self {
             Leader::Direct {
@@ -580,305 +407,277 @@ impl Leader {
 
 /// Descriptors that become readable when a leader exits, polled without the lock around its
 /// [`Leader`]: the leader's pidfd (readable once it has exited, and from then on, whoever
-/// looks) and, in the supervised tiers, the status pipe (readable when a report arrives,
-/// hung up when the supervisor goes). Both are level-triggered by the state that matters,
-/// so a waiter cannot miss an exit that another thread observed first.
+/// looks) and, once a supervisor has been told to finish, its pidfd. Both are
+/// level-triggered by the state that matters, so a waiter cannot miss an exit that another
+/// thread observed first.
 #[derive(Clone)]
 pub(crate) struct ExitWatch {
-    leader: Option<Arc<sys::Pidfd>>,
-    supervisor: Option<Arc<OwnedFd>>,
-    /// A pidfd on the supervisor, once there is one (see `Supervised::exit_pidfd`).
-    supervisor_exit: Option<Arc<OnceLock<sys::Pidfd>>>,
+    leader: Arc<sys::Pidfd>,
+    /// A pidfd on the supervisor, once there is one (see `Supervised::exit_pidfd`), and its
+    /// socket.
+    supervisor: Option<(Arc<OnceLock<sys::Pidfd>>, Arc<OwnedFd>)>,
 }
 
 impl ExitWatch {
-    /// The pidfd on the leader (every tier has one once spawned).
-    pub(crate) fn leader_pidfd(&self) -> Option<Arc<sys::Pidfd>> {
-        self.leader.clone()
+    /// The pidfd on the leader.
+    pub(crate) fn leader_pidfd(&self) -> Arc<sys::Pidfd> {
+        Arc::clone(&self.leader)
     }
 
-    /// The descriptors to poll. Once a supervisor has been told to finish (teardown), its
-    /// exit alone: it reports the leader's status, reaps it and exits, so that one wake-up
-    /// brings everything.
+    /// The descriptors to poll for the leader's exit. Once a supervisor has been told to
+    /// finish (teardown), its exit alone: it reports the leader's status, reaps it and
+    /// exits, so that one wake-up brings everything.
     pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        if let Some(exit) = self.supervisor_exit.as_ref().and_then(|cell| cell.get()) {
-            return vec![exit.as_fd()];
+        if let Some((exit, _)) = &self.supervisor {
+            if let Some(exit) = exit.get() {
+                return vec![exit.as_fd()];
+            }
         }
-        self.leader
-            .iter()
-            .map(|fd| fd.as_fd())
-            .chain(self.supervisor.iter().map(|fd| fd.as_fd()))
-            .collect()
+        vec![self.leader.as_fd()]
     }
+
     /// What teardown waits on once the leader is dead, while the supervisor finishes
-    /// (nothing in the `Group` tier): the supervisor's exit where it has a pidfd (one wake-up
-    /// for its last reports, the end of file and the exit together), else its status pipe.
+    /// (nothing in the `Group` tier): the supervisor's exit, and its socket, whose records
+    /// (one per escapee) must be read for it to go on.
     pub(crate) fn supervisor_fd(&self) -> Vec<BorrowedFd<'_>> {
-        let exit = self.supervisor_exit.as_ref().and_then(|cell| cell.get());
-        match (exit, &self.supervisor) {
-            (Some(fd), _) => vec![fd.as_fd()],
-            (None, Some(fd)) => vec![fd.as_fd()],
-            (None, None) => Vec::new(),
+        match &self.supervisor {
+            Some((exit, channel)) => exit
+                .get()
+                .map(|exit| exit.as_fd())
+                .into_iter()
+                .chain([channel.as_fd()])
+                .collect(),
+            None => Vec::new(),
         }
     }
 }
 
 impl Supervised {
-    /// A supervisor that has reported nothing yet, with the test binary's pipe ends.
-    fn new(supervisor: Option<SupervisorProcess>, control: OwnedFd, status: OwnedFd) -> Self {
-        Supervised {
-            exit_pidfd: Arc::new(OnceLock::new()),
-            supervisor,
-            control: Some(control),
-            status: Arc::new(status),
-            leader_pidfd: None,
-            buf: Vec::new(),
-            reported_pid: None,
-            failed: None,
-            exit: None,
-            escapees: Vec::new(),
-            ns_init: None,
-            ns_pids: Vec::new(),
-            stuck: None,
-            command_failed: None,
-            done: false,
-            eof: false,
+    fn supervisor_pid(&self) -> i32 {
+        i32::try_from(self.supervisor).unwrap_or(-1)
+    }
+
+    /// The pidfd on the supervisor, opened on first use (our unreaped child: it names it).
+    fn exit_fd(&self) -> Option<&sys::Pidfd> {
+        if self.exit_pidfd.get().is_none() && !matches!(self.phase, Phase::Reaped) {
+            if let Ok(pidfd) = sys::pidfd_open(self.supervisor).and_then(sys::pidfd_above_stdio) {
+                let _ = self.exit_pidfd.set(pidfd);
+            }
         }
+        self.exit_pidfd.get()
     }
 
-    /// Whether the leader has exited, by its pidfd (no state read from the pipe).
+    /// Whether the leader has exited, by its pidfd (no state read from the socket).
     fn leader_has_exited(&self) -> bool {
-        self.leader_pidfd.as_ref().is_some_and(|fd| {
-            sys::poll_readable(&[fd.as_fd()], Some(Duration::ZERO))
-                .is_ok_and(|ready| ready.first() == Some(&true))
-        })
+        sys::poll_readable(&[self.leader_pidfd.as_fd()], Some(Duration::ZERO))
+            .is_ok_and(|ready| ready.first() == Some(&true))
     }
 
-    /// Waits until the supervisor reports the leader's status (or goes), or `deadline`.
+    /// Whether the leader exited and its status will never come: the supervisor is gone
+    /// (or gave up at its start) without reporting it.
+    fn lost(&mut self) -> bool {
+        let _ = self.pump();
+        self.reports.exit.is_none()
+            && self.leader_has_exited()
+            && (self.reports.failed.is_some()
+                || (sys::has_exited(self.supervisor_pid()) && {
+                    // Its last records are in the socket once it has exited.
+                    let _ = self.pump();
+                    self.reports.exit.is_none()
+                }))
+    }
+
+    fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.pump()?;
+        if self.reports.exit.is_none() && self.leader_has_exited() {
+            // The kernel says the leader has exited, and the supervisor's report follows at
+            // once: wait for it here (the caller holds the group's lock, so nobody else
+            // reads it away), so that the answer matches the pidfd's and a waiter polling
+            // it never spins.
+            self.await_status(Instant::now() + SUPERVISOR_REPORT_BOUND)?;
+            if self.reports.exit.is_none() {
+                return Err(if self.lost() {
+                    io::Error::other(
+                        "pgroup: the supervisor died before the leader's exit status could be \
+                         reported: it is lost",
+                    )
+                } else {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "pgroup: the leader exited, but its supervisor did not report its \
+                             status within {SUPERVISOR_REPORT_BOUND:?}"
+                        ),
+                    )
+                });
+            }
+        }
+        Ok(self.reports.exit)
+    }
+
+    /// Waits until the supervisor reports the leader's status (or has exited), or
+    /// `deadline`.
     fn await_status(&mut self, deadline: Instant) -> io::Result<()> {
         loop {
             self.pump()?;
-            if self.exit.is_some() || self.eof {
+            if self.reports.exit.is_some() || self.reports.failed.is_some() {
                 return Ok(());
+            }
+            let Some(exit) = self.exit_fd() else {
+                return Ok(());
+            };
+            if sys::poll_readable(&[exit.as_fd()], Some(Duration::ZERO))?[0] {
+                // Exited: whatever it sent is in the socket now.
+                return self.pump();
             }
             let Some(left) = time_left(Some(deadline)) else {
                 return Ok(());
             };
-            sys::poll_readable(&[self.status.as_fd()], left)?;
+            let exit = exit.as_fd();
+            sys::poll_readable(&[self.channel.as_fd(), exit], left)?;
         }
     }
 
     /// Reads and decodes whatever the supervisor has sent.
     fn pump(&mut self) -> io::Result<()> {
-        if self.eof {
+        if self.reports.closed {
             return Ok(());
         }
-        if sys::read_available(self.status.as_fd(), &mut self.buf)? {
-            self.eof = true;
-        }
-        let complete = self.buf.len() / sys::MSG_LEN * sys::MSG_LEN;
-        for msg in self.buf[..complete].chunks_exact(sys::MSG_LEN) {
-            let value = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
-            match msg[0] {
-                sys::TAG_PID => self.reported_pid = Some(value),
-                sys::TAG_STATUS => self.exit = Some(ExitStatus::from_raw(value)),
-                sys::TAG_ESCAPEE => self.escapees.extend(u32::try_from(value).ok()),
-                sys::TAG_FAILED => self.failed = Some(value),
-                sys::TAG_STUCK => self.stuck = Some(value),
-                sys::TAG_DONE => self.done = true,
+        let reports = &mut self.reports;
+        let closed = sys::read_records(self.channel.as_fd(), |record| {
+            let value = record
+                .get(1..MSG_LEN)
+                .map_or(0, |v| i32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+            match record.first().copied() {
+                Some(TAG_STATUS) => reports.exit = Some(ExitStatus::from_raw(value)),
+                Some(TAG_ESCAPEE) => reports.escapees.extend(u32::try_from(value).ok()),
+                // The supervisor's own start failed (the spawner's exec, or the program's
+                // set-up): it killed and reaped the leader.
+                Some(TAG_FAILED | TAG_SETUP_FAILED) => reports.failed = Some(value),
+                Some(TAG_STUCK) => reports.stuck = Some(value),
+                Some(TAG_DONE) => reports.done = true,
                 _ => {}
             }
-        }
-        self.buf.drain(..complete);
+        })?;
+        self.reports.closed = closed;
         Ok(())
     }
 
-    /// Waits for the supervisor's report of the leader's pid (or of a failure).
-    fn wait_for_report(&mut self, deadline: Instant) -> io::Result<i32> {
-        loop {
-            self.pump()?;
-            if let Some(errno) = self.failed {
-                return Err(io::Error::from_raw_os_error(errno));
-            }
-            if let Some(pid) = self.reported_pid {
-                return Ok(pid);
-            }
-            if self.eof {
-                return Err(io::Error::other("the supervisor exited without reporting"));
-            }
-            let Some(left) = time_left(Some(deadline)) else {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the supervisor did not report",
-                ));
-            };
-            sys::poll_readable(&[self.status.as_fd()], left)?;
-        }
-    }
-
-    /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
-    /// which it takes as the test binary's death), waits for it until `deadline`, and reaps
-    /// it (in the background if it has not exited by then).
-    fn finish(&mut self, abandon: bool, deadline: Instant) -> io::Result<Vec<Escapee>> {
-        self.finish_start(abandon);
-        while !self.eof {
-            self.pump()?;
-            if self.eof {
-                break;
-            }
-            let Some(left) = time_left(Some(deadline)) else {
-                break;
-            };
-            sys::poll_readable(&[self.status.as_fd()], left)?;
-        }
-        self.finish_complete(deadline)
-    }
-
-    /// Tells the supervisor to finish (or, with `abandon`, just closes the control pipe,
-    /// which it takes as the test binary's death). Never blocks.
-    fn finish_start(&mut self, abandon: bool) {
-        if let Some(SupervisorProcess::Shared(supervisor)) = &self.supervisor {
-            // Our unreaped child: the pidfd names it. Its exit is then the one thing to wait
-            // for (see `ExitWatch::supervisor_fd`).
-            if self.exit_pidfd.get().is_none() {
-                if let Ok(pidfd) = sys::pidfd_open(supervisor.id()).and_then(sys::pidfd_above_stdio)
-                {
-                    let _ = self.exit_pidfd.set(pidfd);
-                }
-            }
-        }
-        if let Some(control) = self.control.take() {
-            if !abandon {
-                // The escapees are alive until the supervisor kills them: read their pids
-                // here while /proc still has them.
-                if let Some(init) = self.ns_init {
-                    self.ns_pids = namespace_pids(init);
-                }
-                self.command_failed = sys::write_byte(control.as_fd(), sys::CMD_TEARDOWN).err();
-                self.yield_until_finished();
-            }
-        }
-    }
-
-    /// After the teardown command: yields the CPU, for at most [`FINISH_YIELD`], until the
-    /// shared supervisor has exited, rather than going to sleep at once. Its teardown
-    /// usually takes a fraction of that, and a sleeping caller is often woken onto the CPU
-    /// where the leader (killed, but busy in its dynamic loader until the signal lands) or
-    /// another task runs, and waits there for a scheduler tick while the other CPU idles.
-    fn yield_until_finished(&self) {
-        let Some(exit) = self.exit_pidfd.get() else {
+    /// Tells the supervisor to finish. Never blocks.
+    fn finish_start(&mut self) {
+        if !matches!(self.phase, Phase::Running) {
             return;
-        };
-        let until = Instant::now() + FINISH_YIELD;
-        while Instant::now() < until {
-            if sys::poll_readable(&[exit.as_fd()], Some(Duration::ZERO))
-                .map_or(true, |ready| ready.first() == Some(&true))
-            {
-                return;
-            }
-            std::thread::yield_now();
         }
+        // Its exit is then the one thing to wait for (see `ExitWatch::supervisor_fd`).
+        let _ = self.exit_fd();
+        if let Some(namespace) = &mut self.namespace {
+            // The escapees are alive until the supervisor kills them: read their pids here
+            // while /proc still has them.
+            namespace.pids = namespace_pids(namespace.init);
+        }
+        self.phase = Phase::Finishing(sys::write_byte(self.channel.as_fd(), CMD_TEARDOWN));
     }
 
-    /// Reaps the supervisor once it has reported (or `deadline` has passed), and says how
-    /// its teardown went.
+    fn finish_pending(&mut self) -> io::Result<bool> {
+        self.pump()?;
+        if !matches!(self.phase, Phase::Finishing(_)) {
+            return Ok(false);
+        }
+        let Some(exit) = self.exit_pidfd.get() else {
+            return Ok(false);
+        };
+        Ok(!sys::poll_readable(&[exit.as_fd()], Some(Duration::ZERO))?[0])
+    }
+
+    /// Reaps the supervisor once it has exited (or `deadline` has passed: then a thread
+    /// waits for it), and says how its teardown went.
     fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
-        // A supervisor that gave up is no longer worth waiting for (the `Namespace` tier's
-        // outer process waits for the kernel to finish the namespace).
-        self.reap_supervisor(if self.stuck.is_some() {
+        // A supervisor that gave up is no longer worth waiting for.
+        let deadline = if self.reports.stuck.is_some() {
             Instant::now()
         } else {
             deadline
-        });
-        if let Some(error) = self.command_failed.take() {
+        };
+        let _ = self.exit_fd();
+        let (exit, channel) = (Arc::clone(&self.exit_pidfd), Arc::clone(&self.channel));
+        if let Some(exit) = exit.get() {
+            while let Some(left) = time_left(Some(deadline)) {
+                match sys::poll_readable(&[exit.as_fd(), channel.as_fd()], left) {
+                    Ok(ready) if ready.first() == Some(&true) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+                self.pump()?;
+            }
+        }
+        // Its last records are in the socket once it has exited.
+        self.pump()?;
+        let phase = std::mem::replace(&mut self.phase, Phase::Reaped);
+        sys::reap_in_background(self.supervisor);
+        if let Phase::Finishing(Err(error)) = phase {
             return Err(error);
         }
-        if let Some(stuck) = self.stuck {
+        if let Some(stuck) = self.reports.stuck {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
-                    "the supervisor gave up after {} ms: {stuck} process(es) did not die of \
-                     SIGKILL (uninterruptible sleep, or a nested PID namespace whose init \
-                     cannot finish?)",
-                    sys::TEARDOWN_BOUND_MS
+                    "the supervisor gave up after {TEARDOWN_BOUND_MS} ms: {stuck} process(es) \
+                     did not die of SIGKILL (uninterruptible sleep, or a nested PID namespace \
+                     whose init cannot finish?)"
                 ),
             ));
         }
-        if !self.eof {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the supervisor did not finish its teardown in time",
-            ));
+        if let Some(errno) = self.reports.failed {
+            return Err(io::Error::other(format!(
+                "the supervisor failed to start ({}), and killed the leader",
+                io::Error::from_raw_os_error(errno)
+            )));
         }
-        if !self.done {
-            return Err(io::Error::other(
-                "the supervisor ended without finishing its teardown",
-            ));
+        if !self.reports.done {
+            return Err(if sys::has_exited(self.supervisor_pid()) {
+                io::Error::other("the supervisor ended without finishing its teardown")
+            } else {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the supervisor did not finish its teardown in time",
+                )
+            });
         }
-        let translate = |inner: u32| Escapee {
-            pid: if self.ns_init.is_some() {
-                self.ns_pids
+        let translate = |inner: u32| match &self.namespace {
+            Some(namespace) => Escapee {
+                pid: namespace
+                    .pids
                     .iter()
                     .find(|(ns, _)| *ns == inner)
-                    .map(|(_, here)| *here)
-            } else {
-                Some(inner)
+                    .map(|(_, here)| *here),
+                pid_in_namespace: Some(inner),
             },
-            pid_in_namespace: self.ns_init.map(|_| inner),
+            None => Escapee {
+                pid: Some(inner),
+                pid_in_namespace: None,
+            },
         };
         Ok(self
+            .reports
             .escapees
             .iter()
             .map(|&inner| translate(inner))
             .collect())
     }
-
-    /// Reaps the supervisor if it exits by `deadline`; otherwise a thread waits for it (for
-    /// the `Namespace` tier the process std spawned waits for the namespace's init, whose
-    /// exit the kernel holds until every process in the namespace is gone).
-    fn reap_supervisor(&mut self, deadline: Instant) {
-        let Some(mut supervisor) = self.supervisor.take() else {
-            return;
-        };
-        // Our unreaped child: its pid cannot have been recycled. The forked supervisor's is
-        // opened only now, so that a live group holds no descriptor for it.
-        let opened;
-        let pidfd = match self.exit_pidfd.get() {
-            Some(pidfd) => Some(pidfd),
-            None => {
-                opened = sys::pidfd_open(supervisor.id()).ok();
-                opened.as_ref()
-            }
-        };
-        if let Some(pidfd) = pidfd {
-            while let Some(left) = time_left(Some(deadline)) {
-                match sys::poll_readable(&[pidfd.as_fd()], left) {
-                    Ok(ready) if ready.first() == Some(&true) => break,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
-            }
-        }
-        match supervisor.try_wait() {
-            Ok(true) | Err(_) => {}
-            Ok(false) => {
-                let _ = std::thread::Builder::new()
-                    .name("pgroup-reap-supervisor".into())
-                    .spawn(move || supervisor.wait());
-            }
-        }
-    }
 }
 
 impl Drop for Supervised {
-    /// A value dropped without [`Supervised::finish`] (teardown gave up on a leader that
-    /// would not die): closing the control pipe makes the supervisor kill and reap
-    /// everything on its own; the supervisor itself is reaped in the background.
+    /// A value dropped without [`Supervised::finish_complete`] (teardown gave up on a
+    /// leader that would not die): the supervisor is told to kill and reap everything on
+    /// its own, and is reaped in the background.
     fn drop(&mut self) {
-        drop(self.control.take());
-        if self.supervisor.is_some() {
-            self.reap_supervisor(Instant::now());
+        if matches!(self.phase, Phase::Reaped) {
+            return;
         }
+        if matches!(self.phase, Phase::Running) {
+            let _ = sys::write_byte(self.channel.as_fd(), CMD_TEARDOWN);
+        }
+        sys::reap_in_background(self.supervisor);
     }
 }
 
@@ -959,16 +758,6 @@ fn reaped_elsewhere_error() -> io::Error {
          SIG_IGN, or a waitpid(-1) or waitpid(-pgid) elsewhere): its exit status is lost, and \
          its pid is no longer pinned",
     )
-}
-
-#[cfg(target_os = "linux")]
-/// The children of `pid` (of its main thread), from /proc.
-fn children_of(pid: u32) -> io::Result<Vec<u32>> {
-    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    Process::new(pid)
-        .and_then(|p| p.task_main_thread())
-        .and_then(|t| t.children())
-        .map_err(|e| io::Error::other(format!("cannot read the children of pid {pid}: {e}")))
 }
 
 #[cfg(target_os = "linux")]
@@ -1055,43 +844,10 @@ fn read_children(path: &std::path::Path, list: &mut Vec<u8>) -> io::Result<()> {
     }
 }
 
-/// In the `Namespace` tier the supervisor reports the leader's pid inside the namespace;
-/// the test binary needs the one it sees. The leader is the child of the namespace's init
-/// (the only child of the process std spawned) whose innermost pid (`NSpid`) is the one
-/// reported; init's other children are orphans re-parented to it. Returns init's pid and
-/// the leader's, as the test binary sees them.
-fn outer_leader_pid(spawned: u32, inner: i32) -> io::Result<(u32, u32)> {
-    let init = match children_of(spawned)?.as_slice() {
-        [init] => *init,
-        other => {
-            return Err(io::Error::other(format!(
-                "expected the namespace's init as the only child of pid {spawned}, found {other:?}"
-            )))
-        }
-    };
-    for child in children_of(init)? {
-        if innermost_pid(child) == Some(inner) {
-            return Ok((init, child));
-        }
-    }
-    Err(io::Error::other(format!(
-        "the leader (pid {inner} in the namespace) is not a child of its init (pid {init})"
-    )))
-}
-
 /// The descendants' walk needs /proc: elsewhere it finds nothing, and teardown waits for
 /// the group's members instead (see `live_members` in `group.rs`).
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn walk_descendants(_root: u32, _visit: impl FnMut(u32) -> ControlFlow<(), bool>) {}
-
-/// Only the `Namespace` tier (Linux) asks for children.
-#[cfg(not(target_os = "linux"))]
-fn children_of(pid: u32) -> io::Result<Vec<u32>> {
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        format!("cannot read the children of pid {pid} without /proc"),
-    ))
-}
 
 /// Only the `Namespace` tier (Linux) asks for namespaced pids.
 #[cfg(not(target_os = "linux"))]

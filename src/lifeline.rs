@@ -136,17 +136,7 @@ static INSTALLED: OnceLock<Result<Option<Vec<Signal>>, String>> = OnceLock::new(
 
 /// Reads [`ENV_VAR`]: `Ok(true)` for on.
 fn from_env() -> Result<bool, String> {
-    let Some(value) = std::env::var_os(ENV_VAR) else {
-        return Ok(true);
-    };
-    let text = value.to_string_lossy().to_ascii_lowercase();
-    match text.as_str() {
-        "" | "1" | "on" | "true" => Ok(true),
-        "0" | "off" | "false" => Ok(false),
-        _ => Err(format!(
-            "pgroup: {ENV_VAR}={value:?} is not one of on, off, 1, 0, true, false"
-        )),
-    }
+    crate::containment::switch(ENV_VAR)
 }
 
 /// Installs the lifeline once per process (the first spawn calls this, before it starts

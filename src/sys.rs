@@ -6,23 +6,21 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 use std::process::ExitStatus;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::libc;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{self, Signal};
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 use nix::sys::wait::Id;
 use nix::sys::wait::{self, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, Pid};
@@ -30,82 +28,39 @@ use nix::unistd::{self, Pid};
 use crate::Pgid;
 
 pub(crate) mod lifeline;
-// The Linux backend: pidfds, the supervisor (subreaper, signalfd, PID namespaces) and its
-// start in shared memory (raw syscalls). Everywhere else, and on Linux under `--cfg pgroup_portable`, the portable
-// backend (`sys/portable.rs`) stands in for them.
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+// The Linux backend: pidfds and /proc, and (on x86_64 and aarch64) the supervised tiers.
+// Everywhere else, and on Linux under `--cfg pgroup_portable`, the portable backend
+// (`sys/portable.rs`) stands in for them. `build.rs` chooses, once.
+#[cfg(not(pgroup_linux))]
 mod portable;
-mod protocol;
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-mod raw;
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-mod respawn;
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-mod supervise;
+#[cfg(pgroup_supervised)]
+mod spawn;
+pub(crate) mod supervisor;
 
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
-pub(crate) use portable::{
-    exec_supervisor_available, kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal,
-    Pidfd, Respawned, SharedSupervisor,
-};
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-pub(crate) use respawn::{available as exec_supervisor_available, Respawned, SharedSupervisor};
-
-pub(crate) use protocol::{
-    CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_PID, TAG_STATUS, TAG_STUCK,
-    TEARDOWN_BOUND_MS,
-};
-
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+#[cfg(not(pgroup_linux))]
+pub(crate) use portable::{kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal, Pidfd};
+#[cfg(not(pgroup_linux))]
 pub(crate) use portable::group_members;
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+#[cfg(not(pgroup_linux))]
 pub(crate) use portable::{check_reader, read_ancestor};
+#[cfg(pgroup_supervised)]
+pub(crate) use spawn::{forks as supervisor_forks, spawn as spawn_supervised};
 
 /// A handle on one process that becomes readable once it has exited: a pidfd on Linux, the
 /// portable backend's exit notification elsewhere (see `sys/portable.rs`).
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 pub(crate) type Pidfd = OwnedFd;
 
 /// Whether this build uses the portable backend (not Linux, or `--cfg pgroup_portable`).
-pub(crate) const PORTABLE: bool = cfg!(not(all(target_os = "linux", not(pgroup_portable))));
-
-/// The pipes between the test binary and a supervisor. The test binary keeps `control`
-/// (write end) and `status` (read end, non-blocking); the other two ends are closed in the
-/// test binary as soon as the supervisor has been forked. `armed` must be cleared with
-/// [`SupervisorPipes::disarm`] once `spawn` has returned.
-#[derive(Debug)]
-pub(crate) struct SupervisorPipes {
-    pub control: OwnedFd,
-    pub status: OwnedFd,
-    pub child_ends: (OwnedFd, OwnedFd),
-    armed: Arc<AtomicBool>,
-}
-
-impl SupervisorPipes {
-    /// Turns this spawn's hook into a no-op for every later spawn of the same `Command`: a
-    /// `Command` keeps its `pre_exec` hooks, and this one names descriptors that are closed
-    /// once the spawn is over. A later supervised spawn adds a hook of its own.
-    pub(crate) fn disarm(&self) {
-        self.armed.store(false, Ordering::SeqCst);
-    }
-}
-
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-/// `pipe2(O_CLOEXEC)` with both ends moved to descriptors 3 and above: std's child puts the
-/// command's stdio on 0, 1 and 2 with `dup2`, which would replace a pipe end that the
-/// kernel placed there because the test binary had closed one of them.
-fn pipe_above_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    Ok((above_stdio(read)?, above_stdio(write)?))
-}
+pub(crate) const PORTABLE: bool = cfg!(not(pgroup_linux));
 
 /// A pidfd moved above stdio (see [`above_stdio`]).
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 pub(crate) use above_stdio as pidfd_above_stdio;
 
 /// The portable backend's exit notifications are not moved (the supervised tiers, which
 /// ask for it, do not exist there).
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+#[cfg(not(pgroup_linux))]
 pub(crate) fn pidfd_above_stdio(pidfd: Pidfd) -> io::Result<Pidfd> {
     Ok(pidfd)
 }
@@ -113,7 +68,7 @@ pub(crate) fn pidfd_above_stdio(pidfd: Pidfd) -> io::Result<Pidfd> {
 /// `fd`, moved to a descriptor above 2 if it is one of 0, 1 and 2 (free in the test binary
 /// when it closed its stdio, where std would take a write to, say, a pidfd for an error
 /// instead of a closed stdout).
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     if fd.as_raw_fd() > 2 {
         return Ok(fd);
@@ -124,20 +79,42 @@ pub(crate) fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-/// The control pipe and the status pipe of a supervisor, both above stdio, the status
-/// pipe's read end (the test binary's) non-blocking: `(control, status)`, each `(read,
-/// write)`.
-type PipePair = (OwnedFd, OwnedFd);
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-fn supervisor_pipes() -> io::Result<(PipePair, PipePair)> {
-    let control = pipe_above_stdio()?;
-    let status = pipe_above_stdio()?;
-    nix::fcntl::fcntl(
-        &status.0,
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )?;
-    Ok((control, status))
+/// Whether this build has the supervised tiers (the Linux backend on x86_64 or aarch64).
+pub(crate) const SUPERVISED: bool = cfg!(pgroup_supervised);
+
+/// A supervised leader, as the test binary holds it (see `sys/spawn.rs`).
+pub(crate) struct Started {
+    /// The supervisor (in `Namespace`, the namespace's init, or the process whose child it
+    /// is): our child, reaped at the end of teardown.
+    pub supervisor: u32,
+    /// The leader's pid in the test binary's PID namespace.
+    pub leader: u32,
+    /// A handle on the leader (not our child).
+    pub leader_pidfd: Pidfd,
+    /// The socket to the supervisor, non-blocking.
+    pub channel: OwnedFd,
+    /// `Namespace`: the namespace's init, by its pid here.
+    pub namespace_init: Option<u32>,
+    pub stdin: Option<std::process::ChildStdin>,
+    pub stdout: Option<std::process::ChildStdout>,
+    pub stderr: Option<std::process::ChildStderr>,
+}
+
+/// The supervised tiers do not exist in this build: `Leader::spawn` refuses them before it
+/// gets here.
+#[cfg(not(pgroup_supervised))]
+pub(crate) fn spawn_supervised(
+    _cmd: &mut Command,
+    namespace: bool,
+    _new_session: bool,
+) -> io::Result<Started> {
+    Err(unsupported_tier(if namespace { "Namespace" } else { "Supervised" }))
+}
+
+/// Without the supervised tiers there is no supervisor to fork.
+#[cfg(not(pgroup_supervised))]
+pub(crate) fn supervisor_forks() -> bool {
+    false
 }
 
 /// The error of a tier the backend cannot offer (the supervised tiers in the portable
@@ -161,106 +138,6 @@ pub(crate) fn unsupported_tier(tier: &str) -> io::Error {
             },
         ),
     )
-}
-
-/// Makes the pipes and adds the supervisor hook to `cmd`: when std forks the command's
-/// child, that child becomes the supervisor and forks the leader, which std then execs.
-/// See `sys/supervise.rs` for the protocol and why this is async-signal-safe.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-pub(crate) fn install_supervisor(
-    cmd: &mut Command,
-    namespace: bool,
-    new_session: bool,
-) -> io::Result<SupervisorPipes> {
-    let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
-    let plan = supervise::Plan {
-        control_read: control_read.as_raw_fd(),
-        status_write: status_write.as_raw_fd(),
-        control_write: control_write.as_raw_fd(),
-        status_read: status_read.as_raw_fd(),
-        namespace,
-        new_session,
-        check_exec: true,
-        pid_bits: 0,
-    };
-    let armed = Arc::new(AtomicBool::new(true));
-    let hook_armed = Arc::clone(&armed);
-    // SAFETY: the hook runs in the forked child between fork and exec. It is written for
-    // that context: only async-signal-safe syscalls on stack data, no allocation, no locks
-    // (see the module documentation of `supervise`); the atomic load is lock-free. The
-    // descriptors it names stay open in the parent until after `spawn` returns, so they are
-    // open in the child; after that the hook is disarmed and does nothing.
-    unsafe {
-        cmd.pre_exec(move || {
-            if hook_armed.load(Ordering::SeqCst) {
-                supervise::hook(plan)
-            } else {
-                Ok(())
-            }
-        });
-    }
-    Ok(SupervisorPipes {
-        control: control_write,
-        status: status_read,
-        child_ends: (control_read, status_write),
-        armed,
-    })
-}
-
-/// The test binary's side of a supervisor that shares its memory rather than a fork (see
-/// `sys/respawn.rs`): the same two pipes as [`SupervisorPipes`], std's handle on the leader
-/// (for its stdio pipes only: the leader is the supervisor's child) and the supervisor.
-pub(crate) struct ExecSupervised {
-    pub control: OwnedFd,
-    pub status: OwnedFd,
-    pub spawned: Respawned,
-}
-
-/// The supervised tiers do not exist in the portable backend: `Leader::spawn` refuses them
-/// before it gets here.
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
-pub(crate) fn install_supervisor(
-    _cmd: &mut Command,
-    namespace: bool,
-    _new_session: bool,
-) -> io::Result<SupervisorPipes> {
-    Err(unsupported_tier(if namespace {
-        "Namespace"
-    } else {
-        "Supervised"
-    }))
-}
-
-/// See [`install_supervisor`]: never reached in the portable backend.
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
-pub(crate) fn spawn_exec_supervised(_cmd: &mut Command) -> io::Result<ExecSupervised> {
-    Err(unsupported_tier("Supervised"))
-}
-
-/// Spawns `cmd` (set to `process_group(0)`, or a new session, by the caller) under a
-/// supervisor that shares the test binary's memory: no copy of its page tables, no exec.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
-pub(crate) fn spawn_exec_supervised(cmd: &mut Command) -> io::Result<ExecSupervised> {
-    let ((control_read, control_write), (status_read, status_write)) = supervisor_pipes()?;
-    let plan = supervise::Plan {
-        control_read: control_read.as_raw_fd(),
-        status_write: status_write.as_raw_fd(),
-        control_write: control_write.as_raw_fd(),
-        status_read: status_read.as_raw_fd(),
-        namespace: false,
-        new_session: false,
-        check_exec: false,
-        pid_bits: 0,
-    };
-    let spawned = respawn::spawn(cmd, plan);
-    // The supervisor's ends: it has its own copies (or is gone).
-    drop(control_read);
-    drop(status_write);
-    Ok(ExecSupervised {
-        control: control_write,
-        status: status_read,
-        spawned: spawned?,
-    })
 }
 
 /// `__WALL` where it exists (Linux: also children that are threads' clones).
@@ -294,6 +171,66 @@ pub(crate) fn try_reap_pid(pid: u32) -> io::Result<bool> {
             Err(Errno::EINTR) => continue,
             Err(e) => Err(e.into()),
         };
+    }
+}
+
+/// Whether our child `pid` has exited (or was reaped by someone else), without reaping it.
+pub(crate) fn has_exited(pid: i32) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    loop {
+        return match wait::waitid(wait::Id::Pid(Pid::from_raw(pid)), flags) {
+            Ok(WaitStatus::StillAlive) => false,
+            Ok(_) => true,
+            Err(Errno::EINTR) => continue,
+            Err(_) => true,
+        };
+    }
+}
+
+/// Waits for our child `pid` and reaps it: `Some(code)` if it exited, `None` if a signal
+/// ended it (or someone else reaped it).
+pub(crate) fn reap_pid_status(pid: i32) -> Option<i32> {
+    loop {
+        return match wait::waitpid(Pid::from_raw(pid), Some(WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => Some(code),
+            Err(Errno::EINTR) => continue,
+            _ => None,
+        };
+    }
+}
+
+/// Reaps our child `pid` on a thread of its own, whenever it exits.
+pub(crate) fn reap_in_background(pid: u32) {
+    if try_reap_pid(pid).unwrap_or(true) {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("pgroup-reap-supervisor".into())
+        .spawn(move || reap_pid(pid));
+}
+
+/// The parent of `pid`, from /proc.
+#[cfg(pgroup_linux)]
+pub(crate) fn parent_of(pid: u32) -> io::Result<u32> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    let stat = procfs::process::Process::new(pid)
+        .and_then(|p| p.stat())
+        .map_err(|e| io::Error::other(format!("cannot read the parent of pid {pid}: {e}")))?;
+    u32::try_from(stat.ppid).map_err(|_| io::Error::other("no parent"))
+}
+
+/// Reads every record waiting on the non-blocking `SOCK_SEQPACKET` socket `fd`, calling
+/// `each` with each. Returns whether the other end has been closed.
+pub(crate) fn read_records(fd: BorrowedFd<'_>, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
+    let mut record = [0_u8; 512];
+    loop {
+        match nix::unistd::read(fd, &mut record) {
+            Ok(0) => return Ok(true),
+            Ok(n) => each(&record[..n]),
+            Err(Errno::EAGAIN) => return Ok(false),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
@@ -361,7 +298,7 @@ pub(crate) fn killpg(pgid: Pgid, signal: Signal) -> Result<(), Errno> {
     if raw <= 1 {
         return Err(Errno::EINVAL);
     }
-    #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+    #[cfg(not(pgroup_linux))]
     exit_watch_kick();
     signal::killpg(Pid::from_raw(raw), signal)
 }
@@ -391,7 +328,7 @@ pub(crate) fn getpgid(pid: i32) -> Result<i32, Errno> {
     unistd::getpgid(Some(Pid::from_raw(pid))).map(Pid::as_raw)
 }
 
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 /// `pidfd_open(2)` (Linux 5.3): a file descriptor that refers to this process and no other,
 /// even after its number is recycled. It becomes readable when the process exits.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
@@ -447,19 +384,8 @@ pub(crate) fn poll_readable(
         .collect())
 }
 
-/// Whether the other end of a pipe has been closed (`POLLHUP`), without reading from it.
-pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> bool {
-    let mut pollfd = [PollFd::new(fd, PollFlags::POLLIN)];
-    match nix::poll::poll(&mut pollfd, nix::poll::PollTimeout::ZERO) {
-        Ok(_) => pollfd[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLHUP)),
-        // Cannot tell: say it is gone, so that nothing is signalled (fail closed).
-        Err(_) => true,
-    }
-}
 
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 /// The exit status of the process behind `pidfd`, without reaping it (`waitid` with
 /// `WEXITED | WNOWAIT | WNOHANG`). The zombie stays, and so its pid and group id stay reserved.
 /// `Ok(None)` while it runs. Only valid for the caller's own children.
@@ -504,13 +430,13 @@ pub(crate) fn set_new_session(cmd: &mut Command) {
     }
 }
 
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 /// `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9): `pidfd_send_signal` signals the process group
 /// whose id is the pidfd's process, i.e. the group that process created, rather than the
 /// process itself.
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
 
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 /// `pidfd_send_signal(2)` (Linux 5.1). With `group`, the flag `PIDFD_SIGNAL_PROCESS_GROUP`
 /// (Linux 6.9; `EINVAL` before): the signal goes to every member of the process group that
 /// the pidfd's process created, found through the kernel's `struct pid` and not through a

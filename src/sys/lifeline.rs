@@ -52,7 +52,7 @@ pub(crate) const SIGNALS: [c_int; 5] = [
 ];
 
 /// `pidfd_send_signal` flag (Linux 6.9): signal the process group of the pidfd's process.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
 
 /// A slot's "someone is signalling from me" bit.
@@ -223,7 +223,7 @@ impl Drop for Slot {
 /// The portable backend keeps no descriptor in the slot (its exit notifications are no
 /// pidfds): its handler pins the group by the leader's pid, which is the group's id.
 pub(crate) fn register(pgid: Pgid, pidfd: Option<BorrowedFd<'_>>) -> Slot {
-    #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+    #[cfg(not(pgroup_linux))]
     let pidfd: Option<BorrowedFd<'_>> = pidfd.and(None);
     let value = encode(pgid, pidfd.map(|fd| fd.as_raw_fd()));
     let mut block: &'static Block = &FIRST;
@@ -484,11 +484,11 @@ fn kill_slot(slot: &AtomicU64) {
 /// The portable backend registers no pidfd: it signals `kill(-pgid)` only while the leader,
 /// whose pid is `pgid`, is our unreaped child (`waitid(P_PID, WNOWAIT)`).
 fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
-    #[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+    #[cfg(not(pgroup_linux))]
     if pidfd.is_none() && !leader_unreaped_by_pid(pgid) {
         return;
     }
-    #[cfg(all(target_os = "linux", not(pgroup_portable)))]
+    #[cfg(pgroup_linux)]
     if let Some(fd) = pidfd {
         // SAFETY: pidfd_send_signal(2) with a descriptor that stays open while the slot is
         // claimed (teardown waits for the claim before it closes it), a null siginfo and a
@@ -537,7 +537,7 @@ fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
 /// Whether our child `pid` (a group's leader) is still unreaped: `waitid(P_PID, WEXITED |
 /// WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it (and for a pid that
 /// is not our child).
-#[cfg(not(all(target_os = "linux", not(pgroup_portable))))]
+#[cfg(not(pgroup_linux))]
 fn leader_unreaped_by_pid(pid: i32) -> bool {
     // (`id_t` is 32 bits wide on some platforms, 64 on others.)
     libc::id_t::try_from(pid).is_ok_and(|id| unreaped(libc::P_PID, id))
@@ -545,7 +545,7 @@ fn leader_unreaped_by_pid(pid: i32) -> bool {
 
 /// Whether the leader behind `pidfd` (our child) is still unreaped: `waitid(P_PIDFD,
 /// WEXITED | WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it.
-#[cfg(all(target_os = "linux", not(pgroup_portable)))]
+#[cfg(pgroup_linux)]
 fn leader_unreaped(pidfd: RawFd) -> bool {
     libc::id_t::try_from(pidfd).is_ok_and(|id| unreaped(libc::P_PIDFD, id))
 }

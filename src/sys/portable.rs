@@ -553,36 +553,6 @@ pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
         .collect())
 }
 
-/// The exec'd supervisor does not exist in this backend.
-pub(crate) fn exec_supervisor_available() -> bool {
-    false
-}
-
-/// What `sys/respawn.rs` hands back on Linux; never made here.
-pub(crate) struct Respawned {
-    pub leader: Child,
-    pub supervisor: SharedSupervisor,
-}
-
-/// `sys/respawn.rs`'s handle on a shared-memory supervisor; never made here.
-pub(crate) struct SharedSupervisor {
-    pid: u32,
-}
-
-impl SharedSupervisor {
-    pub(crate) fn id(&self) -> u32 {
-        self.pid
-    }
-
-    pub(crate) fn try_reap(&mut self) -> io::Result<bool> {
-        super::try_reap_pid(self.pid)
-    }
-
-    pub(crate) fn reap(self) {
-        super::reap_pid(self.pid);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
