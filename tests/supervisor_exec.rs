@@ -1,6 +1,7 @@
-//! Issue 14: the `Supervised` tier's supervisor shares the test binary's memory. It copies
-//! none of it and execs nothing, and the leader gets the `Command` exactly as std would give it in the `Group`
-//! tier (signal mask, `pre_exec` hooks in the leader, `env_clear`, `arg0`, cwd).
+//! The `Supervised` tier's supervisor is a program of its own (executed from memory after a
+//! `vfork`-style spawner ran std's spawn): it shares no memory, descriptor or signal handler
+//! with the test binary, and the leader gets the `Command` exactly as std would give it in the
+//! `Group` tier (signal mask, `pre_exec` hooks in the leader, `env_clear`, `arg0`, cwd).
 
 // The suite's support reads /proc (leak markers in each process's environ, process states,
 // the PID-namespace sandbox): it runs on Linux, with the Linux backend and, in CI, again
@@ -28,17 +29,13 @@ use procfs::process::Process;
 use rstest::rstest;
 use tracing_test::traced_test;
 
-/// What the `shared` role writes into its own memory before and after the spawn.
-const BEFORE: &[u8; 16] = b"before the spawn";
-const AFTER: &[u8; 16] = b"after the spawn!";
-
 #[test]
 #[ignore = "entry point of the helper processes the other tests re-execute this binary as"]
 #[traced_test]
 fn role_entry() {
     support::role_main(
         &|s| logs_contain(s),
-        &[("shared", shared_role), ("handlers", handlers_role)],
+        &[("apart", apart_role), ("handlers", handlers_role)],
     );
 }
 
@@ -82,52 +79,67 @@ fn spawn_supervised_sleep(marker: &str) -> (SpawnedGroup, i32) {
     (group, supervisor)
 }
 
-/// Writes [`BEFORE`] into a buffer of its own, spawns a supervised `sleep`, overwrites the
-/// buffer with [`AFTER`], and prints what the supervisor's memory holds at the buffer's
-/// address (`SEEN`, read through `/proc/<supervisor>/mem`).
-fn shared_role(_logs: support::Logs<'_>) -> i32 {
+/// Spawns a supervised `sleep` and describes its supervisor: whether any of its mappings
+/// is the test binary's executable (`MAPS_TEST_BINARY`), how many descriptors it holds
+/// (`FDS`), whether one of them is this process's stdout (`HOLDS_STDOUT`), its command name
+/// (`COMM`) and `argv[0]` (`ARGV_ZERO`).
+fn apart_role(_logs: support::Logs<'_>) -> i32 {
     let marker = env::var(support::MARKER_VAR).expect("marker");
-    let mut probe = Box::new(*BEFORE);
-    std::hint::black_box(&mut probe);
     let (group, supervisor) = spawn_supervised_sleep(&marker);
-    probe.copy_from_slice(AFTER);
-    std::hint::black_box(&mut probe);
-    let address = std::ptr::from_ref::<[u8; 16]>(&probe) as u64;
-    let mut seen = [0_u8; 16];
-    let mem = std::fs::File::open(format!("/proc/{supervisor}/mem")).expect("open mem");
-    std::os::unix::fs::FileExt::read_exact_at(&mem, &mut seen, address).expect("read mem");
-    println!("SEEN {}", String::from_utf8_lossy(&seen));
+    let exe = std::fs::read_link("/proc/self/exe").expect("exe");
+    let maps = std::fs::read_to_string(format!("/proc/{supervisor}/maps")).expect("maps");
+    let mapped = maps.lines().any(|l| l.ends_with(&*exe.to_string_lossy()));
+    let stdout = std::fs::read_link("/proc/self/fd/1").expect("stdout");
+    let fds: Vec<std::path::PathBuf> = std::fs::read_dir(format!("/proc/{supervisor}/fd"))
+        .expect("fds")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    let comm = std::fs::read_to_string(format!("/proc/{supervisor}/comm")).expect("comm");
+    let cmdline = std::fs::read(format!("/proc/{supervisor}/cmdline")).expect("cmdline");
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    println!("MAPS_TEST_BINARY {mapped}");
+    println!("FDS {}", fds.len());
+    println!("HOLDS_STDOUT {}", fds.contains(&stdout));
+    println!("COMM {}", comm.trim());
+    println!("ARGV_ZERO {}", String::from_utf8_lossy(argv0));
     group.shutdown().expect("shutdown");
     0
 }
 
-/// The supervisor copies none of the test binary's memory: it shares it (`CLONE_VM`), so a
-/// write made in the test binary after the spawn is seen at the same address in the
-/// supervisor, and no page table was copied, whatever the test binary's size (before issue
-/// 14 the supervisor was a fork, whose copy of every page table grew with the test binary's
-/// memory). The negative control, the forked supervisor (`PGROUP_EXEC_SUPERVISOR=off`), has
-/// a copy: it still holds what the buffer held when it was forked.
+/// The supervisor shares nothing with the test binary: no mapping of its executable (so no
+/// debugger's breakpoint, lock or OOM score of the test binary reaches it), none of its
+/// descriptors but its own few (stdout, where `cargo test | tee` waits for end of file, is
+/// not among them), and a name of its own that `ps` shows. The negative control: the forked
+/// supervisor (`PGROUP_SUPERVISOR_PROGRAM=off`) is a copy of the test binary, with its
+/// mappings.
 #[rstest]
-fn the_supervisor_shares_the_test_binarys_memory(#[values(true, false)] shared: bool) {
+fn the_supervisor_shares_nothing_with_the_test_binary(#[values(true, false)] program: bool) {
     if support::tier_unavailable(Containment::Supervised) {
         return;
     }
-    let marker = support::marker("shared");
+    let marker = support::marker("apart");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
-    let mut cmd = support::role_command("shared");
+    let mut cmd = support::role_command("apart");
     cmd.env(support::MARKER_VAR, &marker)
         .stdout(std::process::Stdio::piped());
-    if !shared {
-        cmd.env("PGROUP_EXEC_SUPERVISOR", "off");
+    if !program {
+        cmd.env("PGROUP_SUPERVISOR_PROGRAM", "OFF");
     }
     let out = support::run_collecting(cmd, Duration::from_secs(60));
-    let seen = out.one("SEEN");
-    let expected = if shared { AFTER } else { BEFORE };
     assert_eq!(
-        seen.as_bytes(),
-        expected.as_slice(),
-        "shared supervisor: {shared}"
+        out.one("MAPS_TEST_BINARY"),
+        if program { "false" } else { "true" },
+        "{:?}",
+        out.lines
     );
+    assert_eq!(out.one("HOLDS_STDOUT"), "false", "{:?}", out.lines);
+    let fds: usize = out.one("FDS").parse().expect("count");
+    assert!(fds <= 4, "the supervisor holds {fds} descriptors: {:?}", out.lines);
+    assert_eq!(out.one("COMM"), "pgroup-supervis", "{:?}", out.lines);
+    if program {
+        assert_eq!(out.one("ARGV_ZERO"), "pgroup-supervisor", "{:?}", out.lines);
+    }
     support::assert_no_leaks(&marker);
 }
 
