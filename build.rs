@@ -37,10 +37,9 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=DOCS_RS");
     let var = |name: &str| env::var(name).unwrap_or_default();
-    let linux = var("CARGO_CFG_TARGET_OS") == "linux"
-        && env::var_os("CARGO_CFG_PGROUP_PORTABLE").is_none();
-    let supervised =
-        linux && matches!(var("CARGO_CFG_TARGET_ARCH").as_str(), "x86_64" | "aarch64");
+    let linux =
+        var("CARGO_CFG_TARGET_OS") == "linux" && env::var_os("CARGO_CFG_PGROUP_PORTABLE").is_none();
+    let supervised = linux && matches!(var("CARGO_CFG_TARGET_ARCH").as_str(), "x86_64" | "aarch64");
     if linux {
         println!("cargo:rustc-cfg=pgroup_linux");
     }
@@ -66,11 +65,23 @@ fn build() -> Result<(), String> {
     let mut cmd = Command::new(rustc);
     cmd.args(["--edition", "2021", "--crate-type", "bin"])
         .args(["--crate-name", "pgroup_supervisor", "--target", &target])
-        .args(["-C", "panic=abort", "-C", "opt-level=2", "-C", "debuginfo=0"])
+        .args([
+            "-C",
+            "panic=abort",
+            "-C",
+            "opt-level=2",
+            "-C",
+            "debuginfo=0",
+        ])
         .args(["-C", "strip=symbols", "-C", "relocation-model=static"])
         .args(["-C", "target-feature=+crt-static"])
         .args(["-C", "link-arg=-nostartfiles", "-C", "link-arg=-nostdlib"])
-        .args(["-C", "link-arg=-static", "-C", "link-arg=-Wl,--build-id=none"])
+        .args([
+            "-C",
+            "link-arg=-static",
+            "-C",
+            "link-arg=-Wl,--build-id=none",
+        ])
         // The program uses part of the system calls the library shares with it.
         .args(["-A", "dead_code"])
         .arg(SOURCES[0])

@@ -990,8 +990,7 @@ impl SpawnedGroup {
             }
         }
         if let Phase::Finishing { deadline, status } = steps.phase {
-            if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()?
-            {
+            if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()? {
                 return Ok(None);
             }
             return Ok(Some(self.teardown_report(steps, status, deadline)));

@@ -340,7 +340,8 @@ impl Leader {
     /// Kills the leader through its pidfd, which names that process and no other even
     /// after its number is recycled, wherever it is (also when it left its group).
     pub(crate) fn kill_leader(&mut self) {
-        let _ = sys::pidfd_send_signal(self.pidfd(), Some(nix::sys::signal::Signal::SIGKILL), false);
+        let _ =
+            sys::pidfd_send_signal(self.pidfd(), Some(nix::sys::signal::Signal::SIGKILL), false);
     }
 
     /// Reaps the leader (after the final SIGKILL): from here on its id may be recycled.

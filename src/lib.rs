@@ -164,7 +164,7 @@ mod output;
 mod pgid;
 #[cfg(feature = "tokio")]
 mod reaper;
-mod sys;
+pub mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 

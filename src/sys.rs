@@ -38,11 +38,15 @@ mod spawn;
 pub(crate) mod supervisor;
 
 #[cfg(not(pgroup_linux))]
-pub(crate) use portable::{kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal, Pidfd};
-#[cfg(not(pgroup_linux))]
 pub(crate) use portable::group_members;
 #[cfg(not(pgroup_linux))]
 pub(crate) use portable::{check_reader, read_ancestor};
+#[cfg(not(pgroup_linux))]
+pub(crate) use portable::{
+    kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal, Pidfd,
+};
+#[cfg(pgroup_supervised)]
+pub use spawn::times;
 #[cfg(pgroup_supervised)]
 pub(crate) use spawn::{forks as supervisor_forks, spawn as spawn_supervised};
 
@@ -108,7 +112,11 @@ pub(crate) fn spawn_supervised(
     namespace: bool,
     _new_session: bool,
 ) -> io::Result<Started> {
-    Err(unsupported_tier(if namespace { "Namespace" } else { "Supervised" }))
+    Err(unsupported_tier(if namespace {
+        "Namespace"
+    } else {
+        "Supervised"
+    }))
 }
 
 /// Without the supervised tiers there is no supervisor to fork.
@@ -383,7 +391,6 @@ pub(crate) fn poll_readable(
         .map(|p| p.revents().is_some_and(|r| !r.is_empty()))
         .collect())
 }
-
 
 #[cfg(pgroup_linux)]
 /// The exit status of the process behind `pidfd`, without reaping it (`waitid` with

@@ -135,7 +135,11 @@ fn the_supervisor_shares_nothing_with_the_test_binary(#[values(true, false)] pro
     );
     assert_eq!(out.one("HOLDS_STDOUT"), "false", "{:?}", out.lines);
     let fds: usize = out.one("FDS").parse().expect("count");
-    assert!(fds <= 4, "the supervisor holds {fds} descriptors: {:?}", out.lines);
+    assert!(
+        fds <= 4,
+        "the supervisor holds {fds} descriptors: {:?}",
+        out.lines
+    );
     assert_eq!(out.one("COMM"), "pgroup-supervis", "{:?}", out.lines);
     if program {
         assert_eq!(out.one("ARGV_ZERO"), "pgroup-supervisor", "{:?}", out.lines);

@@ -69,8 +69,8 @@ use super::supervisor::protocol::{
     ARGV0, CMD_TEARDOWN, TAG_SETUP_FAILED, TAG_SPAWNED, TAG_SPAWN_FAILED,
 };
 use super::supervisor::raw;
-use super::Started;
 use super::supervisor::run::{self, write_decimal, Args, EXEC_MARKER};
+use super::Started;
 
 /// The signal the spawner asks for when the calling thread dies (`PR_SET_PDEATHSIG`).
 /// glibc's and musl's `sigprocmask` refuse to block it (it is their internal `SIGSETXID`),
@@ -521,6 +521,7 @@ unsafe fn clone_spawner(stack: &mut Stack, flags: c_int, ctx: &mut Context<'_>) 
 
 /// The supervisor program's path: see the module documentation.
 fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Result<Started> {
+    let tstart = std::time::Instant::now();
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -538,6 +539,7 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
             user: (uid != 0).then_some((uid, gid)),
         }
     });
+    let t0 = std::time::Instant::now();
     let mut stack = Stack::take()?;
     let mut ctx = Context {
         cmd,
@@ -577,6 +579,7 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
     // thread is suspended until the spawner has exec'd or exited, and the spawner reads
     // `ctx` and the `Command` only (see the module documentation).
     let cloned = unsafe { clone_spawner(&mut stack, flags, &mut ctx) };
+    let t1 = std::time::Instant::now();
     raw::set_sigmask(old);
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
@@ -584,7 +587,12 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
     drop(theirs);
     drop(environment);
     let pid = cloned.map_err(|e| {
-        if namespace && matches!(e.raw_os_error(), Some(libc::EPERM | libc::EINVAL | libc::ENOSPC)) {
+        if namespace
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::EINVAL | libc::ENOSPC)
+            )
+        {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -594,7 +602,10 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
                 ),
             )
         } else {
-            io::Error::new(e.kind(), format!("cannot start the supervisor (clone: {e})"))
+            io::Error::new(
+                e.kind(),
+                format!("cannot start the supervisor (clone: {e})"),
+            )
         }
     })?;
     let supervisor = u32::try_from(pid).map_err(|_| io::Error::other("negative pid"))?;
@@ -611,6 +622,9 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
         u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
     };
     super::set_nonblocking(ours.as_fd())?;
+    if std::env::var_os("PGROUP_TIMING").is_some() {
+        TIMES.lock().unwrap().push((t1 - t0, tstart.elapsed()));
+    }
     Ok(Started {
         supervisor,
         leader,
@@ -1339,4 +1353,10 @@ fn mount_proc() -> Result<(), i32> {
     } else {
         Err(nix::errno::Errno::last_raw())
     }
+}
+
+pub(crate) static TIMES: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
+/// Temporary.
+pub fn times() -> Vec<(Duration, Duration)> {
+    TIMES.lock().unwrap().clone()
 }

@@ -466,17 +466,7 @@ pub(crate) fn pidfd_open(pid: i32) -> Result<i32, i32> {
 
 pub(crate) fn close_range(first: u32, last: u32) -> Ret {
     // SAFETY: plain integers.
-    unsafe {
-        syscall6(
-            nr::CLOSE_RANGE,
-            first as usize,
-            last as usize,
-            0,
-            0,
-            0,
-            0,
-        )
-    }
+    unsafe { syscall6(nr::CLOSE_RANGE, first as usize, last as usize, 0, 0, 0, 0) }
 }
 
 /// Milliseconds on `CLOCK_MONOTONIC` (the syscall, not the vDSO: no libc state).
@@ -662,7 +652,11 @@ pub(crate) fn send_with_fds(fd: i32, data: &[u8], fds: &[i32]) -> Ret {
 ///
 /// `argv` and `envp` must point to arrays of pointers to NUL-terminated strings, each
 /// array ending with a null pointer, all valid until the call returns.
-pub(crate) unsafe fn execveat_fd(dirfd: i32, argv: *const *const u8, envp: *const *const u8) -> i32 {
+pub(crate) unsafe fn execveat_fd(
+    dirfd: i32,
+    argv: *const *const u8,
+    envp: *const *const u8,
+) -> i32 {
     let empty = b"\0";
     // SAFETY: the caller vouches for `argv` and `envp`; the path is a static empty string.
     let ret = unsafe {

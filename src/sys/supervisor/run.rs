@@ -313,7 +313,11 @@ fn read_proc_file<'b>(pid: i32, file: &[u8], buf: &'b mut [u8]) -> Option<&'b [u
     let mut len = prefix.len();
     len += write_decimal(path.get_mut(len..)?, u64::try_from(pid).ok()?);
     path.get_mut(len..len + file.len())?.copy_from_slice(file);
-    let fd = raw::open(path.get(..len + file.len())?, raw::O_RDONLY | raw::O_CLOEXEC).ok()?;
+    let fd = raw::open(
+        path.get(..len + file.len())?,
+        raw::O_RDONLY | raw::O_CLOEXEC,
+    )
+    .ok()?;
     let n = raw::read(fd, buf);
     raw::close(fd);
     buf.get(..n.ok()?)
@@ -372,7 +376,13 @@ impl PidSet {
 /// When the test binary sent its final SIGKILL itself, the leader is about to die: the
 /// supervisor waits for that first (on `leader_pidfd`, within [`LEADER_FIRST_MS`]), so that
 /// in the usual case (nothing but the leader left) teardown is a reap and no scan of /proc.
-fn teardown(args: Args, leader_pidfd: i32, sfd: i32, parent_died: bool, mut status_sent: bool) -> ! {
+fn teardown(
+    args: Args,
+    leader_pidfd: i32,
+    sfd: i32,
+    parent_died: bool,
+    mut status_sent: bool,
+) -> ! {
     let leader = args.leader;
     let deadline = now_ms().saturating_add(TEARDOWN_BOUND_MS);
     if parent_died && leader > 1 {
