@@ -147,6 +147,9 @@
 //! a test harness that is usually what you want.
 
 #![warn(missing_docs)]
+// docs.rs (and CI's docs step) build with `--cfg docsrs` on a nightly rustdoc: the items that
+// need a feature carry a badge saying so.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(not(unix))]
 compile_error!(
@@ -166,6 +169,7 @@ mod pgid;
 mod reaper;
 pub mod sys;
 #[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 pub use containment::Containment;
