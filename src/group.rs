@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use crate::guard::deliver_to_own_group;
 use crate::leader::{ExitWatch, Leader};
 use crate::output::{self, NotReady, NotReadyReason, Reader, Stream};
+use crate::stdin::LeaderStdin;
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
@@ -323,7 +324,7 @@ impl Builder {
         };
         let mut group = SpawnedGroup {
             lifeline,
-            stdin: spawned.stdin,
+            stdin: spawned.stdin.map(LeaderStdin::new),
             stdout,
             stderr,
             capture: None,
@@ -461,9 +462,10 @@ impl Builder {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct SpawnedGroup {
-    /// The leader's stdin, if the `Command` piped it. Take it out to write to it; teardown
-    /// and [`wait`](SpawnedGroup::wait) close it if it is still here.
-    pub stdin: Option<ChildStdin>,
+    /// The leader's stdin, if the `Command` piped it. Write to it here, or take it out;
+    /// [`wait`](SpawnedGroup::wait) and teardown close it if it is still here, as std's
+    /// `Child::wait` closes the child's (see [`LeaderStdin`]).
+    pub stdin: Option<LeaderStdin>,
     /// The leader's stdout, if the `Command` piped it.
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
@@ -532,6 +534,11 @@ pub struct Teardown {
     pub stdout: Option<String>,
     /// The captured tail of the leader's stderr, as `stdout`.
     pub stderr: Option<String>,
+    /// How many bytes of the captured stdout came before its tail and are not in `stdout`
+    /// (0 without [`Builder::capture_output`]).
+    pub stdout_dropped: u64,
+    /// How many bytes of the captured stderr came before its tail, as `stdout_dropped`.
+    pub stderr_dropped: u64,
 }
 
 /// A process that had left the group and was killed by the supervisor at teardown: an entry
@@ -766,9 +773,12 @@ impl SpawnedGroup {
     /// Waits for the leader to exit and returns its status; the group stays pinned until
     /// teardown. Other members of the group may still be running when it returns.
     ///
-    /// Unlike std's `Child::wait`, it does not close the leader's stdin (a `&self` method
-    /// cannot take it out of `self.stdin`): for a leader that reads its input to the end,
-    /// drop `group.stdin.take()` first.
+    /// As std's `Child::wait`, it closes the leader's stdin first if the group still holds
+    /// it ([`stdin`](SpawnedGroup::stdin), a [`LeaderStdin`]), so that a leader that reads its
+    /// input to the end (`cat`, a CLI reading a request) sees end of file and does not wait
+    /// for more while this waits for it. A stdin taken out of the group is left alone.
+    /// [`try_wait`](SpawnedGroup::try_wait) and [`wait_timeout`](SpawnedGroup::wait_timeout)
+    /// do not close it.
     ///
     /// This wait has no bound, as std's; use [`wait_timeout`](SpawnedGroup::wait_timeout) for
     /// one. Any number of threads may wait at once; each wakes when the leader exits.
@@ -788,6 +798,9 @@ impl SpawnedGroup {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait(&self) -> io::Result<ExitStatus> {
+        if let Some(stdin) = &self.stdin {
+            stdin.close();
+        }
         loop {
             if let Some(status) = self.wait_until(None)? {
                 return Ok(status);
@@ -796,6 +809,10 @@ impl SpawnedGroup {
     }
 
     /// Waits up to `timeout` for the leader to exit. `Ok(None)` means it is still running.
+    ///
+    /// Unlike [`wait`](SpawnedGroup::wait), it leaves the leader's stdin open (a check that
+    /// a server is still alive must not close its input): for a leader that reads its input
+    /// to the end, drop `group.stdin.take()` first.
     ///
     /// # Errors
     ///
@@ -1108,7 +1125,7 @@ impl SpawnedGroup {
             .finish_complete(deadline)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
-        let (stdout, stderr) = self.finish_capture(deadline);
+        let (stdout, stderr, [stdout_dropped, stderr_dropped]) = self.finish_capture(deadline);
         let report = Teardown {
             status,
             exited_before_teardown: steps.exited_before_teardown,
@@ -1119,6 +1136,8 @@ impl SpawnedGroup {
             escapees,
             stdout,
             stderr,
+            stdout_dropped,
+            stderr_dropped,
         };
         tracing::debug!(
             name: "group_torn_down",
@@ -1183,19 +1202,8 @@ impl Drop for SpawnedGroup {
         if std::thread::panicking() {
             if let Some(reader) = &mut self.capture {
                 reader.finish(Instant::now() + CAPTURE_DRAIN_BOUND);
-                let mut report = format!("\n---- {}: captured output", self.context);
-                if let Some(status) = status {
-                    report.push_str(&format!(" (leader: {status})"));
-                }
-                report.push_str(" ----");
-                let capture = reader.capture();
-                let _ = output::write_tails(
-                    &mut report,
-                    capture.text(Stream::Stdout).as_deref(),
-                    capture.text(Stream::Stderr).as_deref(),
-                );
-                eprintln!("{report}");
             }
+            self.print_captured_output(status);
         }
     }
 }
@@ -1323,8 +1331,11 @@ impl SpawnedGroup {
                     NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
                     NotReadyReason::LeaderExited => self.try_wait()?,
                     // An exiting leader closes its pipes a moment before the kernel reports
-                    // its exit: say which it was.
-                    _ => self.wait_timeout(CAPTURE_DRAIN_BOUND)?,
+                    // its exit: say which it was (within the timeout).
+                    _ => {
+                        let bound = Instant::now() + CAPTURE_DRAIN_BOUND;
+                        self.wait_until(Some(deadline.map_or(bound, |d| d.min(bound))))?
+                    }
                 };
                 if status.is_some() {
                     reason = NotReadyReason::LeaderExited;
@@ -1360,7 +1371,7 @@ impl SpawnedGroup {
     /// let server = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 7"]))?;
     /// let err = server.wait_for_tcp("127.0.0.1:1", Duration::from_secs(10)).unwrap_err();
     /// assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-    /// assert!(err.to_string().contains("exit status: 7"), "{err}");
+    /// assert!(err.to_string().contains("the leader exited (exit status 7)"), "{err}");
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait_for_tcp(&self, addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<()> {
@@ -1436,14 +1447,33 @@ impl SpawnedGroup {
     }
 
     /// Ends the capture (bounded by `deadline` and [`CAPTURE_DRAIN_BOUND`]) and returns the
-    /// tails.
-    fn finish_capture(&mut self, deadline: Instant) -> (Option<String>, Option<String>) {
+    /// tails, and how many bytes of each stream were dropped before them.
+    fn finish_capture(&mut self, deadline: Instant) -> (Option<String>, Option<String>, [u64; 2]) {
         let Some(reader) = &mut self.capture else {
-            return (None, None);
+            return (None, None, [0, 0]);
         };
         reader.finish(deadline.min(Instant::now() + CAPTURE_DRAIN_BOUND));
         let capture = reader.capture();
-        (capture.text(Stream::Stdout), capture.text(Stream::Stderr))
+        (
+            capture.text(Stream::Stdout),
+            capture.text(Stream::Stderr),
+            [
+                capture.dropped(Stream::Stdout),
+                capture.dropped(Stream::Stderr),
+            ],
+        )
+    }
+
+    /// Prints the captured tails to stderr, with `eprintln!` (which libtest captures and
+    /// shows with a failed test, as nextest does), for a Drop during a panic: see
+    /// [`Builder::capture_output`]. Nothing without capture.
+    pub(crate) fn print_captured_output(&self, status: Option<ExitStatus>) {
+        if let Some(reader) = &self.capture {
+            eprintln!(
+                "{}",
+                output::failure_report(&self.context, status, reader.capture())
+            );
+        }
     }
 }
 

@@ -164,6 +164,8 @@ mod output;
 mod pgid;
 #[cfg(feature = "tokio")]
 mod reaper;
+mod run;
+mod stdin;
 mod sys;
 #[cfg(feature = "tokio")]
 pub mod tokio;
@@ -175,6 +177,8 @@ pub use guard::{
 };
 pub use output::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
+pub use run::{Incomplete, IncompleteReason, Run, DEFAULT_OUTPUT_LIMIT, DEFAULT_WAIT_DELAY};
+pub use stdin::LeaderStdin;
 
 /// The signals the crate sends: nix's [`Signal`], re-exported.
 ///
