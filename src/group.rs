@@ -179,18 +179,24 @@ impl Builder {
         self
     }
 
-    /// Captures the leader's stdout and stderr: each is read into a bounded buffer (its last
-    /// [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes) by a thread of the group's, instead of
-    /// going to the test's terminal. Then:
+    /// Captures the leader's stdout and stderr: each is read into a tail of fixed size (its
+    /// last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, a cut marked `[… N bytes cut]`) by
+    /// a thread of the group's, instead of going to the test's terminal. The memory it holds
+    /// is the tails and one read buffer, whatever the child writes, and the thread keeps pace
+    /// with the pipes, so a child that floods its output is not slowed down. Then:
     ///
     /// - [`SpawnedGroup::wait_for_line`] waits for a line that matches (a server's ready
     ///   line, with its port);
     /// - [`SpawnedGroup::captured`] reads a tail at any time;
     /// - [`Teardown`] carries both tails (in `stdout` and `stderr`), complete once every
     ///   process holding the pipes is gone;
-    /// - when the group is dropped while its thread panics (a failed assertion), the tails
-    ///   are printed to stderr, where libtest and nextest show them with the failure;
+    /// - when the group is dropped while its thread panics (a failed assertion, in a sync
+    ///   or a `#[tokio::test]`), the tails are printed to stderr, where libtest and nextest
+    ///   show them with the failure;
     /// - readiness errors ([`NotReady`]) include them.
+    ///
+    /// To assert a CLI's complete output, use [`Builder::output`] or [`Run`](crate::Run)
+    /// instead: they read it all.
     ///
     /// The `Command`'s own stdout and stderr settings are replaced by pipes, so the
     /// `stdout` and `stderr` fields of the group stay `None`. A program that buffers its
@@ -396,8 +402,8 @@ impl Builder {
 /// # Readiness and captured output
 ///
 /// With [`Builder::capture_output`], a thread of the group reads the leader's stdout and
-/// stderr into bounded tails (the last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes of
-/// each): [`wait_for_line`](SpawnedGroup::wait_for_line) waits for a line that matches (a
+/// stderr into tails of fixed size (the last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes
+/// of each): [`wait_for_line`](SpawnedGroup::wait_for_line) waits for a line that matches (a
 /// server's ready line, with its port), [`captured`](SpawnedGroup::captured) reads a tail,
 /// [`Teardown`] carries both, and a drop during a panic prints them to stderr, so a failed
 /// test shows what its server said. [`wait_for_tcp`](SpawnedGroup::wait_for_tcp) waits for
@@ -530,14 +536,15 @@ pub struct Teardown {
     /// The captured tail of the leader's stdout ([`Builder::capture_output`]; `None`
     /// without it): its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, read until
     /// every process holding the pipe was gone (or, if one that left the group still holds
-    /// it, for at most half a second after the reap).
+    /// it, for at most half a second after the reap). If the stream was longer, it begins
+    /// with `[… N bytes cut]`, `N` being `stdout_dropped`.
     pub stdout: Option<String>,
     /// The captured tail of the leader's stderr, as `stdout`.
     pub stderr: Option<String>,
-    /// How many bytes of the captured stdout came before its tail and are not in `stdout`
-    /// (0 without [`Builder::capture_output`]).
+    /// How many bytes of the captured stdout are not in `stdout`: those written before its
+    /// tail (0 when it holds everything, and without [`Builder::capture_output`]).
     pub stdout_dropped: u64,
-    /// How many bytes of the captured stderr came before its tail, as `stdout_dropped`.
+    /// How many bytes of the captured stderr are not in `stderr`, as `stdout_dropped`.
     pub stderr_dropped: u64,
 }
 
@@ -1248,8 +1255,9 @@ fn session_conflict(what: &str) -> io::Error {
 
 impl SpawnedGroup {
     /// The captured tail of `stream` so far (its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT)
-    /// bytes, lossily decoded as UTF-8), or `None` without
-    /// [`Builder::capture_output`].
+    /// bytes, lossily decoded as UTF-8, beginning with `[… N bytes cut]` if the stream was
+    /// longer), or `None` without [`Builder::capture_output`]. It takes the capture's lock for
+    /// the copy of one tail: a child that floods its output does not hold it up.
     ///
     /// # Examples
     ///
@@ -1275,10 +1283,15 @@ impl SpawnedGroup {
     ///
     /// Every line still in the captured tail is looked at first, then each new one as it
     /// arrives, so a line printed before the call counts and two calls with the same
-    /// predicate return the same line. The wait is driven by the reader thread, which wakes
-    /// it for each new line: no polling. It ends early, with an error, when the leader
-    /// exits (after the lines it wrote before its exit were looked at) or the stream is
-    /// closed. The predicate runs on the calling thread, with no lock held.
+    /// predicate return the same line. A line ends at `\n`, `\r\n` or a lone `\r` (so a
+    /// progress bar's updates are lines of their own, and do not hide the line after them).
+    /// A line longer than the tail is handed over as its last bytes, behind the marker
+    /// `[… N bytes cut]` (at most [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) in all); lines a
+    /// flood pushes out of the tail before the wait looks at them are not seen. The wait is
+    /// driven by the reader thread, which wakes it for each new chunk: no polling. It ends
+    /// early, with an error, when the leader exits (after the lines it wrote before its exit
+    /// were looked at) or the stream is closed, and at its timeout however fast the child
+    /// writes. The predicate runs on the calling thread, with no lock held.
     ///
     /// A program that buffers its output when it is not a terminal writes the line only
     /// when its buffer fills or it exits, which usually means never: run Python with `-u`,
@@ -1287,7 +1300,8 @@ impl SpawnedGroup {
     /// # Errors
     ///
     /// An [`io::Error`] whose payload is a [`NotReady`] (with the reason, the leader's exit
-    /// status and the captured tails, all in its message too), of kind `TimedOut` when
+    /// status and the captured tails, all in its message too, and in its `Debug`, which is
+    /// what `expect` and a test returning `Result` print), of kind `TimedOut` when
     /// `timeout` passed, `UnexpectedEof` when the leader exited or the stream was closed
     /// first, `InvalidInput` when the output is not captured. Or as
     /// [`try_wait`](SpawnedGroup::try_wait), for the exit status.

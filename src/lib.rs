@@ -66,9 +66,15 @@
 //!   init of a PID namespace.
 //! - [`Builder::capture_output`], [`SpawnedGroup::wait_for_line`],
 //!   [`SpawnedGroup::wait_for_tcp`], [`NotReady`], [`Stream`]: readiness and captured output
-//!   for test harnesses; the waits of a group take `&self`, so a shared (`Arc`, rstest
-//!   `#[once]`) group can be asked from every test. The README's recipes show
-//!   each in a test.
+//!   for test harnesses, in memory of fixed size; the waits of a group take `&self`, so a
+//!   shared (`Arc`, rstest `#[once]`) group can be asked from every test. The README's
+//!   recipes show each in a test.
+//! - [`Run`], [`Builder::output`], [`Incomplete`]: a CLI run to completion in a group of its
+//!   own, with its complete output (std's `Command::output`, with input, a timeout and a
+//!   limit), which returns when the leader exits even if a process it started holds the
+//!   pipes, and leaves nothing running.
+//! - [`LeaderStdin`]: the leader's stdin in the group, which [`SpawnedGroup::wait`] closes
+//!   as `Child::wait` does.
 //! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
 //!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
 //! - All unsafe code and raw syscalls live in one private module, `sys`, with the

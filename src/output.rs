@@ -99,7 +99,8 @@ impl fmt::Display for Stream {
 /// they begin in started.
 #[derive(Default)]
 struct Tail {
-    /// The last bytes of the stream, at most [`CAPTURE_LIMIT`] (allocated once).
+    /// The last bytes of the stream, at most [`CAPTURE_LIMIT`], in a buffer that grows to
+    /// that size at most (see [`Tail::reserve`]).
     bytes: Vec<u8>,
     /// The stream offset of `bytes[0]`: how many bytes were dropped before it.
     start: u64,
@@ -115,9 +116,18 @@ struct Tail {
 impl Tail {
     fn captured() -> Tail {
         Tail {
-            bytes: Vec::with_capacity(CAPTURE_LIMIT),
             captured: true,
             ..Tail::default()
+        }
+    }
+
+    /// Room for `additional` more bytes: the buffer doubles as `Vec` does, but never beyond
+    /// [`CAPTURE_LIMIT`] (a quiet stream costs little, a flood no more than the limit).
+    fn reserve(&mut self, additional: usize) {
+        let needed = self.bytes.len() + additional;
+        if needed > self.bytes.capacity() {
+            let capacity = CAPTURE_LIMIT.min(needed.max(2 * self.bytes.capacity()));
+            self.bytes.reserve_exact(capacity - self.bytes.len());
         }
     }
 
@@ -126,6 +136,12 @@ impl Tail {
     /// (at the speed of `memchr`).
     fn push(&mut self, chunk: &[u8]) {
         let excess = (self.bytes.len() + chunk.len()).saturating_sub(CAPTURE_LIMIT);
+        self.reserve(
+            chunk
+                .len()
+                .min(CAPTURE_LIMIT)
+                .saturating_sub(excess.min(self.bytes.len())),
+        );
         if excess == 0 {
             self.bytes.extend_from_slice(chunk);
             return;
