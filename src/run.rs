@@ -257,8 +257,9 @@ impl Run {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn output(&self, cmd: &mut Command) -> io::Result<Output> {
-        let program = format!("{:?}", cmd.get_program());
+        let program = cmd.get_program().to_owned();
         let mut group = self.prepare(cmd).spawn(cmd)?;
+        let name = format!("{program:?} (leader pid {})", group.id());
         let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
         if let (Some(stdin), Some(input)) = (group.stdin.take(), &self.input) {
             if let Some(mut pipe) = stdin.into_inner() {
@@ -313,7 +314,7 @@ impl Run {
             sys::poll_readable(&fds, left)?;
             read_pipes(&mut pipes, &mut streams, &mut buf, PIPE_MAX);
         }
-        self.finish(program, &report?.status, timed_out, streams)
+        self.finish(name, &report?.status, timed_out, streams)
     }
 
     /// The `Command` with its stdio set, and the builder to spawn it with.
@@ -332,7 +333,7 @@ impl Run {
     /// The outcome: the output, or the error that carries it.
     fn finish(
         &self,
-        program: String,
+        group: String,
         status: &ExitStatus,
         timed_out: bool,
         [stdout, stderr]: [Collected; 2],
@@ -357,7 +358,7 @@ impl Run {
             });
         };
         Err(Incomplete {
-            program,
+            group,
             reason,
             stdout_written: stdout.written,
             stderr_written: stderr.written,
@@ -480,8 +481,8 @@ impl Collected {
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Incomplete {
-    /// The program, as the `Command` named it (quoted, as in every error of the crate).
-    pub program: String,
+    /// The group, as in every error of the crate: the program and the leader's pid.
+    pub group: String,
     /// What happened.
     pub reason: IncompleteReason,
     /// What was read (each stream's first bytes up to the limit), and the status the leader
@@ -554,7 +555,7 @@ impl fmt::Display for Incomplete {
                 f,
                 "pgroup: {} did not exit within its timeout of {timeout:?}; its group was torn \
                  down (leader: {status})",
-                self.program
+                self.group
             )?,
             IncompleteReason::LimitExceeded { stream, limit } => {
                 let written = match stream {
@@ -566,7 +567,7 @@ impl fmt::Display for Incomplete {
                     "pgroup: {} wrote {written} bytes to {stream}, more than the output limit of \
                      {limit} (the first {limit} are kept; Run::output_limit raises it) \
                      (leader: {status})",
-                    self.program
+                    self.group
                 )?;
             }
         }
@@ -583,7 +584,7 @@ impl fmt::Debug for Incomplete {
             return fmt::Display::fmt(self, f);
         }
         f.debug_struct("Incomplete")
-            .field("program", &self.program)
+            .field("group", &self.group)
             .field("reason", &self.reason)
             .field("status", &StatusText(self.output.status))
             .field("stdout", &String::from_utf8_lossy(&self.output.stdout))
@@ -655,8 +656,9 @@ mod async_output {
         /// # }
         /// ```
         pub async fn output_tokio(&self, cmd: &mut Command) -> io::Result<Output> {
-            let program = format!("{:?}", cmd.as_std().get_program());
+            let program = cmd.as_std().get_program().to_owned();
             let mut group = self.prepare(cmd.as_std_mut()).spawn_tokio(cmd)?;
+            let name = format!("{program:?} (leader pid {})", group.id());
             let deadline = self.timeout.map(|t| Instant::now() + t);
             let mut input = group
                 .stdin
@@ -719,7 +721,7 @@ mod async_output {
                 }
             });
             let _ = ::tokio::time::timeout(self.wait_delay, rest).await;
-            self.finish(program, &report?.status, timed_out, streams)
+            self.finish(name, &report?.status, timed_out, streams)
         }
     }
 

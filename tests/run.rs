@@ -190,6 +190,7 @@ fn a_timeout_tears_the_group_down_and_carries_the_partial_output() {
         Some(15)
     );
     let debug = format!("{err:?}");
+    assert!(debug.contains("pgroup: \"sh\" (leader pid "), "{debug}");
     assert!(
         debug.contains("did not exit within its timeout of 300ms; its group was torn down (leader: signal 15 (SIGTERM))"),
         "{debug}"
