@@ -14,8 +14,9 @@
 //! are read until every writer has closed them or for [`wait_delay`](Run::wait_delay) at
 //! most (Go's `Cmd.WaitDelay`), whichever comes first. Then the group is torn down (SIGTERM,
 //! the grace period, SIGKILL, the reap of the leader), which ends what the leader left
-//! behind, and what the pipes still hold is read (bounded by the same delay, for a process
-//! outside the group that holds them). A timeout tears the group down the same way, and the
+//! behind, and what the pipes still hold is read: until end of file, which comes at once now
+//! that every writer in the group is gone, or for [`CAPTURE_DRAIN_BOUND`] at most (a process
+//! that left the group may hold them). A timeout tears the group down the same way, and the
 //! error carries what was read.
 
 use std::fmt;
@@ -25,7 +26,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::group::time_left;
+use crate::group::{time_left, CAPTURE_DRAIN_BOUND};
 use crate::output::{write_tails, StatusText, Stream, PIPE_MAX, READ_CHUNK};
 use crate::{sys, Builder};
 
@@ -207,8 +208,9 @@ impl Run {
     }
 
     /// How long the pipes are read after the leader exited, at most: see
-    /// [`DEFAULT_WAIT_DELAY`]. Zero stops at the leader's exit (what it wrote before is
-    /// still read).
+    /// [`DEFAULT_WAIT_DELAY`]. Zero stops at the leader's exit. Either way, once the group is
+    /// torn down, what the pipes still hold is read (what the leader wrote before it exited
+    /// is never lost).
     ///
     /// # Examples
     ///
@@ -307,7 +309,7 @@ impl Run {
         let report = group.shutdown();
         // Every writer in the group is gone: the pipes reach end of file at once, unless a
         // process outside the group holds them.
-        let until = Instant::now().checked_add(self.wait_delay);
+        let until = Instant::now().checked_add(CAPTURE_DRAIN_BOUND);
         while pipes.iter().any(Option::is_some) {
             let Some(left) = time_left(until) else { break };
             let fds: Vec<BorrowedFd<'_>> = pipes.iter().flatten().map(AsFd::as_fd).collect();
@@ -610,7 +612,7 @@ mod async_output {
     use ::tokio::process::{ChildStdin, Command};
     use ::tokio::time::{sleep, sleep_until, Instant, Sleep};
 
-    use super::{Collected, Run};
+    use super::{Collected, Run, CAPTURE_DRAIN_BOUND};
     use crate::output::READ_CHUNK;
     use crate::tokio::LeaderStdin;
     use crate::Builder;
@@ -713,14 +715,16 @@ mod async_output {
             // Every writer in the group is gone: the pipes reach end of file at once, unless
             // a process outside the group holds them.
             let rest = poll_fn(|cx| {
-                read_pipes(cx, &mut pipes, &mut streams, &mut buf, usize::MAX);
+                if read_pipes(cx, &mut pipes, &mut streams, &mut buf, 16) {
+                    cx.waker().wake_by_ref();
+                }
                 if pipes.iter().all(Option::is_none) {
                     Poll::Ready(())
                 } else {
                     Poll::Pending
                 }
             });
-            let _ = ::tokio::time::timeout(self.wait_delay, rest).await;
+            let _ = ::tokio::time::timeout(CAPTURE_DRAIN_BOUND, rest).await;
             self.finish(name, &report?.status, timed_out, streams)
         }
     }

@@ -141,7 +141,8 @@ fn negative_control_std_output_hangs_while_a_grandchild_holds_the_pipes() {
 }
 
 /// The wait delay reads what the other processes still write after the leader exited, and
-/// ends as soon as they close the pipes; a delay of zero stops at the leader's exit.
+/// ends as soon as they close the pipes; a delay of zero stops at the leader's exit, and
+/// still reads what the leader wrote before it.
 #[test]
 fn the_wait_delay_reads_what_comes_in_time() {
     let marker = support::marker("run_delay");
@@ -286,6 +287,13 @@ mod tokio_run {
         eprintln!("{flavor}: returned in {took:?}");
         assert!(took < PROMPT, "{flavor}: took {took:?}");
         assert_eq!(output.stdout, b"started\n");
+        // A wait delay of zero still reads what the leader wrote before it exited.
+        let output = Run::new()
+            .wait_delay(Duration::ZERO)
+            .output_tokio(&mut sh(&marker, "(sleep 300; echo never) & echo early"))
+            .await
+            .expect("output");
+        assert_eq!(output.stdout, b"early\n");
 
         let err = Run::new()
             .timeout(Duration::from_millis(300))
