@@ -1421,11 +1421,11 @@ impl SpawnedGroup {
         }
     }
 
-    /// The leader's exit watch, for the async front end: `leader_pidfd()` is readable once
-    /// the leader has exited (level-triggered, in every tier); then
-    /// [`try_wait`](SpawnedGroup::try_wait) has the status (in the supervised tiers it waits
-    /// for the supervisor's report, which follows at once).
-    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    /// The leader's exit watch, for the waits that poll it with other descriptors
+    /// ([`Run`](crate::Run)): `leader_pidfd()` is readable once the leader has exited
+    /// (level-triggered, in every tier); then [`try_wait`](SpawnedGroup::try_wait) has the
+    /// status (in the supervised tiers it waits for the supervisor's report, which follows
+    /// at once).
     pub(crate) fn exit_watch(&self) -> &ExitWatch {
         &self.watch
     }

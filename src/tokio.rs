@@ -334,12 +334,13 @@ impl SpawnedGroup {
     /// Waits for the leader to exit and returns its status; the group stays pinned until
     /// teardown, and other members may still be running. The task sleeps until the
     /// runtime's reactor sees the leader's pidfd (or its supervisor's status pipe) become
-    /// readable. Cancel-safe: dropping the future changes nothing (but stdin, below).
+    /// readable.
     ///
     /// As tokio's `Child::wait`, it first closes the leader's [`stdin`](SpawnedGroup::stdin)
     /// if the group still holds it, so that a leader that reads its input to the end sees
     /// end of file; [`wait_timeout`](SpawnedGroup::wait_timeout) and
-    /// [`try_wait`](SpawnedGroup::try_wait) leave it open.
+    /// [`try_wait`](SpawnedGroup::try_wait) leave it open. Cancel-safe: dropping the future
+    /// changes nothing more.
     ///
     /// # Errors
     ///
