@@ -174,14 +174,14 @@ impl Tail {
         self.start - self.line_start
     }
 
-    /// The tail as text (lossily decoded as UTF-8), marked if bytes were dropped before it.
+    /// The tail as text (see [`decode`]), marked if bytes were dropped before it.
     fn text(&self) -> String {
-        marked(self.start, &self.bytes)
+        decode(self.start, &self.bytes).0.into_owned()
     }
 
     /// How many bytes of the stream [`Tail::text`] does not show.
     fn dropped(&self) -> u64 {
-        self.start + offset(room_for_marker(self.start, &self.bytes))
+        decode(self.start, &self.bytes).1
     }
 }
 
@@ -195,39 +195,38 @@ fn marker(cut: u64) -> String {
     format!("[… {cut} bytes cut]")
 }
 
-/// How many more of `bytes` (what is left of text whose first `cut` bytes were dropped) a
-/// marked copy leaves out: room for the marker, so that the whole is at most
-/// [`CAPTURE_LIMIT`] bytes, and the pieces of a character cut in two (so that the text does
-/// not begin with `�`).
-fn room_for_marker(cut: u64, bytes: &[u8]) -> usize {
-    if cut == 0 {
-        return 0;
-    }
+/// `bytes`, what is left of text whose first `cut` bytes were dropped, as text of at most
+/// [`CAPTURE_LIMIT`] bytes: lossily decoded as UTF-8, and with the marker in front when bytes
+/// are missing; and how many are (`cut`, and those left out here). Bytes are left out from
+/// the front to make room for the marker, or for the `�` that invalid bytes decode to (three
+/// bytes each), and so are the pieces of a character cut in two (so that the text does not
+/// begin with `�`). Text that is whole, valid and short enough is borrowed as it is.
+fn decode(cut: u64, bytes: &[u8]) -> (Cow<'_, str>, u64) {
     let mut skip = 0;
     loop {
-        let room = (marker(cut + offset(skip)).len() + bytes.len()).saturating_sub(CAPTURE_LIMIT);
-        let mut next = room.max(skip).min(bytes.len());
-        while bytes.get(next).is_some_and(|b| b & 0xC0 == 0x80) {
-            next += 1;
+        if cut + offset(skip) > 0 {
+            while bytes.get(skip).is_some_and(|b| b & 0xC0 == 0x80) {
+                skip += 1;
+            }
         }
-        if next == skip {
-            return skip;
+        let missing = cut + offset(skip);
+        let body = String::from_utf8_lossy(&bytes[skip..]);
+        let marker = if missing > 0 {
+            marker(missing)
+        } else {
+            String::new()
+        };
+        let excess = (marker.len() + body.len()).saturating_sub(CAPTURE_LIMIT);
+        if excess == 0 {
+            if missing == 0 {
+                return (body, 0);
+            }
+            let mut text = marker;
+            text.push_str(&body);
+            return (Cow::Owned(text), missing);
         }
-        skip = next;
+        skip = (skip + excess).min(bytes.len());
     }
-}
-
-/// `bytes`, what is left of text whose first `cut` bytes were dropped, as text: the marker
-/// first when `cut` is not 0, and at most [`CAPTURE_LIMIT`] bytes in all (before decoding).
-fn marked(cut: u64, bytes: &[u8]) -> String {
-    let skip = room_for_marker(cut, bytes);
-    let body = String::from_utf8_lossy(&bytes[skip..]);
-    if cut == 0 {
-        return body.into_owned();
-    }
-    let mut text = marker(cut + offset(skip));
-    text.push_str(&body);
-    text
 }
 
 /// Lines are searched for in blocks of this many bytes: each block is first asked whether
@@ -409,12 +408,8 @@ impl LineCursor {
         };
         self.at = begin + advance;
         self.next = self.copy_start + offset(self.at);
-        let line = &self.copy[begin..begin + len];
-        if begin == 0 && self.cut > 0 {
-            Some(Cow::Owned(marked(self.cut, line)))
-        } else {
-            Some(String::from_utf8_lossy(line))
-        }
+        let cut = if begin == 0 { self.cut } else { 0 };
+        Some(decode(cut, &self.copy[begin..begin + len]).0)
     }
 
     /// Hands the copy's lines to `predicate`: the line that matches, or why the wait is
@@ -1140,6 +1135,20 @@ mod tests {
         let text = capture.text(Stream::Stdout).expect("captured");
         assert!(text.starts_with("[… 20 bytes cut]éé"), "{}", &text[..30]);
         assert_eq!(capture.dropped(Stream::Stdout), 20);
+        // Invalid UTF-8 decodes to three bytes a byte: the text still fits the limit, and
+        // the marker counts what it leaves out.
+        let capture = captured_stdout();
+        push(&capture, &vec![0xFF; CAPTURE_LIMIT]);
+        let text = capture.text(Stream::Stdout).expect("captured");
+        assert!(text.len() <= CAPTURE_LIMIT, "{}", text.len());
+        let (cut, kept) = split_marker(&text);
+        assert_eq!(cut, capture.dropped(Stream::Stdout));
+        assert_eq!(cut + offset(kept.chars().count()), offset(CAPTURE_LIMIT));
+        capture.lock().stdout.ended = true;
+        let lines = lines_of(&capture, Stream::Stdout);
+        assert!(lines.len() == 1 && lines[0].len() <= CAPTURE_LIMIT);
+        // Whole, valid, short: as it is.
+        assert!(matches!(decode(0, b"ready"), (Cow::Borrowed("ready"), 0)));
     }
 
     /// A stream that never pauses (a new line arrives while each one is looked at) still
