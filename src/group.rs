@@ -6,7 +6,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -17,6 +17,7 @@ use nix::errno::Errno;
 use crate::guard::deliver_to_own_group;
 use crate::leader::{ExitWatch, Leader};
 use crate::output::{self, NotReady, NotReadyReason, Reader, Stream};
+use crate::stdin::LeaderStdin;
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 /// The grace period [`SpawnedGroup::spawn`] and [`Builder::new`] use: 2 seconds.
@@ -178,18 +179,24 @@ impl Builder {
         self
     }
 
-    /// Captures the leader's stdout and stderr: each is read into a bounded buffer (its last
-    /// [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes) by a thread of the group's, instead of
-    /// going to the test's terminal. Then:
+    /// Captures the leader's stdout and stderr: each is read into a tail of fixed size (its
+    /// last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, a cut marked `[… N bytes cut]`) by
+    /// a thread of the group's, instead of going to the test's terminal. The memory it holds
+    /// is the tails and one read buffer, whatever the child writes, and the thread keeps pace
+    /// with the pipes, so a child that floods its output is not slowed down. Then:
     ///
     /// - [`SpawnedGroup::wait_for_line`] waits for a line that matches (a server's ready
     ///   line, with its port);
     /// - [`SpawnedGroup::captured`] reads a tail at any time;
     /// - [`Teardown`] carries both tails (in `stdout` and `stderr`), complete once every
     ///   process holding the pipes is gone;
-    /// - when the group is dropped while its thread panics (a failed assertion), the tails
-    ///   are printed to stderr, where libtest and nextest show them with the failure;
+    /// - when the group is dropped while its thread panics (a failed assertion, in a sync
+    ///   or a `#[tokio::test]`), the tails are printed to stderr, where libtest and nextest
+    ///   show them with the failure;
     /// - readiness errors ([`NotReady`]) include them.
+    ///
+    /// To assert a CLI's complete output, use [`Builder::output`] or [`Run`](crate::Run)
+    /// instead: they read it all.
     ///
     /// The `Command`'s own stdout and stderr settings are replaced by pipes, so the
     /// `stdout` and `stderr` fields of the group stay `None`. A program that buffers its
@@ -323,7 +330,7 @@ impl Builder {
         };
         let mut group = SpawnedGroup {
             lifeline,
-            stdin: spawned.stdin,
+            stdin: spawned.stdin.map(LeaderStdin::new),
             stdout,
             stderr,
             capture: None,
@@ -395,8 +402,8 @@ impl Builder {
 /// # Readiness and captured output
 ///
 /// With [`Builder::capture_output`], a thread of the group reads the leader's stdout and
-/// stderr into bounded tails (the last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes of
-/// each): [`wait_for_line`](SpawnedGroup::wait_for_line) waits for a line that matches (a
+/// stderr into tails of fixed size (the last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes
+/// of each): [`wait_for_line`](SpawnedGroup::wait_for_line) waits for a line that matches (a
 /// server's ready line, with its port), [`captured`](SpawnedGroup::captured) reads a tail,
 /// [`Teardown`] carries both, and a drop during a panic prints them to stderr, so a failed
 /// test shows what its server said. [`wait_for_tcp`](SpawnedGroup::wait_for_tcp) waits for
@@ -461,9 +468,10 @@ impl Builder {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct SpawnedGroup {
-    /// The leader's stdin, if the `Command` piped it. Take it out to write to it; teardown
-    /// and [`wait`](SpawnedGroup::wait) close it if it is still here.
-    pub stdin: Option<ChildStdin>,
+    /// The leader's stdin, if the `Command` piped it. Write to it here, or take it out;
+    /// [`wait`](SpawnedGroup::wait) and teardown close it if it is still here, as std's
+    /// `Child::wait` closes the child's (see [`LeaderStdin`]).
+    pub stdin: Option<LeaderStdin>,
     /// The leader's stdout, if the `Command` piped it.
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
@@ -528,10 +536,16 @@ pub struct Teardown {
     /// The captured tail of the leader's stdout ([`Builder::capture_output`]; `None`
     /// without it): its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) bytes, read until
     /// every process holding the pipe was gone (or, if one that left the group still holds
-    /// it, for at most half a second after the reap).
+    /// it, for at most half a second after the reap). If the stream was longer, it begins
+    /// with `[… N bytes cut]`, `N` being `stdout_dropped`.
     pub stdout: Option<String>,
     /// The captured tail of the leader's stderr, as `stdout`.
     pub stderr: Option<String>,
+    /// How many bytes of the captured stdout are not in `stdout`: those written before its
+    /// tail (0 when it holds everything, and without [`Builder::capture_output`]).
+    pub stdout_dropped: u64,
+    /// How many bytes of the captured stderr are not in `stderr`, as `stdout_dropped`.
+    pub stderr_dropped: u64,
 }
 
 /// A process that had left the group and was killed by the supervisor at teardown: an entry
@@ -763,9 +777,12 @@ impl SpawnedGroup {
     /// Waits for the leader to exit and returns its status; the group stays pinned until
     /// teardown. Other members of the group may still be running when it returns.
     ///
-    /// Unlike std's `Child::wait`, it does not close the leader's stdin (a `&self` method
-    /// cannot take it out of `self.stdin`): for a leader that reads its input to the end,
-    /// drop `group.stdin.take()` first.
+    /// As std's `Child::wait`, it closes the leader's stdin first if the group still holds
+    /// it ([`stdin`](SpawnedGroup::stdin), a [`LeaderStdin`]), so that a leader that reads its
+    /// input to the end (`cat`, a CLI reading a request) sees end of file and does not wait
+    /// for more while this waits for it. A stdin taken out of the group is left alone.
+    /// [`try_wait`](SpawnedGroup::try_wait) and [`wait_timeout`](SpawnedGroup::wait_timeout)
+    /// do not close it.
     ///
     /// This wait has no bound, as std's; use [`wait_timeout`](SpawnedGroup::wait_timeout) for
     /// one. Any number of threads may wait at once; each wakes when the leader exits.
@@ -785,6 +802,9 @@ impl SpawnedGroup {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait(&self) -> io::Result<ExitStatus> {
+        if let Some(stdin) = &self.stdin {
+            stdin.close();
+        }
         loop {
             if let Some(status) = self.wait_until(None)? {
                 return Ok(status);
@@ -793,6 +813,10 @@ impl SpawnedGroup {
     }
 
     /// Waits up to `timeout` for the leader to exit. `Ok(None)` means it is still running.
+    ///
+    /// Unlike [`wait`](SpawnedGroup::wait), it leaves the leader's stdin open (a check that
+    /// a server is still alive must not close its input): for a leader that reads its input
+    /// to the end, drop `group.stdin.take()` first.
     ///
     /// # Errors
     ///
@@ -1098,7 +1122,7 @@ impl SpawnedGroup {
             .finish_complete(deadline)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.context)))?;
         tracing::debug!(name: "leader_reaped", pgid = self.pgid.as_raw(), "leader_reaped");
-        let (stdout, stderr) = self.finish_capture(deadline);
+        let (stdout, stderr, [stdout_dropped, stderr_dropped]) = self.finish_capture(deadline);
         let report = Teardown {
             status,
             exited_before_teardown: steps.exited_before_teardown,
@@ -1109,6 +1133,8 @@ impl SpawnedGroup {
             escapees,
             stdout,
             stderr,
+            stdout_dropped,
+            stderr_dropped,
         };
         tracing::debug!(
             name: "group_torn_down",
@@ -1173,19 +1199,8 @@ impl Drop for SpawnedGroup {
         if std::thread::panicking() {
             if let Some(reader) = &mut self.capture {
                 reader.finish(Instant::now() + CAPTURE_DRAIN_BOUND);
-                let mut report = format!("\n---- {}: captured output", self.context);
-                if let Some(status) = status {
-                    report.push_str(&format!(" (leader: {status})"));
-                }
-                report.push_str(" ----");
-                let capture = reader.capture();
-                let _ = output::write_tails(
-                    &mut report,
-                    capture.text(Stream::Stdout).as_deref(),
-                    capture.text(Stream::Stderr).as_deref(),
-                );
-                eprintln!("{report}");
             }
+            self.print_captured_output(status);
         }
     }
 }
@@ -1230,8 +1245,9 @@ fn session_conflict(what: &str) -> io::Error {
 
 impl SpawnedGroup {
     /// The captured tail of `stream` so far (its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT)
-    /// bytes, lossily decoded as UTF-8), or `None` without
-    /// [`Builder::capture_output`].
+    /// bytes, lossily decoded as UTF-8, beginning with `[… N bytes cut]` if the stream was
+    /// longer), or `None` without [`Builder::capture_output`]. It takes the capture's lock for
+    /// the copy of one tail: a child that floods its output does not hold it up.
     ///
     /// # Examples
     ///
@@ -1257,10 +1273,15 @@ impl SpawnedGroup {
     ///
     /// Every line still in the captured tail is looked at first, then each new one as it
     /// arrives, so a line printed before the call counts and two calls with the same
-    /// predicate return the same line. The wait is driven by the reader thread, which wakes
-    /// it for each new line: no polling. It ends early, with an error, when the leader
-    /// exits (after the lines it wrote before its exit were looked at) or the stream is
-    /// closed. The predicate runs on the calling thread, with no lock held.
+    /// predicate return the same line. A line ends at `\n`, `\r\n` or a lone `\r` (so a
+    /// progress bar's updates are lines of their own, and do not hide the line after them).
+    /// A line longer than the tail is handed over as its last bytes, behind the marker
+    /// `[… N bytes cut]` (at most [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT) in all); lines a
+    /// flood pushes out of the tail before the wait looks at them are not seen. The wait is
+    /// driven by the reader thread, which wakes it for each new chunk: no polling. It ends
+    /// early, with an error, when the leader exits (after the lines it wrote before its exit
+    /// were looked at) or the stream is closed, and at its timeout however fast the child
+    /// writes. The predicate runs on the calling thread, with no lock held.
     ///
     /// A program that buffers its output when it is not a terminal writes the line only
     /// when its buffer fills or it exits, which usually means never: run Python with `-u`,
@@ -1269,7 +1290,8 @@ impl SpawnedGroup {
     /// # Errors
     ///
     /// An [`io::Error`] whose payload is a [`NotReady`] (with the reason, the leader's exit
-    /// status and the captured tails, all in its message too), of kind `TimedOut` when
+    /// status and the captured tails, all in its message too, and in its `Debug`, which is
+    /// what `expect` and a test returning `Result` print), of kind `TimedOut` when
     /// `timeout` passed, `UnexpectedEof` when the leader exited or the stream was closed
     /// first, `InvalidInput` when the output is not captured. Or as
     /// [`try_wait`](SpawnedGroup::try_wait), for the exit status.
@@ -1313,8 +1335,11 @@ impl SpawnedGroup {
                     NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
                     NotReadyReason::LeaderExited => self.try_wait()?,
                     // An exiting leader closes its pipes a moment before the kernel reports
-                    // its exit: say which it was.
-                    _ => self.wait_timeout(CAPTURE_DRAIN_BOUND)?,
+                    // its exit: say which it was (within the timeout).
+                    _ => {
+                        let bound = Instant::now() + CAPTURE_DRAIN_BOUND;
+                        self.wait_until(Some(deadline.map_or(bound, |d| d.min(bound))))?
+                    }
                 };
                 if status.is_some() {
                     reason = NotReadyReason::LeaderExited;
@@ -1350,7 +1375,7 @@ impl SpawnedGroup {
     /// let server = pgroup::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 7"]))?;
     /// let err = server.wait_for_tcp("127.0.0.1:1", Duration::from_secs(10)).unwrap_err();
     /// assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-    /// assert!(err.to_string().contains("exit status: 7"), "{err}");
+    /// assert!(err.to_string().contains("the leader exited (exit status 7)"), "{err}");
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait_for_tcp(&self, addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<()> {
@@ -1386,11 +1411,11 @@ impl SpawnedGroup {
         }
     }
 
-    /// The leader's exit watch, for the async front end: `leader_pidfd()` is readable once
-    /// the leader has exited (level-triggered, in every tier); then
-    /// [`try_wait`](SpawnedGroup::try_wait) has the status (in the supervised tiers it waits
-    /// for the supervisor's report, which follows at once).
-    #[allow(dead_code)] // for the async front end (src/tokio.rs, issue 12)
+    /// The leader's exit watch, for the waits that poll it with other descriptors
+    /// ([`Run`](crate::Run)): `leader_pidfd()` is readable once the leader has exited
+    /// (level-triggered, in every tier); then [`try_wait`](SpawnedGroup::try_wait) has the
+    /// status (in the supervised tiers it waits for the supervisor's report, which follows
+    /// at once).
     pub(crate) fn exit_watch(&self) -> &ExitWatch {
         &self.watch
     }
@@ -1426,14 +1451,33 @@ impl SpawnedGroup {
     }
 
     /// Ends the capture (bounded by `deadline` and [`CAPTURE_DRAIN_BOUND`]) and returns the
-    /// tails.
-    fn finish_capture(&mut self, deadline: Instant) -> (Option<String>, Option<String>) {
+    /// tails, and how many bytes of each stream were dropped before them.
+    fn finish_capture(&mut self, deadline: Instant) -> (Option<String>, Option<String>, [u64; 2]) {
         let Some(reader) = &mut self.capture else {
-            return (None, None);
+            return (None, None, [0, 0]);
         };
         reader.finish(deadline.min(Instant::now() + CAPTURE_DRAIN_BOUND));
         let capture = reader.capture();
-        (capture.text(Stream::Stdout), capture.text(Stream::Stderr))
+        (
+            capture.text(Stream::Stdout),
+            capture.text(Stream::Stderr),
+            [
+                capture.dropped(Stream::Stdout),
+                capture.dropped(Stream::Stderr),
+            ],
+        )
+    }
+
+    /// Prints the captured tails to stderr, with `eprintln!` (which libtest captures and
+    /// shows with a failed test, as nextest does), for a Drop during a panic: see
+    /// [`Builder::capture_output`]. Nothing without capture.
+    pub(crate) fn print_captured_output(&self, status: Option<ExitStatus>) {
+        if let Some(reader) = &self.capture {
+            eprintln!(
+                "{}",
+                output::failure_report(&self.context, status, reader.capture())
+            );
+        }
     }
 }
 

@@ -66,9 +66,15 @@
 //!   init of a PID namespace.
 //! - [`Builder::capture_output`], [`SpawnedGroup::wait_for_line`],
 //!   [`SpawnedGroup::wait_for_tcp`], [`NotReady`], [`Stream`]: readiness and captured output
-//!   for test harnesses; the waits of a group take `&self`, so a shared (`Arc`, rstest
-//!   `#[once]`) group can be asked from every test. The README's recipes show
-//!   each in a test.
+//!   for test harnesses, in memory of fixed size; the waits of a group take `&self`, so a
+//!   shared (`Arc`, rstest `#[once]`) group can be asked from every test. The README's
+//!   recipes show each in a test.
+//! - [`Run`], [`Builder::output`], [`Incomplete`]: a CLI run to completion in a group of its
+//!   own, with its complete output (std's `Command::output`, with input, a timeout and a
+//!   limit), which returns when the leader exits even if a process it started holds the
+//!   pipes, and leaves nothing running.
+//! - [`LeaderStdin`]: the leader's stdin in the group, which [`SpawnedGroup::wait`] closes
+//!   as `Child::wait` does.
 //! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
 //!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
 //! - All unsafe code and raw syscalls live in one private module, `sys`, with the
@@ -167,7 +173,9 @@ mod output;
 mod pgid;
 #[cfg(feature = "tokio")]
 mod reaper;
-pub mod sys;
+mod run;
+mod stdin;
+mod sys;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
@@ -179,6 +187,8 @@ pub use guard::{
 };
 pub use output::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
+pub use run::{Incomplete, IncompleteReason, Run, DEFAULT_OUTPUT_LIMIT, DEFAULT_WAIT_DELAY};
+pub use stdin::LeaderStdin;
 
 /// The signals the crate sends: nix's [`Signal`], re-exported.
 ///

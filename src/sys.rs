@@ -46,8 +46,6 @@ pub(crate) use portable::{
     kick as exit_watch_kick, peek_exit, pidfd_open, pidfd_send_signal, Pidfd,
 };
 #[cfg(pgroup_supervised)]
-pub use spawn::times;
-#[cfg(pgroup_supervised)]
 pub(crate) use spawn::{forks as supervisor_forks, spawn as spawn_supervised};
 
 /// A handle on one process that becomes readable once it has exited: a pidfd on Linux, the
@@ -242,20 +240,6 @@ pub(crate) fn read_records(fd: BorrowedFd<'_>, mut each: impl FnMut(&[u8])) -> i
     }
 }
 
-/// Reads what is available from a non-blocking descriptor into `buf`. Returns whether it
-/// reached end of file, also when data came before it in the same call.
-pub(crate) fn read_available(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<bool> {
-    let mut chunk = [0_u8; 512];
-    loop {
-        match nix::unistd::read(fd, &mut chunk) {
-            Ok(0) => return Ok(true),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(Errno::EAGAIN) => return Ok(false),
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
 
 /// Makes `fd` non-blocking (`O_NONBLOCK`), keeping its other status flags.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
@@ -487,40 +471,5 @@ pub(crate) fn async_fd(fd: OwnedFd) -> io::Result<::tokio::io::unix::AsyncFd<Own
     unsafe {
         ::tokio::io::unix::AsyncFd::register_with_interest(fd, ::tokio::io::Interest::READABLE)
             .map_err(io::Error::from)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Data followed by end of file in one call (the supervisor's last messages, then its
-    /// exit) is reported as end of file: before, the caller learned of it one call later,
-    /// and `try_wait` answered "running" once in between.
-    #[test]
-    fn read_available_reports_end_of_file_after_data() {
-        let (read, write) = pipe().expect("pipe");
-        nix::fcntl::fcntl(
-            &read,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )
-        .expect("non-blocking");
-        let mut buf = Vec::new();
-        assert!(
-            !read_available(read.as_fd(), &mut buf).expect("read"),
-            "nothing yet"
-        );
-        nix::unistd::write(&write, b"S\x03\x00\x00\x00").expect("write");
-        assert!(
-            !read_available(read.as_fd(), &mut buf).expect("read"),
-            "writer open"
-        );
-        nix::unistd::write(&write, b"D\x00\x00\x00\x00").expect("write");
-        drop(write);
-        assert!(
-            read_available(read.as_fd(), &mut buf).expect("read"),
-            "end of file"
-        );
-        assert_eq!(buf.len(), 10);
     }
 }

@@ -70,7 +70,8 @@ use ::tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use ::tokio::sync::oneshot;
 
 use crate::group::CAPTURE_DRAIN_BOUND;
-use crate::output::{self, Next, NotReadyReason, Stream};
+use crate::output::{self, LineCursor, NotReadyReason, Stream};
+pub use crate::stdin::async_stdin::LeaderStdin;
 use crate::{reaper, sys, Builder, Delivery, Pgid, Signal, Teardown};
 
 impl Builder {
@@ -127,10 +128,12 @@ impl Builder {
 ///
 /// - [`wait`](SpawnedGroup::wait) and [`wait_timeout`](SpawnedGroup::wait_timeout) are
 ///   futures, woken by the runtime's reactor when the leader exits (its pidfd, registered
-///   with [`AsyncFd`]); several tasks may wait at once (`Arc<SpawnedGroup>`). They take `&self` and do not close `stdin`: take it out and drop it
-///   for a leader that reads its input to the end.
+///   with [`AsyncFd`]); several tasks may wait at once (`Arc<SpawnedGroup>`). They take
+///   `&self`; `wait` closes the `stdin` the group still holds, as tokio's `Child::wait`
+///   does.
 /// - [`stdin`](SpawnedGroup::stdin), [`stdout`](SpawnedGroup::stdout) and
-///   [`stderr`](SpawnedGroup::stderr) hold tokio's pipe types.
+///   [`stderr`](SpawnedGroup::stderr) hold tokio's pipe types (stdin in a [`LeaderStdin`],
+///   which `wait` can close).
 /// - [`shutdown`](SpawnedGroup::shutdown) and Drop hand the teardown to the crate's
 ///   background thread: Drop returns at once, and the runtime is never blocked by a grace
 ///   period. The group is still torn down in full (SIGTERM, grace period, SIGKILL, reap),
@@ -149,8 +152,9 @@ impl Builder {
 /// # }
 /// ```
 pub struct SpawnedGroup {
-    /// The leader's stdin, if the `Command` piped it.
-    pub stdin: Option<ChildStdin>,
+    /// The leader's stdin, if the `Command` piped it; [`wait`](SpawnedGroup::wait) and
+    /// teardown close it if it is still here.
+    pub stdin: Option<LeaderStdin>,
     /// The leader's stdout, if the `Command` piped it.
     pub stdout: Option<ChildStdout>,
     /// The leader's stderr, if the `Command` piped it.
@@ -207,7 +211,11 @@ impl SpawnedGroup {
                 .collect::<io::Result<Vec<_>>>()?;
             Ok::<_, io::Error>((
                 exit,
-                stdin.map(ChildStdin::from_std).transpose()?,
+                stdin
+                    .and_then(crate::LeaderStdin::into_inner)
+                    .map(ChildStdin::from_std)
+                    .transpose()?
+                    .map(LeaderStdin::new),
                 stdout.map(ChildStdout::from_std).transpose()?,
                 stderr.map(ChildStderr::from_std).transpose()?,
             ))
@@ -326,10 +334,13 @@ impl SpawnedGroup {
     /// Waits for the leader to exit and returns its status; the group stays pinned until
     /// teardown, and other members may still be running. The task sleeps until the
     /// runtime's reactor sees the leader's pidfd (or its supervisor's status pipe) become
-    /// readable. Cancel-safe: dropping the future changes nothing.
+    /// readable.
     ///
-    /// Unlike the sync `wait`, it does not close [`stdin`](SpawnedGroup::stdin) (it takes
-    /// `&self`): drop it first for a leader that reads its input to the end.
+    /// As tokio's `Child::wait`, it first closes the leader's [`stdin`](SpawnedGroup::stdin)
+    /// if the group still holds it, so that a leader that reads its input to the end sees
+    /// end of file; [`wait_timeout`](SpawnedGroup::wait_timeout) and
+    /// [`try_wait`](SpawnedGroup::try_wait) leave it open. Cancel-safe: dropping the future
+    /// changes nothing more.
     ///
     /// # Errors
     ///
@@ -349,6 +360,14 @@ impl SpawnedGroup {
     /// # }
     /// ```
     pub async fn wait(&self) -> io::Result<ExitStatus> {
+        if let Some(stdin) = &self.stdin {
+            stdin.close();
+        }
+        self.wait_exit().await
+    }
+
+    /// The wait for the leader's exit, which leaves stdin alone.
+    pub(crate) async fn wait_exit(&self) -> io::Result<ExitStatus> {
         loop {
             if let Some(status) = self.try_wait()? {
                 return Ok(status);
@@ -380,6 +399,7 @@ impl SpawnedGroup {
     }
 
     /// Waits up to `timeout` for the leader to exit. `Ok(None)` means it is still running.
+    /// Unlike [`wait`](SpawnedGroup::wait), it leaves the leader's stdin open.
     ///
     /// # Errors
     ///
@@ -402,7 +422,7 @@ impl SpawnedGroup {
     /// # }
     /// ```
     pub async fn wait_timeout(&self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
-        match ::tokio::time::timeout(timeout, self.wait()).await {
+        match ::tokio::time::timeout(timeout, self.wait_exit()).await {
             Ok(status) => status.map(Some),
             Err(_elapsed) => Ok(None),
         }
@@ -535,33 +555,12 @@ impl SpawnedGroup {
             return Err(group.not_ready(awaited, NotReadyReason::NotCaptured, None));
         };
         let deadline = ::tokio::time::Instant::now() + timeout;
-        let mut cursor = 0;
-        let search = async {
-            loop {
-                let next =
-                    poll_fn(
-                        |cx| match capture.next_lines(stream, &mut cursor, Some(cx.waker())) {
-                            Next::Pending => Poll::Pending,
-                            next => Poll::Ready(next),
-                        },
-                    )
-                    .await;
-                match next {
-                    Next::Lines(lines) => {
-                        if let Some(line) = lines.into_iter().find(|line| predicate(line)) {
-                            return Ok(line);
-                        }
-                        // A stream that never pauses must not outlast the timeout (the
-                        // timer is only looked at when this future yields).
-                        if ::tokio::time::Instant::now() >= deadline {
-                            return Err(None);
-                        }
-                    }
-                    Next::Ended(ended) => return Err(Some(ended)),
-                    Next::Pending => {}
-                }
-            }
-        };
+        let passed = || ::tokio::time::Instant::now() >= deadline;
+        let mut cursor = LineCursor::new(stream);
+        // `poll_line` yields between two looks, so the timer runs, and it looks at the
+        // deadline itself too: a stream that never pauses cannot outlast the timeout.
+        let search =
+            poll_fn(|cx| capture.poll_line(&mut cursor, cx.waker(), &mut predicate, &passed));
         let ended = match ::tokio::time::timeout_at(deadline, search).await {
             Ok(Ok(line)) => return Ok(line),
             Ok(Err(ended)) => ended,
@@ -572,8 +571,11 @@ impl SpawnedGroup {
             NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
             NotReadyReason::LeaderExited => self.try_wait()?,
             // An exiting leader closes its pipes a moment before the kernel reports its
-            // exit: say which it was.
-            _ => self.wait_timeout(CAPTURE_DRAIN_BOUND).await?,
+            // exit: say which it was (within the timeout).
+            _ => {
+                let left = deadline.saturating_duration_since(::tokio::time::Instant::now());
+                self.wait_timeout(CAPTURE_DRAIN_BOUND.min(left)).await?
+            }
         };
         if status.is_some() {
             reason = NotReadyReason::LeaderExited;
@@ -609,7 +611,7 @@ impl SpawnedGroup {
     /// let server = pgroup::tokio::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 7"]))?;
     /// let err = server.wait_for_tcp("127.0.0.1:1", Duration::from_secs(10)).await.unwrap_err();
     /// assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-    /// assert!(err.to_string().contains("exit status: 7"), "{err}");
+    /// assert!(err.to_string().contains("the leader exited (exit status 7)"), "{err}");
     /// # Ok(())
     /// # }
     /// ```
@@ -673,8 +675,20 @@ impl Drop for SpawnedGroup {
     /// Hands the teardown to the crate's background thread and returns at once: it does not
     /// block the runtime, and does not panic. Errors go to a WARN tracing event named
     /// `group_teardown_failed`, as the sync type's do.
+    ///
+    /// With [`Builder::capture_output`], a drop while the thread panics (a failed assertion
+    /// in a `#[tokio::test]`) first prints the captured tails to stderr, on that thread,
+    /// where libtest and nextest show them with the failure: what the group wrote up to the
+    /// drop (its last words on SIGTERM come after, and are not shown).
     fn drop(&mut self) {
         drop(self.stdin.take());
+        if std::thread::panicking() {
+            // Here, on the thread that fails, where libtest captures it: the background
+            // thread is not panicking. What the leader wrote so far, before teardown.
+            if let Some(group) = &self.group {
+                group.print_captured_output(group.try_wait().ok().flatten());
+            }
+        }
         if let Some(group) = self.group.take() {
             let pgid = self.pgid;
             reaper::hand_over(

@@ -173,7 +173,7 @@ fn a_server_that_exits_before_it_is_ready_gives_its_status_and_output(
     let stderr = why.stderr.as_deref().expect("captured");
     assert!(stderr.contains("Address already in use"), "{stderr}");
     let message = err.to_string();
-    assert!(message.contains("exit status: 1"), "{message}");
+    assert!(message.contains("exit status 1"), "{message}");
     assert!(message.contains("Address already in use"), "{message}");
     assert!(message.contains("python3"), "{message}");
     drop(server);
@@ -190,7 +190,8 @@ fn free_port() -> u16 {
 }
 
 /// A CLI's whole output, when it is less than the capture limit, and the last 64 KiB of a
-/// longer one, in the teardown report.
+/// longer one, in the teardown report: marked where it begins, with the count of the bytes
+/// it does not show (as `stdout_dropped` says).
 #[test]
 fn a_cli_s_output_is_in_the_teardown_report() {
     let marker = support::marker("cli_output");
@@ -208,11 +209,25 @@ fn a_cli_s_output_is_in_the_teardown_report() {
     assert!(stdout.len() <= pgroup::CAPTURE_LIMIT, "{}", stdout.len());
     assert!(stdout.len() > pgroup::CAPTURE_LIMIT - 8, "{}", stdout.len());
     assert!(stdout.ends_with("99999\n100000\n"));
+    let (first, rest) = stdout.split_once('\n').expect("lines");
+    let cut = first
+        .strip_prefix("[… ")
+        .and_then(|f| f.split_once(" bytes cut]"))
+        .and_then(|(n, _)| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("marked: {first}"));
+    assert_eq!(cut, report.stdout_dropped);
+    let written: usize = (1..=100_000).map(|n: u32| n.to_string().len() + 1).sum();
+    let shown = stdout.len() - first.find(']').expect("the marker") - 1;
+    assert_eq!(
+        cut + u64::try_from(shown).expect("fits"),
+        u64::try_from(written).expect("fits")
+    );
     assert!(
-        stdout.lines().all(|l| l.parse::<u32>().is_ok()),
-        "whole lines"
+        rest.lines().all(|l| l.parse::<u32>().is_ok()),
+        "whole lines after the first"
     );
     assert_eq!(report.stderr.as_deref(), Some("done\n"));
+    assert_eq!(report.stderr_dropped, 0);
     support::assert_no_leaks(&marker);
 }
 

@@ -430,7 +430,7 @@ async fn readiness_waits_are_async(flavor: &str) {
     assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
     let text = err.to_string();
     assert!(
-        text.contains("exit status: 3") && text.contains("bye"),
+        text.contains("exit status 3") && text.contains("bye"),
         "{text}"
     );
     let err = quitter
@@ -438,7 +438,7 @@ async fn readiness_waits_are_async(flavor: &str) {
         .await
         .expect_err("the leader has exited");
     assert_eq!(err.kind(), ErrorKind::UnexpectedEof, "{err}");
-    assert!(err.to_string().contains("exit status: 3"), "{err}");
+    assert!(err.to_string().contains("exit status 3"), "{err}");
     quitter.shutdown().await.expect("shutdown");
 
     let uncaptured =

@@ -521,7 +521,6 @@ unsafe fn clone_spawner(stack: &mut Stack, flags: c_int, ctx: &mut Context<'_>) 
 
 /// The supervisor program's path: see the module documentation.
 fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Result<Started> {
-    let tstart = std::time::Instant::now();
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -539,7 +538,6 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
             user: (uid != 0).then_some((uid, gid)),
         }
     });
-    let t0 = std::time::Instant::now();
     let mut stack = Stack::take()?;
     let mut ctx = Context {
         cmd,
@@ -579,7 +577,6 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
     // thread is suspended until the spawner has exec'd or exited, and the spawner reads
     // `ctx` and the `Command` only (see the module documentation).
     let cloned = unsafe { clone_spawner(&mut stack, flags, &mut ctx) };
-    let t1 = std::time::Instant::now();
     raw::set_sigmask(old);
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
@@ -622,9 +619,6 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
         u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
     };
     super::set_nonblocking(ours.as_fd())?;
-    if std::env::var_os("PGROUP_TIMING").is_some() {
-        TIMES.lock().unwrap().push((t1 - t0, tstart.elapsed()));
-    }
     Ok(Started {
         supervisor,
         leader,
@@ -1230,7 +1224,7 @@ fn hook(plan: Plan) -> io::Result<()> {
             return forked_leader(plan, inherited);
         }
         if leader < 0 {
-            let errno = mount_failed.unwrap_or_else(|| nix::errno::Errno::last_raw());
+            let errno = mount_failed.unwrap_or_else(nix::errno::Errno::last_raw);
             setup_failed(plan.channel, Step::MountProc, errno);
             raw::exit_group(1);
         }
@@ -1355,8 +1349,3 @@ fn mount_proc() -> Result<(), i32> {
     }
 }
 
-pub(crate) static TIMES: Mutex<Vec<(Duration, Duration)>> = Mutex::new(Vec::new());
-/// Temporary.
-pub fn times() -> Vec<(Duration, Duration)> {
-    TIMES.lock().unwrap().clone()
-}
