@@ -240,7 +240,6 @@ pub(crate) fn read_records(fd: BorrowedFd<'_>, mut each: impl FnMut(&[u8])) -> i
     }
 }
 
-
 /// Makes `fd` non-blocking (`O_NONBLOCK`), keeping its other status flags.
 pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
     let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;

@@ -1348,4 +1348,3 @@ fn mount_proc() -> Result<(), i32> {
         Err(nix::errno::Errno::last_raw())
     }
 }
-
