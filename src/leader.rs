@@ -426,12 +426,14 @@ impl ExitWatch {
     }
 
     /// The descriptors to poll for the leader's exit. Once a supervisor has been told to
-    /// finish (teardown), its exit alone: it reports the leader's status, reaps it and
-    /// exits, so that one wake-up brings everything.
+    /// finish (teardown), its exit and its socket: it reports the leader's status, reaps it
+    /// and exits, so that one wake-up usually brings everything, and its records are read
+    /// while it sends them.
     pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        if let Some((exit, _)) = &self.supervisor {
+        if let Some((exit, channel)) = &self.supervisor {
             if let Some(exit) = exit.get() {
-                return vec![exit.as_fd()];
+                // Its records too (one per escapee): it waits for room to send them.
+                return vec![exit.as_fd(), channel.as_fd()];
             }
         }
         vec![self.leader.as_fd()]

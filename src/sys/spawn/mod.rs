@@ -1,0 +1,495 @@
+//! How a supervised group starts (Linux): a leader spawned by std exactly as in the `Group`
+//! tier, as the child of a supervisor process that shares nothing with the test binary.
+//!
+//! # The spawner
+//!
+//! The calling thread blocks every signal and creates the *spawner* with
+//! `clone(CLONE_VM | CLONE_VFORK)`, the way `posix_spawn` creates its child: a process that
+//! runs on a stack of its own in the test binary's memory while the calling thread is
+//! suspended by the kernel, until the spawner execs or exits. Debuggers, valgrind and
+//! seccomp profiles know this shape (it is `vfork`). In place of the suspended thread (its
+//! thread-local storage, its `errno`), the spawner:
+//!
+//! 1. leaves the test binary's process group (a SIGKILL to that group, as nextest sends at
+//!    its timeout, must not take the supervisor), becomes a child subreaper (or, for
+//!    `Namespace`, is init of a new PID namespace, with a `/proc` of its own), sets SIGCHLD
+//!    to its default action (ignored, the kernel would reap the leader at once), and sets
+//!    the handlers of the test binary to their default actions (`CLONE_CLEAR_SIGHAND`, or
+//!    one by one where `clone3` is refused);
+
+mod forked;
+mod namespace;
+mod program;
+mod report;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
+use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use nix::libc::{self, c_int, c_void};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use super::supervisor::protocol::{ARGV0, TAG_SPAWNED};
+use super::supervisor::raw;
+use super::supervisor::run::{self, write_decimal};
+use super::Started;
+use forked::spawn_forked;
+use namespace::Ids;
+use program::{program, program_switch, self_pidfd, Environment, Stack, GUARD_LEN, STACK_LEN};
+use report::{abandon, outer_pid, read_report, send_spawn_error, setup_failed, Step};
+
+/// The signal the spawner asks for when the calling thread dies (`PR_SET_PDEATHSIG`).
+/// glibc's and musl's `sigprocmask` refuse to block it (it is their internal `SIGSETXID`),
+/// so that the calling thread's mask, which std passes on to the leader, is left exactly as
+/// it is; where it is blocked anyway, the spawner asks for SIGKILL instead (then a leader
+/// spawned in the moment the test binary dies is not killed with it).
+const PARENT_DEATH_SIGNAL: c_int = 33;
+
+/// Spawns `cmd` (already given `process_group(0)`, or a new session) as the leader of a
+/// supervised group; `namespace` makes the supervisor init of a new PID namespace.
+pub(crate) fn spawn(cmd: &mut Command, namespace: bool, new_session: bool) -> io::Result<Started> {
+    let forced_fork = !program_switch()?;
+    match program() {
+        Ok(image) if !forced_fork => spawn_exec(cmd, image, namespace),
+        _ => spawn_forked(cmd, namespace, new_session),
+    }
+}
+
+/// Whether the forked supervisor is in use: the supervisor program is not available here,
+/// or turned off.
+pub(crate) fn forks() -> bool {
+    !matches!(program_switch(), Ok(true)) || program().is_err()
+}
+
+/// What the spawner is given. It only reads this (under valgrind it has a copy).
+struct Context<'a> {
+    cmd: &'a mut Command,
+    /// The spawner's end of the socket.
+    channel: RawFd,
+    /// The pidfd on the test binary.
+    parent: RawFd,
+    /// The test binary's pid, to see that it is still the spawner's parent.
+    parent_pid: i32,
+    program: RawFd,
+    envp: *const *const u8,
+    /// The calling thread's signal mask, which std passes on to the leader.
+    mask: libc::sigset_t,
+    /// Whether the handlers of the test binary are still to be reset (no `clone3`).
+    reset_handlers: bool,
+    /// The parent-death signal: [`PARENT_DEATH_SIGNAL`], or SIGKILL where the calling
+    /// thread blocks it.
+    death_signal: c_int,
+    namespace: Option<Ids>,
+}
+
+/// `clone3`'s arguments (Linux 5.3; `CLONE_CLEAR_SIGHAND` 5.5).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+}
+
+const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
+
+// `pgroup_clone3(args, size, f, arg)`: `clone3`, after which the child calls `f(arg)` on its
+// new stack (it never returns); the parent gets the child's pid or `-errno`.
+#[cfg(target_arch = "x86_64")]
+std::arch::global_asm!(
+    ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
+    ".globl pgroup_clone3",
+    ".hidden pgroup_clone3",
+    ".type pgroup_clone3,@function",
+    "pgroup_clone3:",
+    "mov r8, rdx",
+    "mov r9, rcx",
+    "mov eax, 435",
+    "syscall",
+    "test rax, rax",
+    "jnz 2f",
+    "xor ebp, ebp",
+    "mov rdi, r9",
+    "call r8",
+    "ud2",
+    "2:",
+    "ret",
+    ".size pgroup_clone3, . - pgroup_clone3",
+    ".popsection",
+);
+
+#[cfg(target_arch = "aarch64")]
+std::arch::global_asm!(
+    ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
+    ".globl pgroup_clone3",
+    ".hidden pgroup_clone3",
+    ".type pgroup_clone3,@function",
+    "pgroup_clone3:",
+    "mov x8, #435",
+    "svc #0",
+    "cbnz x0, 2f",
+    "mov x29, xzr",
+    "mov x30, xzr",
+    "mov x0, x3",
+    "blr x2",
+    "brk #0",
+    "2:",
+    "ret",
+    ".size pgroup_clone3, . - pgroup_clone3",
+    ".popsection",
+);
+
+extern "C" {
+    fn pgroup_clone3(
+        args: *mut CloneArgs,
+        size: usize,
+        f: extern "C" fn(*mut c_void) -> c_int,
+        arg: *mut c_void,
+    ) -> isize;
+}
+
+/// Whether `clone3` with `CLONE_CLEAR_SIGHAND` works here: unknown, yes, no (seccomp
+/// profiles that answer `ENOSYS`, as Docker's does, valgrind, kernels before 5.5).
+static CLONE3: AtomicU8 = AtomicU8::new(0);
+
+/// Creates the spawner on `stack` with `flags` (`CLONE_VM | CLONE_VFORK` and namespace
+/// flags), running [`spawner_main`] with `ctx`; returns its pid. Where `clone3` cannot reset
+/// the spawner's signal handlers, `ctx.reset_handlers` tells the spawner to.
+///
+/// # Safety
+///
+/// `ctx` must stay valid until the spawner has exec'd or exited.
+unsafe fn clone_spawner(stack: &mut Stack, flags: c_int, ctx: &mut Context<'_>) -> io::Result<i32> {
+    let f: extern "C" fn(*mut c_void) -> c_int = spawner_main;
+    if CLONE3.load(Ordering::Relaxed) != 2 {
+        ctx.reset_handlers = false;
+        let arg: *mut c_void = ptr::from_mut(ctx).cast();
+        let mut args = CloneArgs {
+            flags: u64::from(flags.unsigned_abs()) | CLONE_CLEAR_SIGHAND,
+            exit_signal: u64::from(libc::SIGCHLD.unsigned_abs()),
+            stack: stack.base as u64 + GUARD_LEN as u64,
+            stack_size: STACK_LEN as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `args` is a valid `clone_args` of the size given; the stack is ours and
+        // unused, and the caller vouches for `ctx`.
+        let ret = unsafe { pgroup_clone3(&mut args, std::mem::size_of::<CloneArgs>(), f, arg) };
+        if ret > 0 {
+            CLONE3.store(1, Ordering::Relaxed);
+            return Ok(i32::try_from(ret).unwrap_or(-1));
+        }
+        let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
+        if errno != libc::ENOSYS && errno != libc::EINVAL && errno != libc::EPERM {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        if errno != libc::EPERM {
+            CLONE3.store(2, Ordering::Relaxed);
+        }
+    }
+    ctx.reset_handlers = true;
+    let arg: *mut c_void = ptr::from_mut(ctx).cast();
+    // SAFETY: as above, with glibc's clone, which switches to the stack and calls `f`.
+    let pid = unsafe { libc::clone(f, stack.top(), flags | libc::SIGCHLD, arg) };
+    if pid <= 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// The supervisor program's path: see the module documentation.
+fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Result<Started> {
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    let ours = super::above_stdio(ours)?;
+    let theirs = super::above_stdio(theirs)?;
+    let parent = self_pidfd()?;
+    let environment = Environment::capture();
+    let ids = namespace.then(Ids::of_caller);
+    let mut stack = Stack::take()?;
+    let mut ctx = Context {
+        cmd,
+        channel: theirs.as_raw_fd(),
+        parent,
+        parent_pid: super::getpid(),
+        program: program.as_raw_fd(),
+        envp: environment.pointers.as_ptr(),
+        // SAFETY: sigset_t is plain data; filled in below, before the spawner runs.
+        mask: unsafe { std::mem::zeroed() },
+        reset_handlers: false,
+        death_signal: PARENT_DEATH_SIGNAL,
+        namespace: ids,
+    };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | ids.map_or(0, Ids::clone_flags);
+    // Every signal blocked in this thread while the spawner starts (it inherits the mask):
+    // no handler of the test binary may run in the spawner before it has reset them. Also
+    // the two signals glibc keeps for itself. Restored at once: with CLONE_VFORK the
+    // kernel holds this thread until the spawner has exec'd or exited.
+    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask fill and apply it.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut ctx.mask);
+        if libc::sigismember(&ctx.mask, PARENT_DEATH_SIGNAL) == 1 {
+            ctx.death_signal = libc::SIGKILL;
+        }
+    }
+    let old = raw::set_sigmask(u64::MAX);
+    // SAFETY: `spawner_main` runs on its own stack with `ctx`, which outlives it: this
+    // thread is suspended until the spawner has exec'd or exited, and the spawner reads
+    // `ctx` and the `Command` only (see the module documentation).
+    let cloned = unsafe { clone_spawner(&mut stack, flags, &mut ctx) };
+    raw::set_sigmask(old);
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
+    stack.release();
+    drop(theirs);
+    drop(environment);
+    let pid = cloned.map_err(|e| {
+        if namespace
+            && matches!(
+                e.raw_os_error(),
+                Some(libc::EPERM | libc::EINVAL | libc::ENOSPC)
+            )
+        {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the PID namespace (clone: {e}): it needs root or \
+                     unprivileged user namespaces, which this system or its seccomp profile \
+                     forbids; Containment::Supervised needs neither"
+                ),
+            )
+        } else {
+            io::Error::new(
+                e.kind(),
+                format!("cannot start the supervisor (clone: {e})"),
+            )
+        }
+    })?;
+    let supervisor = u32::try_from(pid).map_err(|_| io::Error::other("negative pid"))?;
+    let report = match read_report(&ours, pid) {
+        Ok(report) => report,
+        Err(e) => {
+            abandon(&ours, supervisor);
+            return Err(e);
+        }
+    };
+    let leader = if namespace {
+        outer_pid(&report.pidfd)?
+    } else {
+        u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
+    };
+    super::set_nonblocking(ours.as_fd())?;
+    Ok(Started {
+        supervisor,
+        leader,
+        leader_pidfd: report.pidfd,
+        channel: ours,
+        namespace_init: namespace.then_some(supervisor),
+        stdin: report.stdin.map(ChildStdin::from),
+        stdout: report.stdout.map(ChildStdout::from),
+        stderr: report.stderr.map(ChildStderr::from),
+    })
+}
+
+/// The spawner (see the module documentation). Never returns.
+extern "C" fn spawner_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Context` that `spawn_exec` passed, alive and untouched by the
+    // suspended calling thread until this process execs or exits.
+    let ctx = unsafe { &mut *arg.cast::<Context<'_>>() };
+    let channel = ctx.channel;
+    if let Err((step, errno)) = prepare(ctx) {
+        setup_failed(channel, step, errno);
+        raw::exit_group(1);
+    }
+    // std passes the signal mask on to the leader: the calling thread's, as in `Group`. The
+    // parent-death signal stays deliverable (its handler is this process's own).
+    // SAFETY: sets this process's own mask from the sigset_t the caller saved.
+    let spawned = unsafe {
+        let mut mask = ctx.mask;
+        libc::sigdelset(&mut mask, PARENT_DEATH_SIGNAL);
+        libc::sigprocmask(libc::SIG_SETMASK, &mask, ptr::null_mut());
+        let spawned = ctx.cmd.spawn();
+        raw::set_sigmask(u64::MAX);
+        spawned
+    };
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            send_spawn_error(channel, &e);
+            raw::exit_group(1);
+        }
+    };
+    let leader = i32::try_from(child.id()).unwrap_or(0);
+    let stdio = [
+        child.stdin.take().map(IntoRawFd::into_raw_fd),
+        child.stdout.take().map(IntoRawFd::into_raw_fd),
+        child.stderr.take().map(IntoRawFd::into_raw_fd),
+    ];
+    // The `Child` owns nothing else (no pidfd was asked for); it is never waited on here.
+    std::mem::forget(child);
+    let abandon = |step: Step, errno: i32| -> ! {
+        // Our own unreaped child: its pid is ours to kill.
+        let _ = raw::kill(leader, raw::SIGKILL);
+        let mut status = 0;
+        let _ = raw::waitpid(leader, &mut status, raw::WALL);
+        setup_failed(channel, step, errno);
+        raw::exit_group(1)
+    };
+    let pidfd = match raw::pidfd_open(leader) {
+        Ok(fd) => fd,
+        Err(errno) => abandon(Step::Pidfd, errno),
+    };
+    let mut fds = [pidfd, -1, -1, -1];
+    let mut count = 1;
+    let mut mask = 0_u8;
+    for (bit, fd) in stdio.iter().enumerate() {
+        if let Some(fd) = fd {
+            fds[count] = *fd;
+            count += 1;
+            mask |= 1 << bit;
+        }
+    }
+    let l = leader.to_le_bytes();
+    let record = [TAG_SPAWNED, l[0], l[1], l[2], l[3], mask];
+    if let Err(errno) = raw::send_with_fds(channel, &record, &fds[..count]) {
+        abandon(Step::Report, errno);
+    }
+    if parent_died(ctx) {
+        abandon(Step::ParentDied, raw::ESRCH);
+    }
+    for fd in [channel, ctx.parent] {
+        if let Err(errno) = raw::keep_on_exec(fd) {
+            abandon(Step::Exec, errno);
+        }
+    }
+    // `leader=<pid> channel=<fd> parent=<fd>`, on the stack.
+    let mut leader_arg = [0_u8; 24];
+    let mut channel_arg = [0_u8; 24];
+    let mut parent_arg = [0_u8; 24];
+    let leader_arg = numbered(&mut leader_arg, b"leader=", leader);
+    let channel_arg = numbered(&mut channel_arg, b"channel=", channel);
+    let parent_arg = numbered(&mut parent_arg, b"parent=", ctx.parent);
+    let argv: [*const u8; 5] = [
+        ARGV0.as_ptr(),
+        leader_arg,
+        channel_arg,
+        parent_arg,
+        ptr::null(),
+    ];
+    // SAFETY: `argv` is a null-terminated array of NUL-terminated strings on this stack;
+    // `envp` is the caller's, alive until this process has exec'd.
+    let errno = unsafe { raw::execveat_fd(ctx.program, argv.as_ptr(), ctx.envp) };
+    abandon(Step::Exec, errno)
+}
+
+/// Writes `prefix` and `value` in decimal, NUL-terminated, into `buf`; returns its start.
+fn numbered(buf: &mut [u8; 24], prefix: &[u8], value: i32) -> *const u8 {
+    let len = prefix.len().min(12);
+    buf[..len].copy_from_slice(&prefix[..len]);
+    let digits = write_decimal(&mut buf[len..23], u64::try_from(value).unwrap_or(0));
+    buf[len + digits] = 0;
+    buf.as_ptr()
+}
+
+/// Whether the test binary died since the spawner was made: it is no longer our parent, or
+/// (in a new PID namespace, where the parent is out of sight) its pidfd says it exited.
+fn parent_died(ctx: &Context<'_>) -> bool {
+    if ctx.namespace.is_none() {
+        return raw::getppid() != ctx.parent_pid;
+    }
+    let mut fds = [raw::PollFd::new(ctx.parent, raw::POLLIN)];
+    raw::poll(&mut fds, 0).is_ok_and(|n| n > 0)
+}
+
+/// The spawner's set-up before std's spawn (see the module documentation).
+fn prepare(ctx: &Context<'_>) -> Result<(), (Step, i32)> {
+    let errno = || nix::errno::Errno::last_raw();
+    raw::setpgid(0, 0).map_err(|e| (Step::ProcessGroup, e))?;
+    if ctx.namespace.is_none() {
+        raw::prctl(raw::PR_SET_CHILD_SUBREAPER, 1).map_err(|e| (Step::Subreaper, e))?;
+    }
+    if ctx.reset_handlers {
+        reset_handlers();
+    }
+    // SAFETY: sigaction through libc with a zeroed (default) action on this stack.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        if libc::sigaction(libc::SIGCHLD, &dfl, ptr::null_mut()) != 0 {
+            return Err((Step::Signals, errno()));
+        }
+    }
+    // The parent-death handler, with the kernel's call: libc refuses the signal, which it
+    // keeps for itself. The handler never returns, so the restorer (which x86_64 requires)
+    // never runs; it ends the process should it ever be reached.
+    let action = raw::KernelSigaction {
+        handler: on_parent_death as extern "C" fn(c_int) as usize,
+        flags: SA_RESTORER,
+        restorer: never_returned_to as extern "C" fn() as usize,
+        mask: u64::MAX,
+    };
+    raw::sigaction(PARENT_DEATH_SIGNAL, Some(&action), None).map_err(|e| (Step::Signals, e))?;
+    let death = usize::try_from(ctx.death_signal).unwrap_or(0);
+    raw::prctl(raw::PR_SET_PDEATHSIG, death).map_err(|e| (Step::Signals, e))?;
+    if parent_died(ctx) {
+        return Err((Step::ParentDied, raw::ESRCH));
+    }
+    if let Some(ids) = ctx.namespace {
+        namespace::set_up(ids)?;
+        namespace::mount_proc().map_err(|e| (Step::MountProc, e))?;
+    }
+    Ok(())
+}
+
+/// `SA_RESTORER`: the handler's return address is the given restorer.
+const SA_RESTORER: u64 = 0x0400_0000;
+
+/// The restorer of [`on_parent_death`], which never returns.
+extern "C" fn never_returned_to() {
+    raw::exit_group(1);
+}
+
+/// Every handler of the test binary back to its default action (ignored signals stay
+/// ignored, as std and exec keep them), where `clone3` could not do it.
+fn reset_handlers() {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        let mut old = raw::KernelSigaction::DFL;
+        if raw::sigaction(sig, None, Some(&mut old)).is_ok()
+            && old.handler != raw::SIG_DFL
+            && old.handler != raw::SIG_IGN
+        {
+            let _ = raw::sigaction(sig, Some(&raw::KernelSigaction::DFL), None);
+        }
+    }
+}
+
+/// The parent-death signal's handler: the test binary died while the spawner ran std's
+/// code. Kills and reaps what it started (our own unreaped children), and exits; in a PID
+/// namespace, exiting is enough (the kernel kills the rest of it). Raw calls only.
+extern "C" fn on_parent_death(_: c_int) {
+    if raw::getppid() != 0 {
+        run::for_each_child(|child| {
+            if child > 1 {
+                let _ = raw::kill(child, raw::SIGKILL);
+                let mut status = 0;
+                let _ = raw::waitpid(child, &mut status, raw::WALL);
+            }
+        });
+    }
+    raw::exit_group(1);
+}

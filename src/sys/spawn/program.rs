@@ -1,0 +1,244 @@
+//! The supervisor program in memory, the spawner's stacks, and what the supervisor is
+//! given of the test binary: a pidfd on it, and its environment.
+
+use std::ffi::{CString, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::ptr;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use nix::libc::{self, c_int, c_void};
+
+use crate::sys::supervisor::protocol::{ARGV0, PROBE};
+use crate::sys::supervisor::raw;
+
+/// The spawner's stack: std's `spawn` runs on it, and so do `pre_exec` hooks (std forks the
+/// leader from the spawner when there are any). Mapped without reserve: only the pages
+/// touched cost memory.
+pub(super) const STACK_LEN: usize = 8 << 20;
+
+/// Below the stack: a guard band that a deep frame cannot jump over unnoticed.
+pub(super) const GUARD_LEN: usize = 64 << 10;
+
+/// The environment variable that turns the supervisor program off (the supervisor is then
+/// forked): `off`, `0` or `false` in any case; `on`, `1`, `true` or unset keep it on.
+pub(crate) const PROGRAM_VAR: &str = "PGROUP_SUPERVISOR_PROGRAM";
+
+/// [`PROGRAM_VAR`], read once.
+pub(super) fn program_switch() -> io::Result<bool> {
+    static SWITCH: OnceLock<Result<bool, String>> = OnceLock::new();
+    SWITCH
+        .get_or_init(|| crate::containment::switch(PROGRAM_VAR))
+        .clone()
+        .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))
+}
+
+/// The supervisor program, loaded into a sealed `memfd` and probed once per process; `Err`
+/// says why it cannot be used here.
+pub(super) fn program() -> Result<&'static OwnedFd, &'static str> {
+    static PROGRAM: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let loaded = load_program();
+            if let Err(why) = &loaded {
+                tracing::warn!(
+                    name: "supervisor_program_unavailable",
+                    reason = %why,
+                    "supervisor_program_unavailable"
+                );
+            }
+            loaded
+        })
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+#[cfg(pgroup_image)]
+pub(super) const PROGRAM_IMAGE: Option<&[u8]> = Some(include_bytes!(concat!(
+    env!("OUT_DIR"),
+    "/pgroup-supervisor"
+)));
+
+#[cfg(not(pgroup_image))]
+pub(super) const PROGRAM_IMAGE: Option<&[u8]> = None;
+
+pub(super) fn load_program() -> Result<OwnedFd, String> {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let image = PROGRAM_IMAGE.ok_or_else(|| {
+        "the supervisor program was not built with the crate (see the build script's \
+         warning)"
+            .to_owned()
+    })?;
+    let base = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3) asks for an executable memfd explicitly; older kernels refuse
+    // the flag, and every memfd is executable there.
+    let memfd = rustix::fs::memfd_create("pgroup-supervisor", base | MemfdFlags::EXEC)
+        .or_else(|_| rustix::fs::memfd_create("pgroup-supervisor", base))
+        .map_err(|e| format!("memfd_create: {e}"))?;
+    let mut file = std::fs::File::from(memfd);
+    std::io::Write::write_all(&mut file, image).map_err(|e| format!("write: {e}"))?;
+    let memfd = crate::sys::above_stdio(OwnedFd::from(file)).map_err(|e| format!("fcntl: {e}"))?;
+    rustix::fs::fcntl_add_seals(
+        &memfd,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )
+    .map_err(|e| format!("sealing the memfd: {e}"))?;
+    probe(&memfd)?;
+    Ok(memfd)
+}
+
+/// Runs the program once with `--probe` (a `vfork` and an exec, about 60 µs), so that a
+/// system that refuses to execute it is known before any leader is spawned.
+pub(super) fn probe(program: &OwnedFd) -> Result<(), String> {
+    let argv: [*const u8; 3] = [ARGV0.as_ptr(), PROBE.as_ptr(), ptr::null()];
+    let envp: [*const u8; 1] = [ptr::null()];
+    let fd = program.as_raw_fd();
+    let mut stack = Stack::take().map_err(|e| format!("mmap: {e}"))?;
+    let mut job = ProbeJob {
+        fd,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+    };
+    // SAFETY: `probe_main` runs on the new stack with `job`, which outlives it: with
+    // CLONE_VFORK this thread is suspended until the child has exec'd or exited, and the
+    // child only reads `job` (and under valgrind, which forks instead, reads its copy).
+    let pid = unsafe {
+        libc::clone(
+            probe_main,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            ptr::from_mut(&mut job).cast(),
+        )
+    };
+    stack.release();
+    if pid <= 0 {
+        return Err(format!("clone: {}", io::Error::last_os_error()));
+    }
+    let status = crate::sys::reap_pid_status(pid);
+    match status {
+        Some(0) => Ok(()),
+        Some(code) => Err(format!(
+            "executing it from a memfd failed: {}",
+            io::Error::from_raw_os_error(code)
+        )),
+        None => Err("the probe was killed".to_owned()),
+    }
+}
+
+pub(super) struct ProbeJob {
+    fd: RawFd,
+    argv: *const *const u8,
+    envp: *const *const u8,
+}
+
+pub(super) extern "C" fn probe_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ProbeJob` that `probe` passed, alive while we run.
+    let job = unsafe { &*arg.cast::<ProbeJob>() };
+    // SAFETY: the job's arrays are null-terminated arrays of NUL-terminated strings.
+    let errno = unsafe { raw::execveat_fd(job.fd, job.argv, job.envp) };
+    raw::exit_group(errno)
+}
+
+/// A stack for the spawner: `[guard | stack]`, reused from a pool once the spawner has
+/// exec'd or exited (the calling thread is suspended until then, so it is free at once).
+pub(super) struct Stack {
+    pub(super) base: *mut u8,
+}
+
+// SAFETY: plain memory, owned by whoever holds the handle.
+unsafe impl Send for Stack {}
+
+pub(super) static STACKS: Mutex<Vec<Stack>> = Mutex::new(Vec::new());
+
+pub(super) const STACKS_KEPT: usize = 4;
+
+impl Stack {
+    pub(super) fn take() -> io::Result<Stack> {
+        if let Some(stack) = STACKS.lock().unwrap_or_else(PoisonError::into_inner).pop() {
+            return Ok(stack);
+        }
+        // SAFETY: a new anonymous private mapping, placed by the kernel, checked against
+        // MAP_FAILED; its lowest part becomes the guard band.
+        unsafe {
+            let base = libc::mmap(
+                ptr::null_mut(),
+                GUARD_LEN + STACK_LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            libc::mprotect(base, GUARD_LEN, libc::PROT_NONE);
+            Ok(Stack { base: base.cast() })
+        }
+    }
+
+    /// The top of the stack, 16-byte aligned (the mapping is page-aligned).
+    pub(super) fn top(&mut self) -> *mut c_void {
+        // SAFETY: one past the end of our own mapping.
+        unsafe { self.base.add(GUARD_LEN + STACK_LEN).cast() }
+    }
+
+    /// Back to the pool, or unmapped. Only once nothing runs on it any more.
+    pub(super) fn release(self) {
+        let mut pool = STACKS.lock().unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < STACKS_KEPT {
+            pool.push(self);
+            return;
+        }
+        drop(pool);
+        // SAFETY: our own mapping, which nothing uses any more (the caller vouches).
+        unsafe { libc::munmap(self.base.cast(), GUARD_LEN + STACK_LEN) };
+    }
+}
+
+/// A pidfd on the test binary itself, which the supervisor polls to learn that it has
+/// exited: one per process, kept open (a process forked from it gets one of its own).
+pub(super) fn self_pidfd() -> io::Result<RawFd> {
+    static SELF: Mutex<Option<(u32, OwnedFd)>> = Mutex::new(None);
+    let me = std::process::id();
+    let mut slot = SELF.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((pid, fd)) = slot.as_ref() {
+        if *pid == me {
+            return Ok(fd.as_raw_fd());
+        }
+    }
+    let fd = crate::sys::above_stdio(crate::sys::pidfd_open(me)?)?;
+    let raw = fd.as_raw_fd();
+    if let Some((_, stale)) = slot.replace((me, fd)) {
+        // The parent's, inherited across a fork without exec.
+        drop(stale);
+    }
+    Ok(raw)
+}
+
+/// The test binary's environment as `KEY=value` strings, for the supervisor program (so
+/// that it carries what every child of the test binary carries).
+pub(super) struct Environment {
+    _strings: Vec<CString>,
+    pub(super) pointers: Vec<*const u8>,
+}
+
+impl Environment {
+    pub(super) fn capture() -> Environment {
+        let strings: Vec<CString> = std::env::vars_os()
+            .filter_map(|(key, value)| {
+                let mut entry = OsString::with_capacity(key.len() + value.len() + 1);
+                entry.push(&key);
+                entry.push("=");
+                entry.push(&value);
+                CString::new(entry.into_vec()).ok()
+            })
+            .collect();
+        let mut pointers: Vec<*const u8> = strings.iter().map(|s| s.as_ptr().cast()).collect();
+        pointers.push(ptr::null());
+        Environment {
+            _strings: strings,
+            pointers,
+        }
+    }
+}
