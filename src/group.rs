@@ -1064,10 +1064,23 @@ impl SpawnedGroup {
                 }
                 (watched, *deadline)
             }
-            Phase::Kill { deadline } => (self.watch.fds(), *deadline),
-            // The supervisor's status pipe, until it has reported and exited.
-            Phase::Finishing { deadline, .. } => (self.watch.supervisor_fd(), Some(*deadline)),
+            Phase::Kill { deadline } => (self.watch.fds(), self.read_records_by(*deadline)),
+            // The supervisor's exit, until it has reported and exited.
+            Phase::Finishing { deadline, .. } => (
+                self.watch.supervisor_fd(),
+                self.read_records_by(Some(*deadline)),
+            ),
         }
+    }
+
+    /// `deadline`, or sooner while a supervisor finishes: its records (one per escapee) are
+    /// read at least that often while teardown waits for its exit.
+    fn read_records_by(&self, deadline: Option<Instant>) -> Option<Instant> {
+        let Some(within) = self.watch.read_records_within() else {
+            return deadline;
+        };
+        let soon = Instant::now() + within;
+        Some(deadline.map_or(soon, |d| d.min(soon)))
     }
 
     /// The reap, once the leader has exited after the final SIGKILL: its status is taken,

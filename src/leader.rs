@@ -19,8 +19,8 @@ use procfs::process::Process;
 
 use crate::group::time_left;
 use crate::sys::supervisor::protocol::{
-    CMD_TEARDOWN, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_SETUP_FAILED, TAG_STATUS,
-    TAG_STUCK, TEARDOWN_BOUND_MS,
+    CMD_TEARDOWN, EXIT_DONE, EXIT_STUCK, MSG_LEN, TAG_ESCAPEE, TAG_FAILED, TAG_SETUP_FAILED,
+    TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
 };
 use crate::{sys, Containment, Escapee};
 
@@ -53,10 +53,13 @@ struct Reports {
     failed: Option<i32>,
     /// Its teardown gave up on this many processes.
     stuck: Option<i32>,
-    done: bool,
     /// Every copy of its end is closed.
     closed: bool,
 }
+
+/// How often teardown reads the supervisor's records while it waits for its exit: it sends
+/// one per escapee, and waits for room in the socket when there are many.
+pub(crate) const RECORDS_READ_EVERY: Duration = Duration::from_millis(5);
 
 /// Where the conversation with the supervisor stands.
 enum Phase {
@@ -78,6 +81,8 @@ struct Namespace {
 pub(crate) struct Supervised {
     /// Our child.
     supervisor: u32,
+    /// The leader's pid here.
+    leader: u32,
     /// Shared with the group's [`ExitWatch`].
     channel: Arc<OwnedFd>,
     /// A pidfd on the leader (not our child). Shared with the group's [`ExitWatch`].
@@ -214,6 +219,7 @@ impl Leader {
             stderr: started.stderr,
             leader: Leader::Supervised(Supervised {
                 supervisor: started.supervisor,
+                leader: started.leader,
                 channel: Arc::new(started.channel),
                 leader_pidfd: Arc::new(started.leader_pidfd),
                 exit_pidfd: Arc::new(OnceLock::new()),
@@ -355,7 +361,8 @@ impl Leader {
             let Some(left) = time_left(Some(deadline)) else {
                 break;
             };
-            sys::poll_readable(&watch.supervisor_fd(), left)?;
+            let slice = left.map_or(RECORDS_READ_EVERY, |l| l.min(RECORDS_READ_EVERY));
+            sys::poll_readable(&watch.supervisor_fd(), Some(slice))?;
         }
         self.finish_complete(deadline)
     }
@@ -426,32 +433,34 @@ impl ExitWatch {
     }
 
     /// The descriptors to poll for the leader's exit. Once a supervisor has been told to
-    /// finish (teardown), its exit and its socket: it reports the leader's status, reaps it
-    /// and exits, so that one wake-up usually brings everything, and its records are read
-    /// while it sends them.
+    /// finish (teardown), its exit alone: it reports the leader's status, reaps it and
+    /// exits, so that one wake-up brings everything (its records are read at least every
+    /// [`RECORDS_READ_EVERY`] meanwhile: see [`ExitWatch::read_records_within`]).
     pub(crate) fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        if let Some((exit, channel)) = &self.supervisor {
-            if let Some(exit) = exit.get() {
-                // Its records too (one per escapee): it waits for room to send them.
-                return vec![exit.as_fd(), channel.as_fd()];
-            }
+        let finishing = self.supervisor.as_ref().and_then(|(exit, _)| exit.get());
+        match finishing {
+            Some(exit) => vec![exit.as_fd()],
+            None => vec![self.leader.as_fd()],
         }
-        vec![self.leader.as_fd()]
     }
 
     /// What teardown waits on once the leader is dead, while the supervisor finishes
-    /// (nothing in the `Group` tier): the supervisor's exit, and its socket, whose records
-    /// (one per escapee) must be read for it to go on.
+    /// (nothing in the `Group` tier): the supervisor's exit.
     pub(crate) fn supervisor_fd(&self) -> Vec<BorrowedFd<'_>> {
-        match &self.supervisor {
-            Some((exit, channel)) => exit
-                .get()
-                .map(|exit| exit.as_fd())
-                .into_iter()
-                .chain([channel.as_fd()])
-                .collect(),
-            None => Vec::new(),
-        }
+        self.supervisor
+            .as_ref()
+            .and_then(|(exit, _)| exit.get())
+            .map(|exit| vec![exit.as_fd()])
+            .unwrap_or_default()
+    }
+
+    /// How long a wait on [`ExitWatch::fds`] may last before the supervisor's records are
+    /// read ([`RECORDS_READ_EVERY`], while it finishes), or `None`.
+    pub(crate) fn read_records_within(&self) -> Option<Duration> {
+        self.supervisor
+            .as_ref()
+            .and_then(|(exit, _)| exit.get())
+            .map(|_| RECORDS_READ_EVERY)
     }
 }
 
@@ -493,6 +502,9 @@ impl Supervised {
     fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
         self.pump()?;
         if self.reports.exit.is_none() && self.leader_has_exited() {
+            if let Some(status) = self.zombie_status() {
+                return Ok(Some(status));
+            }
             // The kernel says the leader has exited, and the supervisor's report follows at
             // once: wait for it here (the caller holds the group's lock, so nobody else
             // reads it away), so that the answer matches the pidfd's and a waiter polling
@@ -516,6 +528,26 @@ impl Supervised {
             }
         }
         Ok(self.reports.exit)
+    }
+
+    /// The exited leader's status from /proc, without the supervisor's report (which costs
+    /// a round trip): valid while the supervisor, which does not reap the leader before it
+    /// is told to finish, lives on both sides of the read, so that the number was the
+    /// leader's zombie's.
+    fn zombie_status(&mut self) -> Option<ExitStatus> {
+        let pinned = |sup: &Self| {
+            matches!(sup.phase, Phase::Running)
+                && sup.reports.failed.is_none()
+                && !sys::has_exited(sup.supervisor_pid())
+        };
+        if !pinned(self) {
+            return None;
+        }
+        let status = sys::zombie_status(self.leader)?;
+        pinned(self).then(|| {
+            self.reports.exit = Some(status);
+            status
+        })
     }
 
     /// Waits until the supervisor reports the leader's status (or has exited), or
@@ -558,7 +590,6 @@ impl Supervised {
                 // set-up): it killed and reaped the leader.
                 Some(TAG_FAILED | TAG_SETUP_FAILED) => reports.failed = Some(value),
                 Some(TAG_STUCK) => reports.stuck = Some(value),
-                Some(TAG_DONE) => reports.done = true,
                 _ => {}
             }
         })?;
@@ -602,10 +633,11 @@ impl Supervised {
             deadline
         };
         let _ = self.exit_fd();
-        let (exit, channel) = (Arc::clone(&self.exit_pidfd), Arc::clone(&self.channel));
+        let exit = Arc::clone(&self.exit_pidfd);
         if let Some(exit) = exit.get() {
             while let Some(left) = time_left(Some(deadline)) {
-                match sys::poll_readable(&[exit.as_fd(), channel.as_fd()], left) {
+                let slice = left.map_or(RECORDS_READ_EVERY, |l| l.min(RECORDS_READ_EVERY));
+                match sys::poll_readable(&[exit.as_fd()], Some(slice)) {
                     Ok(ready) if ready.first() == Some(&true) => break,
                     Ok(_) => {}
                     Err(_) => break,
@@ -616,7 +648,10 @@ impl Supervised {
         // Its last records are in the socket once it has exited.
         self.pump()?;
         let phase = std::mem::replace(&mut self.phase, Phase::Reaped);
-        sys::reap_in_background(self.supervisor);
+        let status = sys::try_reap_status(self.supervisor);
+        if !matches!(status, Ok(Some(_))) {
+            sys::reap_in_background(self.supervisor);
+        }
         if let Phase::Finishing(Err(error)) = phase {
             return Err(error);
         }
@@ -636,15 +671,31 @@ impl Supervised {
                 io::Error::from_raw_os_error(errno)
             )));
         }
-        if !self.reports.done {
-            return Err(if sys::has_exited(self.supervisor_pid()) {
-                io::Error::other("the supervisor ended without finishing its teardown")
-            } else {
-                io::Error::new(
+        match status {
+            Ok(Some(status)) if status.code() == Some(EXIT_DONE) => {}
+            Ok(Some(status)) if status.code() == Some(EXIT_STUCK) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the supervisor gave up on processes that did not die of SIGKILL",
+                ))
+            }
+            Ok(Some(status)) => {
+                return Err(io::Error::other(format!(
+                    "the supervisor ended without finishing its teardown ({status})"
+                )))
+            }
+            Ok(None) => {
+                return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the supervisor did not finish its teardown in time",
-                )
-            });
+                ))
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("the supervisor was reaped by someone else: {e}"),
+                ))
+            }
         }
         let translate = |inner: u32| match &self.namespace {
             Some(namespace) => Escapee {

@@ -9,11 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(pgroup_linux)]
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
-#[cfg(pgroup_linux)]
 use std::os::unix::process::ExitStatusExt;
-use std::process::Command;
-#[cfg(pgroup_linux)]
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -203,6 +200,43 @@ pub(crate) fn reap_pid_status(pid: i32) -> Option<i32> {
             _ => None,
         };
     }
+}
+
+/// Reaps our child `pid` if it has exited: its status, `None` while it runs. `ECHILD`
+/// (someone else reaped it) is an error.
+pub(crate) fn try_reap_status(pid: u32) -> io::Result<Option<ExitStatus>> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    loop {
+        return match wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG | WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
+            Ok(WaitStatus::Signaled(_, sig, core)) => Ok(Some(ExitStatus::from_raw(
+                (sig as i32) | if core { 0x80 } else { 0 },
+            ))),
+            Ok(_) => Ok(None),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
+}
+
+/// The wait status of `pid` if it is a zombie, from its `/proc/<pid>/stat` (`exit_code`,
+/// in `waitpid`'s form): of a process that is not our child, which only its parent could
+/// otherwise read. The caller makes sure the number is still that process's.
+#[cfg(pgroup_linux)]
+pub(crate) fn zombie_status(pid: u32) -> Option<ExitStatus> {
+    let pid = i32::try_from(pid).ok()?;
+    let stat = procfs::process::Process::new(pid).ok()?.stat().ok()?;
+    if stat.state != 'Z' {
+        return None;
+    }
+    stat.exit_code.map(ExitStatus::from_raw)
+}
+
+/// Without /proc there is no other way to read it: the supervised tiers, which ask, do not
+/// exist in the portable backend.
+#[cfg(not(pgroup_linux))]
+pub(crate) fn zombie_status(_pid: u32) -> Option<ExitStatus> {
+    None
 }
 
 /// Reaps our child `pid` on a thread of its own, whenever it exits.

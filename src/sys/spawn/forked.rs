@@ -3,7 +3,7 @@
 //! and forks the leader from it.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::ptr;
@@ -30,7 +30,7 @@ pub(super) fn spawn_forked(
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
     let ours = crate::sys::above_stdio(ours)?;
@@ -99,7 +99,6 @@ pub(super) fn spawn_forked(
     } else {
         None
     };
-    crate::sys::set_nonblocking(ours.as_fd())?;
     Ok(Started {
         supervisor,
         leader,

@@ -23,7 +23,7 @@ mod program;
 mod report;
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -208,7 +208,7 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
     let ours = super::above_stdio(ours)?;
@@ -290,7 +290,6 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
     } else {
         u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
     };
-    super::set_nonblocking(ours.as_fd())?;
     Ok(Started {
         supervisor,
         leader,
@@ -366,9 +365,7 @@ extern "C" fn spawner_main(arg: *mut c_void) -> c_int {
     if let Err(errno) = raw::send_with_fds(channel, &record, &fds[..count]) {
         abandon(Step::Report, errno);
     }
-    if parent_died(ctx) {
-        abandon(Step::ParentDied, raw::ESRCH);
-    }
+    // A test binary that died since is seen by the supervisor at once (its pidfd).
     for fd in [channel, ctx.parent] {
         if let Err(errno) = raw::keep_on_exec(fd) {
             abandon(Step::Exec, errno);
@@ -423,6 +420,7 @@ fn prepare(ctx: &Context<'_>) -> Result<(), (Step, i32)> {
     if ctx.reset_handlers {
         reset_handlers();
     }
+    ask_for_short_slices();
     // SAFETY: sigaction through libc with a zeroed (default) action on this stack.
     unsafe {
         let mut dfl: libc::sigaction = std::mem::zeroed();
@@ -459,6 +457,58 @@ const SA_RESTORER: u64 = 0x0400_0000;
 /// The restorer of [`on_parent_death`], which never returns.
 extern "C" fn never_returned_to() {
     raw::exit_group(1);
+}
+
+/// `struct sched_attr` (Linux 3.14), its first version.
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+/// Asks the scheduler to let the spawner (and, after its exec, the supervisor) run as soon
+/// as it wakes, with a short slice (`sched_runtime` of `SCHED_OTHER`, Linux 6.12; ignored
+/// before): when the leader's exec wakes the spawner, the leader (a new program starting,
+/// often on the same CPU) would otherwise run on until its own slice ends, up to a
+/// millisecond, while the calling thread waits for the spawner. `SCHED_FLAG_RESET_ON_FORK`
+/// gives the leader the default slice again; only a plain `SCHED_OTHER` spawner with a
+/// nice value of 0 or more asks (so that the reset changes nothing else for the leader).
+fn ask_for_short_slices() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_FLAG_RESET_ON_FORK: u64 = 1;
+    const SLICE_NS: u64 = 100_000;
+    let size = u32::try_from(std::mem::size_of::<SchedAttr>()).unwrap_or(48);
+    let mut current = SchedAttr::default();
+    // SAFETY: sched_getattr(2) fills at most `size` bytes of `current`, on our stack.
+    let got = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            ptr::from_mut(&mut current),
+            size,
+            0,
+        )
+    };
+    if got != 0 || current.policy != SCHED_OTHER || current.nice < 0 || current.flags != 0 {
+        return;
+    }
+    let wanted = SchedAttr {
+        size,
+        policy: SCHED_OTHER,
+        flags: SCHED_FLAG_RESET_ON_FORK,
+        nice: current.nice,
+        runtime: SLICE_NS,
+        ..SchedAttr::default()
+    };
+    // SAFETY: sched_setattr(2) reads `wanted`, of the size it says, on our stack.
+    let _ = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, ptr::from_ref(&wanted), 0) };
 }
 
 /// Every handler of the test binary back to its default action (ignored signals stay

@@ -9,8 +9,8 @@
 //!   [`TAG_STATUS`], the leader's raw wait status when it exits; [`TAG_ESCAPEE`], each
 //!   process that had left the group and was killed at teardown; [`TAG_STUCK`], the number
 //!   of processes that did not die within the teardown bound; [`TAG_FAILED`], an errno when
-//!   its own set-up failed (it has then killed and reaped the leader); [`TAG_DONE`], then it
-//!   exits.
+//!   its own set-up failed (it has then killed and reaped the leader). Then it exits, with
+//!   [`EXIT_DONE`] once everything is reaped, or [`EXIT_STUCK`].
 //! - From the test binary: [`CMD_TEARDOWN`], one byte, once it has sent the group its final
 //!   SIGKILL.
 
@@ -34,8 +34,12 @@ pub(crate) const TAG_ESCAPEE: u8 = b'E';
 pub(crate) const TAG_FAILED: u8 = b'F';
 /// Teardown gave up at its bound; this many children were still alive.
 pub(crate) const TAG_STUCK: u8 = b'T';
-/// Teardown is complete; the supervisor exits.
-pub(crate) const TAG_DONE: u8 = b'D';
+/// The supervisor's exit code when its teardown is complete: everything it had is reaped.
+pub(crate) const EXIT_DONE: i32 = 0;
+/// The supervisor's exit code when its teardown gave up at its bound ([`TAG_STUCK`]).
+pub(crate) const EXIT_STUCK: i32 = 1;
+/// The supervisor's exit code when its own set-up failed ([`TAG_FAILED`]).
+pub(crate) const EXIT_FAILED: i32 = 3;
 /// From the test binary: it has sent its final SIGKILL; kill the rest, reap, exit.
 pub(crate) const CMD_TEARDOWN: u8 = b'K';
 

@@ -87,11 +87,9 @@ pub(crate) const O_NONBLOCK: u32 = 0o4000;
 pub(crate) const O_CLOEXEC: u32 = 0o2000000;
 const AT_FDCWD: i32 = -100;
 pub(crate) const AT_EMPTY_PATH: u32 = 0x1000;
-const F_GETFD: u32 = 1;
 const F_SETFD: u32 = 2;
 const F_GETFL: u32 = 3;
 const F_SETFL: u32 = 4;
-const FD_CLOEXEC: usize = 1;
 
 // poll(2) events.
 pub(crate) const POLLIN: i16 = 0x1;
@@ -441,22 +439,11 @@ pub(crate) fn set_nonblocking(fd: i32) -> Ret {
     }
 }
 
-/// Clears `FD_CLOEXEC` on `fd` in this process's descriptor table, so that it survives an
-/// exec.
+/// Clears `FD_CLOEXEC` on `fd` in this process's descriptor table (its only descriptor
+/// flag), so that it survives an exec.
 pub(crate) fn keep_on_exec(fd: i32) -> Ret {
-    // SAFETY: F_GETFD and F_SETFD take and return integers.
-    unsafe {
-        let flags = syscall6(nr::FCNTL, int(fd), F_GETFD as usize, 0, 0, 0, 0)?;
-        syscall6(
-            nr::FCNTL,
-            int(fd),
-            F_SETFD as usize,
-            flags & !FD_CLOEXEC,
-            0,
-            0,
-            0,
-        )
-    }
+    // SAFETY: F_SETFD takes an integer.
+    unsafe { syscall6(nr::FCNTL, int(fd), F_SETFD as usize, 0, 0, 0, 0) }
 }
 
 pub(crate) fn pidfd_open(pid: i32) -> Result<i32, i32> {

@@ -29,8 +29,8 @@
 use core::ptr;
 
 use super::protocol::{
-    CMD_TEARDOWN, COMM, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED, TAG_STATUS, TAG_STUCK,
-    TEARDOWN_BOUND_MS,
+    CMD_TEARDOWN, COMM, EXIT_DONE, EXIT_FAILED, EXIT_STUCK, MSG_LEN, TAG_ESCAPEE, TAG_FAILED,
+    TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
 };
 use super::raw::{self, PollFd, SigInfo};
 
@@ -76,7 +76,7 @@ pub(crate) fn run(args: Args) -> ! {
         Ok(fd) => fd,
         Err(errno) => {
             send(args.channel, TAG_FAILED, errno, None);
-            teardown(args, -1, sfd, true, false);
+            teardown(args, -1, sfd, true, false, true);
         }
     };
     let mut leader_exited = false;
@@ -90,7 +90,7 @@ pub(crate) fn run(args: Args) -> ! {
         match raw::poll(&mut fds, -1) {
             Ok(_) => {}
             Err(raw::EINTR) => continue,
-            Err(_) => teardown(args, pidfd, sfd, true, leader_exited),
+            Err(_) => teardown(args, pidfd, sfd, true, leader_exited, false),
         }
         let mut reap = fds[3].revents != 0;
         if reap {
@@ -120,11 +120,11 @@ pub(crate) fn run(args: Args) -> ! {
             // End of file (every copy of the test binary's end is closed) or anything but
             // the command: the test binary is gone.
             let parent_died = !(n == Ok(1) && byte[0] == CMD_TEARDOWN);
-            teardown(args, pidfd, sfd, parent_died, leader_exited);
+            teardown(args, pidfd, sfd, parent_died, leader_exited, false);
         }
         if fds[2].revents != 0 {
             // The test binary exited, although some fork of it may still hold its end.
-            teardown(args, pidfd, sfd, true, leader_exited);
+            teardown(args, pidfd, sfd, true, leader_exited, false);
         }
     }
 }
@@ -331,9 +331,10 @@ struct PidSet {
 }
 
 impl PidSet {
-    fn new() -> PidSet {
+    /// An empty set; its memory is mapped on the first insertion.
+    const fn new() -> PidSet {
         PidSet {
-            bits: raw::mmap_anonymous(PID_BITS / 8).unwrap_or(ptr::null_mut()),
+            bits: ptr::null_mut(),
         }
     }
 
@@ -345,6 +346,9 @@ impl PidSet {
 
     /// Marks `pid`; returns whether it was marked already.
     fn insert(&mut self, pid: i32) -> bool {
+        if self.bits.is_null() {
+            self.bits = raw::mmap_anonymous(PID_BITS / 8).unwrap_or(ptr::null_mut());
+        }
         let Some((byte, bit)) = self.slot(pid) else {
             return false;
         };
@@ -365,7 +369,8 @@ impl PidSet {
     }
 }
 
-/// Kills what is left and reaps everything, then exits. With `parent_died` the test binary
+/// Kills what is left and reaps everything, then exits ([`EXIT_DONE`], or [`EXIT_FAILED`]
+/// when its set-up `failed`). With `parent_died` the test binary
 /// could not send the final SIGKILL to the group, so the supervisor does. Bounded by
 /// [`TEARDOWN_BOUND_MS`] on the monotonic clock: a child that cannot die (uninterruptible
 /// sleep, a nested PID namespace whose init cannot finish) is reported with [`TAG_STUCK`],
@@ -382,6 +387,7 @@ fn teardown(
     sfd: i32,
     parent_died: bool,
     mut status_sent: bool,
+    failed: bool,
 ) -> ! {
     let leader = args.leader;
     let deadline = now_ms().saturating_add(TEARDOWN_BOUND_MS);
@@ -414,10 +420,7 @@ fn teardown(
                     }
                 }
                 Err(raw::EINTR) => {}
-                Err(raw::ECHILD) => {
-                    send(args.channel, TAG_DONE, 0, Some(deadline));
-                    raw::exit_group(0);
-                }
+                Err(raw::ECHILD) => raw::exit_group(if failed { EXIT_FAILED } else { EXIT_DONE }),
                 _ => break,
             }
         }
@@ -444,7 +447,7 @@ fn teardown(
         });
         if now_ms() >= deadline {
             send(args.channel, TAG_STUCK, alive, None);
-            raw::exit_group(1);
+            raw::exit_group(EXIT_STUCK);
         }
         wait_for_children(sfd, deadline);
     }
