@@ -353,6 +353,17 @@ pub const TIERS: [(Containment, &str); 3] = [
 /// One cycle of the tier row: spawn `sleep 1000` under `tier`, then `shutdown`. With
 /// `default_grace` false the grace period is zero (straight to SIGKILL); with it true it is
 /// the default, which `sleep` cuts short by exiting on SIGTERM.
+/// Lets the supervised tiers run the supervisor program (`on`), or makes them fork the
+/// test binary for it (`PGROUP_SUPERVISOR_PROGRAM=off`). Only while no other thread runs.
+#[allow(dead_code)] // the report's, not the criterion bench's
+pub fn set_supervisor_program(on: bool) {
+    if on {
+        std::env::remove_var("PGROUP_SUPERVISOR_PROGRAM");
+    } else {
+        std::env::set_var("PGROUP_SUPERVISOR_PROGRAM", "off");
+    }
+}
+
 pub fn tier_cycle(tier: Containment, default_grace: bool) -> io::Result<Teardown> {
     let mut cmd = command("sleep");
     cmd.arg("1000");

@@ -25,12 +25,9 @@ pub(super) const GUARD_LEN: usize = 64 << 10;
 /// forked): `off`, `0` or `false` in any case; `on`, `1`, `true` or unset keep it on.
 pub(crate) const PROGRAM_VAR: &str = "PGROUP_SUPERVISOR_PROGRAM";
 
-/// [`PROGRAM_VAR`], read once.
+/// [`PROGRAM_VAR`], read at each spawn (a lookup in the environment).
 pub(super) fn program_switch() -> io::Result<bool> {
-    static SWITCH: OnceLock<Result<bool, String>> = OnceLock::new();
-    SWITCH
-        .get_or_init(|| crate::containment::switch(PROGRAM_VAR))
-        .clone()
+    crate::containment::switch(PROGRAM_VAR)
         .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))
 }
 
