@@ -40,22 +40,25 @@ struct Reaper {
     wake: UnixStream,
 }
 
-static REAPER: OnceLock<io::Result<Reaper>> = OnceLock::new();
+static REAPER: OnceLock<Reaper> = OnceLock::new();
+/// Held while a thread tries to start the reaper, so that two hand-overs never start two.
+static STARTING: Mutex<()> = Mutex::new(());
 
 /// Hands `group` to the reaper, which tears it down (SIGTERM, grace period, SIGKILL, reap)
 /// and then calls `on_done` with the outcome. Returns at once: a lock taken for a push, and
 /// one byte written to a socket.
 ///
 /// If the reaper thread cannot be started (no thread or descriptor left), the teardown runs
-/// here, blocking, as the sync type's would: better late than leaked.
+/// here, blocking, as the sync type's would: better late than leaked. The next hand-over
+/// tries to start it again.
 pub(crate) fn hand_over(group: SpawnedGroup, on_done: OnDone) {
     let job = Job {
         group,
         steps: None,
         on_done: Some(on_done),
     };
-    match REAPER.get_or_init(start) {
-        Ok(reaper) => {
+    match reaper() {
+        Some(reaper) => {
             reaper
                 .queue
                 .lock()
@@ -64,8 +67,21 @@ pub(crate) fn hand_over(group: SpawnedGroup, on_done: OnDone) {
             // A full socket buffer already holds a wake-up: the byte is not needed.
             let _ = (&reaper.wake).write(&[1]);
         }
-        Err(_) => run_here(job),
+        None => run_here(job),
     }
+}
+
+/// The reaper, started now if it is not running yet; `None` if it cannot be started.
+fn reaper() -> Option<&'static Reaper> {
+    if let Some(reaper) = REAPER.get() {
+        return Some(reaper);
+    }
+    let _starting = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(reaper) = REAPER.get() {
+        return Some(reaper);
+    }
+    let reaper = start().ok()?;
+    Some(REAPER.get_or_init(|| reaper))
 }
 
 fn run_here(mut job: Job) {
@@ -95,7 +111,7 @@ fn run(wakened: &UnixStream) {
         // Drain the wake-ups, then take what was handed over.
         let mut sink = [0_u8; 64];
         while matches!((&*wakened).read(&mut sink), Ok(n) if n > 0) {}
-        if let Some(Ok(reaper)) = REAPER.get() {
+        if let Some(reaper) = REAPER.get() {
             jobs.append(&mut reaper.queue.lock().unwrap_or_else(PoisonError::into_inner));
         }
         // Every teardown as far as it goes without waiting.

@@ -364,7 +364,15 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     // or -1 with errno set. No memory is shared with the kernel.
     let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
     if ret < 0 {
-        return Err(io::Error::last_os_error());
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENOSYS) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "pidfd_open(2) is not available: pgroup needs Linux 5.3 or later (valgrind \
+                 before 3.21 does not know the call either)",
+            ));
+        }
+        return Err(e);
     }
     let fd = RawFd::try_from(ret)
         .map_err(|_| io::Error::other("pidfd_open returned a descriptor out of range"))?;

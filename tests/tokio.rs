@@ -48,7 +48,10 @@ macro_rules! both_runtimes {
 fn role_entry() {
     support::role_main(
         &|s| logs_contain(s),
-        &[("exit-during-teardown", exit_during_teardown_role)],
+        &[
+            ("exit-during-teardown", exit_during_teardown_role),
+            ("reaper-retry", reaper_retry_role),
+        ],
     );
 }
 
@@ -732,4 +735,100 @@ fn dropped_outside_its_runtime() {
 fn send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<pgroup::tokio::SpawnedGroup>();
+}
+
+/// Whether a thread of this process is named `pgroup-reaper`.
+fn reaper_thread_runs() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .expect("tasks")
+        .flatten()
+        .any(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.trim() == "pgroup-reaper")
+        })
+}
+
+/// `RLIMIT_NOFILE`: sets the soft limit to `soft` (the hard one unchanged) and returns the
+/// soft limit it had.
+fn set_nofile_soft(soft: u64) -> u64 {
+    let mut limit = nix::libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own; setrlimit reads it.
+    unsafe {
+        assert_eq!(
+            nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit),
+            0
+        );
+        let old = limit.rlim_cur;
+        limit.rlim_cur = soft;
+        assert_eq!(nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &limit), 0);
+        old
+    }
+}
+
+/// Spawns two groups, then drops the first while no descriptor is free (the reaper thread
+/// cannot be started: its socket pair fails with `EMFILE`; the teardown runs in the Drop
+/// instead), then frees descriptors and drops the second. Prints whether the reaper thread
+/// runs after each drop (`AFTER_FAILURE`, `AFTER_RETRY`).
+fn reaper_retry_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = std::env::var(support::MARKER_VAR).expect("marker");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let spawn = || {
+            Builder::new()
+                .containment(Containment::Group)
+                .grace_period(Duration::ZERO)
+                .spawn_tokio(&mut marked(&marker, "sleep", &["1000"]))
+                .expect("spawn")
+        };
+        let (first, second) = (spawn(), spawn());
+        let lowest_free = std::fs::read_dir("/proc/self/fd")
+            .expect("fds")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(2)
+            + 1;
+        let threads = || std::fs::read_dir("/proc/self/task").expect("tasks").count();
+        let before = threads();
+        let old = set_nofile_soft(lowest_free);
+        // Every descriptor below the limit taken: none is free.
+        let mut fillers = Vec::new();
+        while let Ok(file) = std::fs::File::open("/dev/null") {
+            fillers.push(file);
+        }
+        drop(first);
+        // No thread was started (the socket pair came first, and failed).
+        println!(
+            "AFTER_FAILURE {}",
+            threads() != before || reaper_thread_runs()
+        );
+        drop(fillers);
+        set_nofile_soft(old);
+        drop(second);
+        // The thread names itself once it runs.
+        support::wait_until("the reaper thread runs", reaper_thread_runs);
+        println!("AFTER_RETRY {}", reaper_thread_runs());
+    });
+    0
+}
+
+/// A reaper thread that could not be started (no descriptor free) is started by a later
+/// hand-over: the failure is not kept. Before, it was, and every later async drop blocked
+/// its runtime for the whole teardown.
+#[test]
+fn the_reaper_thread_start_is_retried() {
+    let marker = support::marker("reaper-retry");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let mut cmd = support::role_command("reaper-retry");
+    cmd.env(support::MARKER_VAR, &marker).stdout(Stdio::piped());
+    let out = support::run_collecting(cmd, Duration::from_secs(60));
+    assert_eq!(out.one("AFTER_FAILURE"), "false", "{:#?}", out.lines);
+    assert_eq!(out.one("AFTER_RETRY"), "true", "{:#?}", out.lines);
+    support::assert_no_leaks(&marker);
 }

@@ -37,6 +37,8 @@ fn role_entry() {
             ("lifeline-parent", lifeline_parent_role),
             ("lifeline-victim", lifeline_victim_role),
             ("bad-switch", bad_switch_role),
+            ("valgrind-target", valgrind_target_role),
+            ("oom", oom_role),
         ],
     );
 }
@@ -261,14 +263,7 @@ fn shared_memory_child() {
 /// Runs the `gdb-target` role under `gdb -batch` with a breakpoint on
 /// [`pgroup_test_breakpoint`] that counts its hits; returns `HITS` and the role's `ROUNDS`.
 fn hits_under_gdb(marker: &str, control: bool) -> Option<(u32, String)> {
-    if Command::new("gdb").arg("--version").output().is_err() {
-        let msg = "gdb is not installed: the debugger test cannot run";
-        assert_ne!(
-            env::var("CI").as_deref(),
-            Ok("true"),
-            "{msg} (CI installs it: .ci/run)"
-        );
-        eprintln!("\n*** SKIPPED: {msg} ***\n");
+    if !tool_installed("gdb") {
         return None;
     }
     let script = tempfile::NamedTempFile::new().expect("script");
@@ -332,6 +327,213 @@ fn a_breakpoint_is_hit_under_gdb_every_time() {
         "the control loses breakpoints ({control_hits} hits): the count can fail"
     );
     support::assert_no_leaks(&marker);
+}
+
+/// Whether `tool` can be run. When it cannot, this says so loudly, and fails under CI
+/// (`CI=true`), whose `.ci/run` installs it.
+fn tool_installed(tool: &str) -> bool {
+    if Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+    {
+        return true;
+    }
+    let msg = format!("{tool} is not installed: the test that runs under it cannot run");
+    assert_ne!(
+        env::var("CI").as_deref(),
+        Ok("true"),
+        "{msg} (CI installs it: .ci/run)"
+    );
+    eprintln!("\n*** SKIPPED: {msg} ***\n");
+    false
+}
+
+// ---- valgrind --------------------------------------------------------------------------
+
+/// Spawns a group in the default tier and one in `Group`, and prints how each went
+/// (`DEFAULT`, `GROUP`: `ok`, or the error's kind and text), then `DONE yes`.
+fn valgrind_target_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    for (key, mut builder) in [
+        ("DEFAULT", Builder::new()),
+        ("GROUP", {
+            let mut b = Builder::new();
+            b.containment(Containment::Group);
+            b
+        }),
+    ] {
+        let outcome = builder
+            .grace_period(Duration::ZERO)
+            .spawn(&mut support::marked(&marker, "sleep", &["1000"]))
+            .and_then(SpawnedGroup::shutdown);
+        match outcome {
+            Ok(_) => println!("{key} ok"),
+            Err(e) => println!("{key} {:?}: {e}", e.kind()),
+        }
+    }
+    println!("DONE yes");
+    0
+}
+
+/// Under valgrind (which refuses `clone` with flags it does not know, and ended the whole
+/// test binary on the former supervisor's), the default tier does what `Group` does: it
+/// works where `Group` works, and otherwise fails with an error of the same kind (valgrind
+/// 3.19 lacks `pidfd_open`), and the test binary goes on.
+#[test]
+fn the_default_tier_under_valgrind_does_what_group_does() {
+    if !supervised_available() || !tool_installed("valgrind") {
+        return;
+    }
+    let marker = support::marker("valgrind");
+    let _cleanup = support::KillMarkedOnDrop(marker.clone());
+    let role = support::role_command("valgrind-target");
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("-q")
+        .arg(role.get_program())
+        .args(role.get_args())
+        .env(support::ROLE_VAR, "valgrind-target")
+        .env(support::MARKER_VAR, &marker)
+        .stdout(Stdio::piped());
+    let out = support::run_collecting(cmd, Duration::from_secs(240));
+    assert_eq!(
+        out.one("DONE"),
+        "yes",
+        "the test binary went on: {:#?}",
+        out.lines
+    );
+    assert_eq!(
+        out.status.and_then(|s| s.code()),
+        Some(0),
+        "{:#?}",
+        out.lines
+    );
+    let kind = |line: &str| line.split(':').next().unwrap_or_default().to_owned();
+    assert_eq!(
+        kind(out.one("DEFAULT")),
+        kind(out.one("GROUP")),
+        "the default tier and Group end alike: {:#?}",
+        out.lines
+    );
+    support::assert_no_leaks(&marker);
+}
+
+// ---- the OOM killer ------------------------------------------------------------------
+
+/// A memory cgroup of its own (cgroup v1's memory controller), limited to `limit` bytes,
+/// removed on drop; `None` where none can be made (not root, no memory controller).
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> Option<MemoryCgroup> {
+        let path = std::path::Path::new("/sys/fs/cgroup/memory").join(name);
+        std::fs::create_dir(&path).ok()?;
+        let cgroup = MemoryCgroup(path);
+        std::fs::write(cgroup.0.join("memory.limit_in_bytes"), limit.to_string()).ok()?;
+        Some(cgroup)
+    }
+}
+
+impl Drop for MemoryCgroup {
+    /// Removed once its last process is gone (a killed one leaves it a moment later).
+    fn drop(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Spawns `sleep 1000` in the tier `PGROUP_TIER` names, prints its pid (`LEADER`), then
+/// allocates memory until the OOM killer ends this process.
+fn oom_role(_logs: support::Logs<'_>) -> i32 {
+    let marker = env::var(support::MARKER_VAR).expect("marker");
+    let tier = match env::var("PGROUP_TIER").as_deref() {
+        Ok("group") => Containment::Group,
+        _ => Containment::Supervised,
+    };
+    // Its stdio elsewhere: a leader that outlives the role must not keep the role's output
+    // open (the control's does).
+    let group = Builder::new()
+        .containment(tier)
+        .spawn(
+            support::marked(&marker, "sleep", &["1000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("spawn");
+    println!("LEADER {}", group.id());
+    let _ = std::io::stdout().flush();
+    let mut hog: Vec<Vec<u8>> = Vec::new();
+    loop {
+        hog.push(vec![1_u8; 16 << 20]);
+        std::hint::black_box(&hog);
+    }
+}
+
+/// Runs the `oom` role in a memory cgroup of 200 MB until the OOM killer ends it, and
+/// returns whether its leader outlived it.
+fn leader_outlives_an_oom_kill(tier: &str, marker: &str) -> Option<bool> {
+    let cgroup = MemoryCgroup::new(&format!("pgroup-test-{marker}"), 200 << 20)?;
+    let role = support::role_command("oom");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&cgroup.0)
+        .arg(role.get_program())
+        .args(role.get_args())
+        .env(support::ROLE_VAR, "oom")
+        .env("PGROUP_TIER", tier)
+        .env(support::MARKER_VAR, marker)
+        .stdout(Stdio::piped());
+    let out = support::run_collecting(cmd, Duration::from_secs(120));
+    assert_eq!(
+        out.status.and_then(|s| s.signal()),
+        Some(libc::SIGKILL),
+        "the OOM killer ended the role: {:#?}",
+        out.lines
+    );
+    let leader: i32 = out.one("LEADER").parse().expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !support::is_dead_or_dying(leader) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let outlived = !support::is_dead_or_dying(leader);
+    support::kill_marked(marker);
+    drop(cgroup);
+    Some(outlived)
+}
+
+/// An OOM kill of the test binary takes its groups with it in the default tier: the OOM
+/// killer picks the test binary (the supervisor is a few KiB of its own, not a process that
+/// reports the test binary's memory as its own, as the former supervisor was), and the
+/// supervisor, seeing the test binary gone, kills the group. The control: a `Group`-tier
+/// leader outlives the same kill (nothing runs in a SIGKILLed process).
+#[test]
+fn an_oom_kill_of_the_test_binary_ends_its_groups() {
+    if !supervised_available() {
+        return;
+    }
+    let marker = support::marker("oom");
+    let Some(outlived) = leader_outlives_an_oom_kill("supervised", &marker) else {
+        eprintln!(
+            "\n*** SKIPPED: no memory cgroup can be made here (not root, or no cgroup v1 \
+             memory controller): the OOM test cannot run ***\n"
+        );
+        return;
+    };
+    assert!(
+        !outlived,
+        "the leader outlived the OOM kill of the test binary"
+    );
+    support::assert_no_leaks(&marker);
+    let control = support::marker("oom-control");
+    let outlived = leader_outlives_an_oom_kill("group", &control).expect("a cgroup, as above");
+    assert!(outlived, "the control: a Group-tier leader outlives it");
+    support::assert_no_leaks(&control);
 }
 
 // ---- SIGKILL while another thread holds a lock ---------------------------------------

@@ -23,7 +23,7 @@ mod program;
 mod report;
 
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -37,7 +37,9 @@ use super::supervisor::run::{self, write_decimal};
 use super::Started;
 use forked::spawn_forked;
 use namespace::Ids;
-use program::{program, program_switch, self_pidfd, Environment, Stack, GUARD_LEN, STACK_LEN};
+use program::{
+    program, program_switch, self_pidfd, Environment, Program, Stack, GUARD_LEN, STACK_LEN,
+};
 use report::{abandon, outer_pid, read_report, send_spawn_error, setup_failed, Step};
 
 /// The signal the spawner asks for when the calling thread dies (`PR_SET_PDEATHSIG`).
@@ -72,7 +74,7 @@ struct Context<'a> {
     parent: RawFd,
     /// The test binary's pid, to see that it is still the spawner's parent.
     parent_pid: i32,
-    program: RawFd,
+    program: &'a Program,
     envp: *const *const u8,
     /// The calling thread's signal mask, which std passes on to the leader.
     mask: libc::sigset_t,
@@ -204,7 +206,7 @@ unsafe fn clone_spawner(stack: &mut Stack, flags: c_int, ctx: &mut Context<'_>) 
 }
 
 /// The supervisor program's path: see the module documentation.
-fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Result<Started> {
+fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Result<Started> {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
@@ -222,7 +224,7 @@ fn spawn_exec(cmd: &mut Command, program: &OwnedFd, namespace: bool) -> io::Resu
         channel: theirs.as_raw_fd(),
         parent,
         parent_pid: super::getpid(),
-        program: program.as_raw_fd(),
+        program,
         envp: environment.pointers.as_ptr(),
         // SAFETY: sigset_t is plain data; filled in below, before the spawner runs.
         mask: unsafe { std::mem::zeroed() },
@@ -387,7 +389,7 @@ extern "C" fn spawner_main(arg: *mut c_void) -> c_int {
     ];
     // SAFETY: `argv` is a null-terminated array of NUL-terminated strings on this stack;
     // `envp` is the caller's, alive until this process has exec'd.
-    let errno = unsafe { raw::execveat_fd(ctx.program, argv.as_ptr(), ctx.envp) };
+    let errno = unsafe { ctx.program.exec(argv.as_ptr(), ctx.envp) };
     abandon(Step::Exec, errno)
 }
 

@@ -31,10 +31,35 @@ pub(super) fn program_switch() -> io::Result<bool> {
         .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))
 }
 
-/// The supervisor program, loaded into a sealed `memfd` and probed once per process; `Err`
-/// says why it cannot be used here.
-pub(super) fn program() -> Result<&'static OwnedFd, &'static str> {
-    static PROGRAM: OnceLock<Result<OwnedFd, String>> = OnceLock::new();
+/// The supervisor program in a sealed `memfd`, and how to execute it.
+pub(super) struct Program {
+    memfd: OwnedFd,
+    /// `/proc/self/fd/<memfd>`, where `execveat(AT_EMPTY_PATH)` is refused (valgrind) but a
+    /// path is not; `None` where `execveat` works.
+    path: Option<CString>,
+}
+
+impl Program {
+    /// Executes the program with `argv` and `envp`; returns only on failure, with the errno.
+    ///
+    /// # Safety
+    ///
+    /// As [`raw::execveat_fd`]: `argv` and `envp` are null-terminated arrays of
+    /// NUL-terminated strings, valid until the call returns.
+    pub(super) unsafe fn exec(&self, argv: *const *const u8, envp: *const *const u8) -> i32 {
+        match &self.path {
+            // SAFETY: as the caller vouches; the path is NUL-terminated.
+            Some(path) => unsafe { raw::execve(path.as_ptr().cast(), argv, envp) },
+            // SAFETY: as the caller vouches.
+            None => unsafe { raw::execveat_fd(self.memfd.as_raw_fd(), argv, envp) },
+        }
+    }
+}
+
+/// The supervisor program, loaded and probed once per process; `Err` says why it cannot be
+/// used here.
+pub(super) fn program() -> Result<&'static Program, &'static str> {
+    static PROGRAM: OnceLock<Result<Program, String>> = OnceLock::new();
     PROGRAM
         .get_or_init(|| {
             let loaded = load_program();
@@ -60,7 +85,7 @@ pub(super) const PROGRAM_IMAGE: Option<&[u8]> = Some(include_bytes!(concat!(
 #[cfg(not(pgroup_image))]
 pub(super) const PROGRAM_IMAGE: Option<&[u8]> = None;
 
-pub(super) fn load_program() -> Result<OwnedFd, String> {
+fn load_program() -> Result<Program, String> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let image = PROGRAM_IMAGE.ok_or_else(|| {
         "the supervisor program was not built with the crate (see the build script's \
@@ -81,19 +106,24 @@ pub(super) fn load_program() -> Result<OwnedFd, String> {
         SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
     )
     .map_err(|e| format!("sealing the memfd: {e}"))?;
-    probe(&memfd)?;
-    Ok(memfd)
+    let mut program = Program { memfd, path: None };
+    if let Err(by_fd) = probe(&program) {
+        program.path = CString::new(format!("/proc/self/fd/{}", program.memfd.as_raw_fd())).ok();
+        probe(&program).map_err(|by_path| {
+            format!("executing it from a memfd failed: {by_fd}; by its /proc path: {by_path}")
+        })?;
+    }
+    Ok(program)
 }
 
 /// Runs the program once with `--probe` (a `vfork` and an exec, about 60 µs), so that a
 /// system that refuses to execute it is known before any leader is spawned.
-pub(super) fn probe(program: &OwnedFd) -> Result<(), String> {
+fn probe(program: &Program) -> Result<(), String> {
     let argv: [*const u8; 3] = [ARGV0.as_ptr(), PROBE.as_ptr(), ptr::null()];
     let envp: [*const u8; 1] = [ptr::null()];
-    let fd = program.as_raw_fd();
     let mut stack = Stack::take().map_err(|e| format!("mmap: {e}"))?;
     let mut job = ProbeJob {
-        fd,
+        program,
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
     };
@@ -112,28 +142,24 @@ pub(super) fn probe(program: &OwnedFd) -> Result<(), String> {
     if pid <= 0 {
         return Err(format!("clone: {}", io::Error::last_os_error()));
     }
-    let status = crate::sys::reap_pid_status(pid);
-    match status {
+    match crate::sys::reap_pid_status(pid) {
         Some(0) => Ok(()),
-        Some(code) => Err(format!(
-            "executing it from a memfd failed: {}",
-            io::Error::from_raw_os_error(code)
-        )),
+        Some(code) => Err(io::Error::from_raw_os_error(code).to_string()),
         None => Err("the probe was killed".to_owned()),
     }
 }
 
-pub(super) struct ProbeJob {
-    fd: RawFd,
+struct ProbeJob<'a> {
+    program: &'a Program,
     argv: *const *const u8,
     envp: *const *const u8,
 }
 
-pub(super) extern "C" fn probe_main(arg: *mut c_void) -> c_int {
+extern "C" fn probe_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ProbeJob` that `probe` passed, alive while we run.
-    let job = unsafe { &*arg.cast::<ProbeJob>() };
+    let job = unsafe { &*arg.cast::<ProbeJob<'_>>() };
     // SAFETY: the job's arrays are null-terminated arrays of NUL-terminated strings.
-    let errno = unsafe { raw::execveat_fd(job.fd, job.argv, job.envp) };
+    let errno = unsafe { job.program.exec(job.argv, job.envp) };
     raw::exit_group(errno)
 }
 

@@ -36,6 +36,7 @@ mod nr {
     pub const OPENAT: usize = 257;
     pub const PPOLL: usize = 271;
     pub const SIGNALFD4: usize = 289;
+    pub const EXECVE: usize = 59;
     pub const EXECVEAT: usize = 322;
     pub const PIDFD_OPEN: usize = 434;
     pub const CLOSE_RANGE: usize = 436;
@@ -65,6 +66,7 @@ mod nr {
     pub const OPENAT: usize = 56;
     pub const PPOLL: usize = 73;
     pub const SIGNALFD4: usize = 74;
+    pub const EXECVE: usize = 221;
     pub const EXECVEAT: usize = 281;
     pub const PIDFD_OPEN: usize = 434;
     pub const CLOSE_RANGE: usize = 436;
@@ -654,6 +656,34 @@ pub(crate) unsafe fn execveat_fd(
             argv as usize,
             envp as usize,
             AT_EMPTY_PATH as usize,
+            0,
+        )
+    };
+    match ret {
+        Err(errno) => errno,
+        Ok(_) => EINVAL,
+    }
+}
+
+/// `execve(path, argv, envp)`. Returns only on failure.
+///
+/// # Safety
+///
+/// As [`execveat_fd`]; `path` is NUL-terminated.
+pub(crate) unsafe fn execve(
+    path: *const u8,
+    argv: *const *const u8,
+    envp: *const *const u8,
+) -> i32 {
+    // SAFETY: the caller vouches for the three pointers.
+    let ret = unsafe {
+        syscall6(
+            nr::EXECVE,
+            path as usize,
+            argv as usize,
+            envp as usize,
+            0,
+            0,
             0,
         )
     };
