@@ -48,10 +48,9 @@ core::arch::global_asm!(
 
 /// The value of `key=<decimal>` among the arguments.
 fn arg(args: &[&[u8]], key: &[u8]) -> Option<i32> {
-    let value = args.iter().find_map(|a| {
-        a.strip_prefix(key)
-            .and_then(|rest| rest.strip_prefix(b"="))
-    })?;
+    let value = args
+        .iter()
+        .find_map(|a| a.strip_prefix(key).and_then(|rest| rest.strip_prefix(b"=")))?;
     let mut n: i32 = 0;
     if value.is_empty() {
         return None;
