@@ -34,7 +34,18 @@ pub struct GuardRule {
 }
 
 /// Every rule [`safe_killpg`] applies, in the order it applies them. The first rule that
-/// matches decides the [`Refusal`].
+/// matches decides the [`Refusal`]; every refusal is a WARN tracing event
+/// `killpg_guard_refused` with `reason`, `pgid`, `signal` and `context`.
+///
+/// | reason | refuses | because |
+/// | --- | --- | --- |
+/// | `pgid_le_1` | 0, 1, negatives | `killpg(0)` is the caller's own group; `killpg(1)` is `kill(-1)`: everything the caller may signal |
+/// | `pgid_out_of_range` | ids at or above [`PID_MAX_LIMIT`](crate::PID_MAX_LIMIT) | no process can have one: the number is garbage |
+/// | `own_pgroup` | the caller's group | it would kill the test binary itself |
+/// | `session_pgroup` | the session leader's group | in a terminal, that is your login shell |
+/// | `parent_pgroup` | the parent's group | the test runner (nextest puts each test in its own group, so its own group alone is not enough) |
+/// | `ancestor_pgroup` | any ancestor's group, up to init | shells, multiplexers, editors, terminals |
+/// | `guard_unverifiable` | everything, when a rule cannot be checked | fail closed (no `/proc`, a `/proc` of another PID namespace) |
 ///
 /// Like `signal-hook`'s list of forbidden signals, this is public so that a caller can show
 /// it, test against it, or check that a newer version of the crate did not drop a rule.

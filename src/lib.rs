@@ -59,11 +59,11 @@
 //!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
 //!   `group_teardown_failed`.
 //! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
-//!   `Supervised` (the default) adds a supervisor process (one that shares the test binary's
-//!   memory, so its cost does not grow with it; the leader's parent, a
-//!   child subreaper that reaps orphans, tied to the test binary's life by a pidfd and a
-//!   pipe) that catches what leaves the group and what outlives the test binary; `Namespace` makes that supervisor
-//!   init of a PID namespace.
+//!   `Supervised` (the default) adds a supervisor, the leader's parent: a program of a few
+//!   KiB of its own, which shares nothing with the test binary, reaps orphans as a child
+//!   subreaper, and watches the test binary through a pidfd, so that it catches what leaves
+//!   the group and what outlives the test binary; `Namespace` makes the supervisor init of
+//!   a PID namespace.
 //! - [`Builder::capture_output`], [`SpawnedGroup::wait_for_line`],
 //!   [`SpawnedGroup::wait_for_tcp`], [`NotReady`], [`Stream`]: readiness and captured output
 //!   for test harnesses, in memory of fixed size; the waits of a group take `&self`, so a
@@ -77,8 +77,9 @@
 //!   as `Child::wait` does.
 //! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
 //!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
-//! - All unsafe code and raw syscalls live in one private module, `sys`, with the
-//!   async-signal-safe code of the supervisor and of the lifeline in its submodules.
+//! - All unsafe code and raw syscalls live in one private module, `sys`: the spawner, the
+//!   supervisor (whose files the supervisor program is built from) and the lifeline's
+//!   async-signal-safe code in its submodules.
 //!
 //! # What Drop guarantees, and what it cannot
 //!
@@ -107,42 +108,75 @@
 //! processes that leave their group, are what the [`Containment::Supervised`] tier's
 //! supervisor is for.
 //!
-//! | how the test or the test binary ends | `Group` | `Supervised` (default) | `Namespace` | backed by |
+//! | how the test or the test binary ends | `Group` | `Supervised` (default) | `Namespace` | the test that shows it (in the repository's `tests/`) |
 //! | --- | --- | --- | --- | --- |
-//! | the value is dropped | cleaned | cleaned | cleaned | `lifeline::drop_and_panic_clean_up_in_every_tier` |
+//! | the value is dropped | cleaned | cleaned | cleaned | `drop_and_panic_clean_up_in_every_tier` in lifeline.rs |
 //! | a panic unwinds (a failed assertion) | cleaned | cleaned | cleaned | the same |
-//! | SIGINT (Ctrl-C in the terminal) | cleaned, by the lifeline | cleaned | cleaned | `lifeline::a_fatal_signal_kills_every_group_and_the_status_is_kept` |
+//! | SIGINT (Ctrl-C in the terminal) | cleaned, by the lifeline | cleaned | cleaned | `a_fatal_signal_kills_every_group_and_the_status_is_kept` in lifeline.rs |
 //! | SIGTERM (nextest's timeout, a CI job cancelled) | cleaned, by the lifeline | cleaned | cleaned | the same |
 //! | SIGHUP (the terminal closed), SIGQUIT | cleaned, by the lifeline | cleaned | cleaned | the same |
-//! | `std::process::exit`, returning from `main` | cleaned, by the lifeline | cleaned | cleaned | `lifeline::exit_abort_and_return_kill_every_group_and_the_status_is_kept` |
+//! | `std::process::exit`, returning from `main` | cleaned, by the lifeline | cleaned | cleaned | `exit_abort_and_return_kill_every_group_and_the_status_is_kept` in lifeline.rs |
 //! | `abort()`, `panic = "abort"` (SIGABRT) | cleaned, by the lifeline | cleaned | cleaned | the same |
-//! | a `static`, an rstest `#[once]` fixture, `mem::forget` | cleaned at exit, by the lifeline | cleaned | cleaned | the lifeline tests (each holds a group in a `static`, one forgotten, one on its thread); `containment::statics_and_sigkill_of_the_test_binary` |
-//! | SIGKILL of the test binary (nextest after its grace period) | **not cleaned** | cleaned, by the supervisor | cleaned, by the supervisor | `containment::statics_and_sigkill_of_the_test_binary` |
-//! | a process that left the group (`setsid`, a double fork) | **not cleaned** | cleaned | cleaned | `containment::a_setsid_escaper`, `containment::a_double_fork_daemon` |
-//! | the OOM killer kills the test binary (or it dumps core, before Linux 5.16) | **not cleaned** | **not cleaned**: its supervisor shares the test binary's memory, and the kernel kills every process that does | cleaned | none: no test provokes the OOM killer |
+//! | a `static`, an rstest `#[once]` fixture, `mem::forget` | cleaned at exit, by the lifeline | cleaned | cleaned | the lifeline tests (each holds a group in a `static`, one forgotten, one on its thread); `statics_and_sigkill_of_the_test_binary` in containment.rs |
+//! | SIGKILL of the test binary (nextest after its grace period), or a crash the lifeline does not handle (SIGSEGV) | **not cleaned** | cleaned, by the supervisor | cleaned, by the supervisor | `statics_and_sigkill_of_the_test_binary` in containment.rs |
+//! | SIGKILL while another thread holds std's environment lock or an allocator's lock | **not cleaned** | cleaned | cleaned | `sigkill_while_another_thread_holds_the_environment_lock` in where_tests_run.rs |
+//! | the OOM killer kills the test binary | **not cleaned** | cleaned | cleaned | `an_oom_kill_of_the_test_binary_ends_its_groups` in where_tests_run.rs (where a memory cgroup can be made) |
+//! | a process that left the group (`setsid`, a double fork) | **not cleaned** | cleaned | cleaned | `a_setsid_escaper`, `a_double_fork_daemon` in containment.rs |
+//! | the supervisor is killed (by someone else) | — | the group is ended at teardown through the leader's pidfd (Linux 6.9), with an error: the leader's status is lost, and processes that left the group are not reached | the same | `shutdown_after_the_supervisors_death_ends_the_group`, `the_lifeline_never_signals_a_recycled_number` in where_tests_run.rs |
+//!
+//! The supervised tiers also hold where tests run in containers (Docker's default seccomp
+//! profile), under gdb and valgrind, and beside forks that keep descriptors: see the
+//! second table of [`Containment`].
 //!
 //! The `Group` tier's cells for the signal and exit rows are also checked with the lifeline
-//! off (`lifeline::without_the_lifeline_the_group_tier_leaks`): there the groups survive.
+//! off (`without_the_lifeline_the_group_tier_leaks` in lifeline.rs): there the groups survive.
 //! The lifeline yields to a signal handler of the program's own (see [`lifeline`] for the
 //! rules, and for the opt-out `PGROUP_LIFELINE=off`).
 
 //! # Platform
 //!
-//! Linux 5.3 or later gets the Linux backend (`pidfd_open`; `close_range` from 5.9 is used
-//! when present) and every tier, with `/proc` mounted for the caller's PID namespace (the
-//! ancestor rule reads it; without it the guard refuses everything, failing closed);
-//! [`Containment::Namespace`] also needs root or unprivileged user namespaces, and the shared
-//! supervisor of [`Containment::Supervised`] x86_64 or aarch64 (elsewhere it is forked).
+//! Linux 5.3 or later gets the Linux backend (`pidfd_open`; `close_range` from 5.9 and
+//! `clone3` with `CLONE_CLEAR_SIGHAND` from 5.5 are used when present) and every tier on
+//! x86_64 and aarch64 (elsewhere only [`Containment::Group`]), with `/proc` mounted for the
+//! caller's PID namespace (the ancestor rule reads it; without it the guard refuses
+//! everything, failing closed); [`Containment::Namespace`] also needs root or unprivileged
+//! user namespaces. The supervisor program is built by the crate's build script with the
+//! same `rustc` and linker; where that fails, a cargo warning says why, and the supervised
+//! tiers fork their supervisor instead.
 //! macOS and FreeBSD get the portable backend: the same guard rules (the ancestors read with
 //! `proc_pidinfo` and `sysctl(KERN_PROC_PID)`, failing closed), the leader pinned unreaped
 //! with `waitid(WNOWAIT)`, exits noticed by a polling thread (50 µs to 5 ms), and only
 //! [`Containment::Group`], which is the default there (the other tiers fail at spawn with
-//! `ErrorKind::Unsupported`; see [`Containment::is_available`]). CI compile-checks them, and
-//! runs the whole suite on Linux with the portable backend forced
+//! `ErrorKind::Unsupported`; see [`Containment::is_available`]). The repository's CI
+//! compile-checks them, and runs the whole suite on Linux with the portable backend forced
 //! (`RUSTFLAGS="--cfg pgroup_portable"`); only the per-platform readers of macOS and FreeBSD
 //! are never run. Windows does not compile (a message points to Job Objects). The minimum
-//! supported Rust version of the library and its tests is 1.85, checked in CI (the benches,
-//! `pgroup-benches`, use current stable).
+//! supported Rust version of the library and its tests is 1.85.
+//!
+//! | platform | tested how | tiers | guard rules | exit notification, signals |
+//! | --- | --- | --- | --- | --- |
+//! | Linux 5.3+, Linux backend (default) | the whole suite, with `cargo test` and nextest, also as PID 1 of a container | `Group`, `Supervised` (the default), `Namespace` on x86_64 and aarch64; `Group` elsewhere | all; ancestors from `/proc` (fails closed without it, or with a `/proc` of another PID namespace) | pidfds, `ppoll`; `PIDFD_SIGNAL_PROCESS_GROUP` on 6.9+, else `killpg` while the leader is unreaped |
+//! | Linux, portable backend (`--cfg pgroup_portable`) | the whole suite again under nextest | `Group` (the default there); `Supervised` and `Namespace` fail at spawn with `ErrorKind::Unsupported` | all; the portable walk of the ancestors, reading `/proc` (fails closed as above) | the portable path below, run for real |
+//! | macOS (aarch64, x86_64) | compile-checked only | `Group` (the default there); the others fail at spawn with `ErrorKind::Unsupported` | all; ancestors with `proc_pidinfo(PROC_PIDTBSDINFO)` (fails closed where it cannot read one) | portable: `waitid(WNOWAIT)` polled with a backoff (50 µs to 5 ms), `killpg`/`kill` only while the leader is unreaped |
+//! | FreeBSD (x86_64) | compile-checked only | as macOS | all; ancestors with `sysctl(KERN_PROC_PID)` (fails closed) | as macOS |
+//! | Windows | does not compile (the message points to Job Objects) | | | |
+//!
+//! How the portable backend differs from the Linux one:
+//!
+//! - the leader is pinned as on Linux, unreaped and observed with `waitid(WNOWAIT)`, by pid;
+//!   what tells the leader from a new child that got its number after someone else reaped
+//!   it is its start time in microseconds (macOS, FreeBSD) or, on Linux, its `/proc/<pid>`
+//!   directory held open (start times there count 10 ms ticks);
+//! - a group whose leader was reaped behind the crate's back (SIGCHLD set to `SIG_IGN`, a
+//!   `waitpid(-1)` elsewhere) can no longer be signalled: there is no
+//!   `PIDFD_SIGNAL_PROCESS_GROUP` to reach it without its number (as on Linux before 6.9);
+//! - exit notification is a thread that polls `waitid(WNOWAIT)` (our children) or the
+//!   platform's reader (other members) from 50 µs up to every 5 ms, so a teardown may take
+//!   up to 5 ms longer;
+//! - there is no walk of the leader's descendants before SIGTERM (it needs `/proc`):
+//!   teardown waits for the group's members once the leader has exited;
+//! - the lifeline's handler signals a group only while `waitid(P_PID, WNOWAIT)` says its
+//!   leader is unreaped (it cannot read start times inside a signal handler).
 //!
 //! # Terminals
 //!
@@ -171,6 +205,7 @@ mod leader;
 pub mod lifeline;
 mod output;
 mod pgid;
+pub mod recipes;
 #[cfg(feature = "tokio")]
 mod reaper;
 mod run;

@@ -7,9 +7,8 @@
 //! through the same guard, torn down by the same steps. What differs is how it waits:
 //!
 //! - **Waits** ([`wait`](SpawnedGroup::wait), [`wait_timeout`](SpawnedGroup::wait_timeout))
-//!   register the leader's pidfd (and, in the supervised tiers, the supervisor's status
-//!   pipe) with the runtime's reactor through [`AsyncFd`]: the task sleeps until the leader
-//!   exits. No polling loop, no `spawn_blocking`. Any number of tasks may wait at once.
+//!   register the leader's pidfd with the runtime's reactor through [`AsyncFd`]: the task
+//!   sleeps until the leader exits. No polling loop, no `spawn_blocking`. Any number of tasks may wait at once.
 //! - **Teardown** ([`shutdown`](SpawnedGroup::shutdown), Drop) is handed to one background
 //!   OS thread of the crate, shared by the whole process and started by the first hand-over.
 //!   It tears down any number of groups at once, each with the sync type's steps (SIGTERM
