@@ -205,9 +205,9 @@ mod leader;
 pub mod lifeline;
 mod output;
 mod pgid;
-pub mod recipes;
 #[cfg(feature = "tokio")]
 mod reaper;
+pub mod recipes;
 mod run;
 mod stdin;
 mod sys;

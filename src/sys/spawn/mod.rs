@@ -78,6 +78,8 @@ struct Context<'a> {
     envp: *const *const u8,
     /// The calling thread's signal mask, which std passes on to the leader.
     mask: libc::sigset_t,
+    /// The CPU the calling thread ran on when it made the spawner (see [`move_to_cpu`]).
+    cpu: c_int,
     /// Whether the handlers of the test binary are still to be reset (no `clone3`).
     reset_handlers: bool,
     /// The parent-death signal: [`PARENT_DEATH_SIGNAL`], or SIGKILL where the calling
@@ -229,6 +231,8 @@ fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Resu
         // SAFETY: sigset_t is plain data; filled in below, before the spawner runs.
         mask: unsafe { std::mem::zeroed() },
         reset_handlers: false,
+        // SAFETY: sched_getcpu(3) takes nothing and returns a number (-1 on failure).
+        cpu: unsafe { libc::sched_getcpu() },
         death_signal: PARENT_DEATH_SIGNAL,
         namespace: ids,
     };
@@ -423,6 +427,7 @@ fn prepare(ctx: &Context<'_>) -> Result<(), (Step, i32)> {
         reset_handlers();
     }
     ask_for_short_slices();
+    move_to_cpu(ctx.cpu);
     // SAFETY: sigaction through libc with a zeroed (default) action on this stack.
     unsafe {
         let mut dfl: libc::sigaction = std::mem::zeroed();
@@ -459,6 +464,38 @@ const SA_RESTORER: u64 = 0x0400_0000;
 /// The restorer of [`on_parent_death`], which never returns.
 extern "C" fn never_returned_to() {
     raw::exit_group(1);
+}
+
+/// Moves the spawner to `cpu`, the one the suspended calling thread last ran on, and gives
+/// it its CPU mask back at once (the leader, spawned next, inherits the calling thread's
+/// mask unchanged). New processes start on the idlest CPU, which is the calling thread's own
+/// once it sleeps; there the starting leader would then run, and the calling thread, woken
+/// on its own CPU when the spawner execs, would wait behind it for as long as a dynamic
+/// loader runs (most of a millisecond here). On the calling thread's CPU the spawner, and
+/// then the supervisor, which soon sleeps, hold it instead. Nothing is moved when `cpu` is
+/// unknown; failures change nothing.
+fn move_to_cpu(cpu: c_int) {
+    let Ok(cpu) = usize::try_from(cpu) else {
+        return;
+    };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: sched_getaffinity(2) and sched_setaffinity(2) with cpu_set_t values on our
+    // stack, of the size given; CPU_SET writes one bit inside the set (`cpu` is below
+    // CPU_SETSIZE, checked).
+    unsafe {
+        let mut mask: libc::cpu_set_t = std::mem::zeroed();
+        if cpu >= libc::CPU_SETSIZE as usize
+            || libc::sched_getaffinity(0, size, &mut mask) != 0
+            || !libc::CPU_ISSET(cpu, &mask)
+        {
+            return;
+        }
+        let mut only: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut only);
+        if libc::sched_setaffinity(0, size, &only) == 0 {
+            libc::sched_setaffinity(0, size, &mask);
+        }
+    }
 }
 
 /// `struct sched_attr` (Linux 3.14), its first version.
