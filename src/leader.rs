@@ -19,8 +19,8 @@ use procfs::process::Process;
 
 use crate::group::time_left;
 use crate::sys::supervisor::protocol::{
-    CMD_TEARDOWN, EXIT_DONE, EXIT_STUCK, MSG_LEN, TAG_ESCAPEE, TAG_FAILED, TAG_SETUP_FAILED,
-    TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
+    CMD_TEARDOWN, EXIT_DONE, EXIT_STUCK, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
+    TAG_SETUP_FAILED, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
 };
 use crate::{sys, Containment, Escapee};
 
@@ -53,6 +53,8 @@ struct Reports {
     failed: Option<i32>,
     /// Its teardown gave up on this many processes.
     stuck: Option<i32>,
+    /// Its teardown is complete: everything it had is reaped.
+    done: bool,
     /// Every copy of its end is closed.
     closed: bool,
 }
@@ -335,11 +337,7 @@ impl Leader {
             } => child.is_some() && !*reaped_elsewhere && sys::peek_exit(pidfd).is_ok(),
             // The supervisor holds the leader unreaped for as long as it runs and has not
             // been told to finish.
-            Leader::Supervised(sup) => {
-                matches!(sup.phase, Phase::Running)
-                    && sup.reports.failed.is_none()
-                    && !sys::has_exited(sup.supervisor_pid())
-            }
+            Leader::Supervised(sup) => sup.pins_the_leader(),
         }
     }
 
@@ -469,11 +467,15 @@ impl Supervised {
         i32::try_from(self.supervisor).unwrap_or(-1)
     }
 
-    /// The pidfd on the supervisor, opened on first use (our unreaped child: it names it).
+    /// The pidfd on the supervisor, opened on first use. It names the supervisor if the
+    /// supervisor still runs after the open (its socket is open); otherwise there is none
+    /// (its number may name another process by now, SIGCHLD being ignored).
     fn exit_fd(&self) -> Option<&sys::Pidfd> {
         if self.exit_pidfd.get().is_none() && !matches!(self.phase, Phase::Reaped) {
             if let Ok(pidfd) = sys::pidfd_open(self.supervisor).and_then(sys::pidfd_above_stdio) {
-                let _ = self.exit_pidfd.set(pidfd);
+                if !sys::hung_up(self.channel.as_fd()) {
+                    let _ = self.exit_pidfd.set(pidfd);
+                }
             }
         }
         self.exit_pidfd.get()
@@ -485,6 +487,21 @@ impl Supervised {
             .is_ok_and(|ready| ready.first() == Some(&true))
     }
 
+    /// Whether the supervisor runs: its end of the socket is open, and it is not a zombie.
+    /// The socket tells also where the kernel reaped it at once (SIGCHLD ignored), and its
+    /// number may since name another process.
+    fn supervisor_alive(&self) -> bool {
+        !sys::hung_up(self.channel.as_fd()) && !sys::has_exited(self.supervisor_pid())
+    }
+
+    /// Whether the supervisor holds the leader unreaped: it runs, and has not been told to
+    /// finish (nor given up at its start).
+    fn pins_the_leader(&self) -> bool {
+        matches!(self.phase, Phase::Running)
+            && self.reports.failed.is_none()
+            && self.supervisor_alive()
+    }
+
     /// Whether the leader exited and its status will never come: the supervisor is gone
     /// (or gave up at its start) without reporting it.
     fn lost(&mut self) -> bool {
@@ -492,7 +509,7 @@ impl Supervised {
         self.reports.exit.is_none()
             && self.leader_has_exited()
             && (self.reports.failed.is_some()
-                || (sys::has_exited(self.supervisor_pid()) && {
+                || (!self.supervisor_alive() && {
                     // Its last records are in the socket once it has exited.
                     let _ = self.pump();
                     self.reports.exit.is_none()
@@ -535,16 +552,11 @@ impl Supervised {
     /// is told to finish, lives on both sides of the read, so that the number was the
     /// leader's zombie's.
     fn zombie_status(&mut self) -> Option<ExitStatus> {
-        let pinned = |sup: &Self| {
-            matches!(sup.phase, Phase::Running)
-                && sup.reports.failed.is_none()
-                && !sys::has_exited(sup.supervisor_pid())
-        };
-        if !pinned(self) {
+        if !self.pins_the_leader() {
             return None;
         }
         let status = sys::zombie_status(self.leader)?;
-        pinned(self).then(|| {
+        self.pins_the_leader().then(|| {
             self.reports.exit = Some(status);
             status
         })
@@ -590,6 +602,7 @@ impl Supervised {
                 // set-up): it killed and reaped the leader.
                 Some(TAG_FAILED | TAG_SETUP_FAILED) => reports.failed = Some(value),
                 Some(TAG_STUCK) => reports.stuck = Some(value),
+                Some(TAG_DONE) => reports.done = true,
                 _ => {}
             }
         })?;
@@ -648,10 +661,7 @@ impl Supervised {
         // Its last records are in the socket once it has exited.
         self.pump()?;
         let phase = std::mem::replace(&mut self.phase, Phase::Reaped);
-        let status = sys::try_reap_status(self.supervisor);
-        if !matches!(status, Ok(Some(_))) {
-            sys::reap_in_background(self.supervisor);
-        }
+        let status = sys::reap_supervisor(self.supervisor, self.channel.as_fd(), exit.get());
         if let Phase::Finishing(Err(error)) = phase {
             return Err(error);
         }
@@ -690,6 +700,9 @@ impl Supervised {
                     "the supervisor did not finish its teardown in time",
                 ))
             }
+            // Someone else reaped it (a `waitid(P_ALL, __WALL)` elsewhere, or the forked
+            // supervisor with SIGCHLD ignored): its last record tells the same.
+            Err(_) if self.reports.done => {}
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
@@ -731,7 +744,7 @@ impl Drop for Supervised {
         if matches!(self.phase, Phase::Running) {
             let _ = sys::write_byte(self.channel.as_fd(), CMD_TEARDOWN);
         }
-        sys::reap_in_background(self.supervisor);
+        let _ = sys::reap_supervisor(self.supervisor, self.channel.as_fd(), self.exit_fd());
     }
 }
 

@@ -4,7 +4,7 @@
 //! It is started lazily by the first hand-over and lives as long as the process. It drives
 //! any number of teardowns at once, each with the same steps as the sync teardown
 //! ([`SpawnedGroup::teardown_advance`]): one `ppoll` over the descriptors every teardown
-//! waits on (pidfds, the supervisors' status pipes) and a wake-up socket, with the nearest
+//! waits on (the leaders' and the supervisors' pidfds) and a wake-up socket, with the nearest
 //! deadline as its timeout. No polling loop: with nothing to do it sleeps in `ppoll` without
 //! a timeout.
 //!

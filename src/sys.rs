@@ -9,16 +9,19 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 #[cfg(pgroup_linux)]
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::process::CommandExt;
+#[cfg(pgroup_linux)]
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use nix::errno::Errno;
+#[cfg(pgroup_linux)]
 use nix::libc;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{self, Signal};
 #[cfg(pgroup_linux)]
 use nix::sys::wait::Id;
+#[cfg(pgroup_linux)]
 use nix::sys::wait::{self, WaitPidFlag, WaitStatus};
 use nix::unistd::{self, Pid};
 
@@ -143,14 +146,13 @@ pub(crate) fn unsupported_tier(tier: &str) -> io::Error {
     )
 }
 
-/// `__WALL` where it exists (Linux: also children that are threads' clones).
-#[cfg(target_os = "linux")]
+/// `__WALL`: also children whose exit signal is not SIGCHLD.
+#[cfg(pgroup_linux)]
 const WALL: WaitPidFlag = WaitPidFlag::__WALL;
-#[cfg(not(target_os = "linux"))]
-const WALL: WaitPidFlag = WaitPidFlag::empty();
 
 /// Reaps our child `pid`, waiting for it (a child that is known to have exited, or to be
 /// about to). Errors (someone else reaped it) are ignored.
+#[cfg(pgroup_linux)]
 pub(crate) fn reap_pid(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return;
@@ -163,21 +165,8 @@ pub(crate) fn reap_pid(pid: u32) {
     }
 }
 
-/// Whether our child `pid` has exited; reaps it if so. Someone else having reaped it
-/// (`ECHILD`) counts as exited.
-pub(crate) fn try_reap_pid(pid: u32) -> io::Result<bool> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    loop {
-        return match wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG | WALL)) {
-            Ok(WaitStatus::StillAlive) => Ok(false),
-            Ok(_) | Err(Errno::ECHILD) => Ok(true),
-            Err(Errno::EINTR) => continue,
-            Err(e) => Err(e.into()),
-        };
-    }
-}
-
 /// Whether our child `pid` has exited (or was reaped by someone else), without reaping it.
+#[cfg(pgroup_linux)]
 pub(crate) fn has_exited(pid: i32) -> bool {
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
     loop {
@@ -190,31 +179,21 @@ pub(crate) fn has_exited(pid: i32) -> bool {
     }
 }
 
+/// Only supervisors are asked about, and the portable backend has none.
+#[cfg(not(pgroup_linux))]
+pub(crate) fn has_exited(_pid: i32) -> bool {
+    true
+}
+
 /// Waits for our child `pid` and reaps it: `Some(code)` if it exited, `None` if a signal
 /// ended it (or someone else reaped it).
+#[cfg(pgroup_linux)]
 pub(crate) fn reap_pid_status(pid: i32) -> Option<i32> {
     loop {
         return match wait::waitpid(Pid::from_raw(pid), Some(WALL)) {
             Ok(WaitStatus::Exited(_, code)) => Some(code),
             Err(Errno::EINTR) => continue,
             _ => None,
-        };
-    }
-}
-
-/// Reaps our child `pid` if it has exited: its status, `None` while it runs. `ECHILD`
-/// (someone else reaped it) is an error.
-pub(crate) fn try_reap_status(pid: u32) -> io::Result<Option<ExitStatus>> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
-    loop {
-        return match wait::waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG | WALL)) {
-            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
-            Ok(WaitStatus::Signaled(_, sig, core)) => Ok(Some(ExitStatus::from_raw(
-                (sig as i32) | if core { 0x80 } else { 0 },
-            ))),
-            Ok(_) => Ok(None),
-            Err(Errno::EINTR) => continue,
-            Err(e) => Err(e.into()),
         };
     }
 }
@@ -246,14 +225,77 @@ pub(crate) fn zombie_status(_pid: u32) -> Option<ExitStatus> {
     None
 }
 
-/// Reaps our child `pid` on a thread of its own, whenever it exits.
-pub(crate) fn reap_in_background(pid: u32) {
-    if try_reap_pid(pid).unwrap_or(true) {
-        return;
+/// Reaps the supervisor `pid` (our child), whose end of the socket `channel` is the other,
+/// now if it has exited and on a thread of its own otherwise: `Ok(Some)` with its status,
+/// `Ok(None)` while it runs, an error (`ECHILD`) where someone else reaped it.
+///
+/// Its number names it while it runs (its socket is open) or is our zombie, but no longer
+/// once the kernel has reaped it (SIGCHLD ignored): then it may name another process,
+/// which is left alone. `pidfd`, opened while it ran, names it in any case.
+#[cfg(pgroup_linux)]
+pub(crate) fn reap_supervisor(
+    pid: u32,
+    channel: BorrowedFd<'_>,
+    pidfd: Option<&Pidfd>,
+) -> io::Result<Option<ExitStatus>> {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WALL;
+    let status = match pidfd {
+        Some(pidfd) => wait_status(|| wait::waitid(Id::PIDFd(pidfd.as_fd()), flags))?,
+        None => {
+            let running = !hung_up(channel);
+            let pid =
+                libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+            let flags = WaitPidFlag::WNOHANG | WALL;
+            match wait_status(|| wait::waitpid(Pid::from_raw(pid), Some(flags)))? {
+                Some(status) => Some(status),
+                None if running => None,
+                // Another process with its number.
+                None => return Err(Errno::ECHILD.into()),
+            }
+        }
+    };
+    if status.is_none() {
+        let owned = pidfd.and_then(|p| p.try_clone().ok());
+        let _ = std::thread::Builder::new()
+            .name("pgroup-reap-supervisor".into())
+            .spawn(move || match owned {
+                Some(pidfd) => {
+                    let flags = WaitPidFlag::WEXITED | WALL;
+                    let _ = wait_status(|| wait::waitid(Id::PIDFd(pidfd.as_fd()), flags));
+                }
+                None => reap_pid(pid),
+            });
     }
-    let _ = std::thread::Builder::new()
-        .name("pgroup-reap-supervisor".into())
-        .spawn(move || reap_pid(pid));
+    Ok(status)
+}
+
+/// The supervised tiers, which have supervisors, do not exist in the portable backend.
+#[cfg(not(pgroup_linux))]
+pub(crate) fn reap_supervisor(
+    _pid: u32,
+    _channel: BorrowedFd<'_>,
+    _pidfd: Option<&Pidfd>,
+) -> io::Result<Option<ExitStatus>> {
+    Err(io::ErrorKind::Unsupported.into())
+}
+
+/// The status a `waitid`/`waitpid` call returns (`None`: still running), `EINTR` retried.
+#[cfg(pgroup_linux)]
+fn wait_status(
+    mut call: impl FnMut() -> nix::Result<WaitStatus>,
+) -> io::Result<Option<ExitStatus>> {
+    loop {
+        return match call() {
+            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
+            Ok(WaitStatus::Signaled(_, sig, core)) => {
+                let core_bit = if core { 0x80 } else { 0 };
+                Ok(Some(ExitStatus::from_raw((sig as i32) | core_bit)))
+            }
+            Ok(_) => Ok(None),
+            Err(Errno::EINTR) => continue,
+            Err(e) => Err(e.into()),
+        };
+    }
 }
 
 /// The parent of `pid`, from /proc.
@@ -388,6 +430,22 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Whether the peer of the socket `fd` has closed its end (`POLLHUP`), records unread or
+/// not: for a supervisor's channel, that it has exited (its descriptors close before it
+/// becomes a zombie) and that its last records are in the socket.
+pub(crate) fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut pollfds = [PollFd::new(fd, PollFlags::empty())];
+    loop {
+        return match nix::poll::poll(&mut pollfds, nix::poll::PollTimeout::ZERO) {
+            Ok(_) => pollfds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(Errno::EINTR) => continue,
+            Err(_) => false,
+        };
+    }
+}
+
 /// Waits until at least one of `fds` is readable or `timeout` passes (`None`: no bound).
 /// Returns, for each descriptor, whether it is readable. EINTR is retried with the time left
 /// by the caller, which loops on its own deadline.
@@ -429,20 +487,8 @@ pub(crate) fn poll_readable(
 /// `WEXITED | WNOWAIT | WNOHANG`). The zombie stays, and so its pid and group id stay reserved.
 /// `Ok(None)` while it runs. Only valid for the caller's own children.
 pub(crate) fn peek_exit(pidfd: &Pidfd) -> io::Result<Option<ExitStatus>> {
-    let pidfd = pidfd.as_fd();
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-    loop {
-        return match wait::waitid(Id::PIDFd(pidfd), flags) {
-            Ok(WaitStatus::Exited(_, code)) => Ok(Some(ExitStatus::from_raw((code & 0xff) << 8))),
-            Ok(WaitStatus::Signaled(_, sig, core)) => {
-                let core_bit = if core { 0x80 } else { 0 };
-                Ok(Some(ExitStatus::from_raw((sig as i32) | core_bit)))
-            }
-            Ok(_) => Ok(None),
-            Err(Errno::EINTR) => continue,
-            Err(e) => Err(e.into()),
-        };
-    }
+    wait_status(|| wait::waitid(Id::PIDFd(pidfd.as_fd()), flags))
 }
 
 /// Makes `cmd` call `setsid(2)` in the child before exec: a new session whose leader is the
@@ -505,7 +551,7 @@ pub(crate) fn pidfd_send_signal(
 }
 
 /// Registers `fd` with the current tokio runtime's reactor, for readability: the leader's
-/// pidfd (readable once it exits) or a supervisor's status pipe.
+/// pidfd (readable once it exits).
 ///
 /// # Panics
 ///

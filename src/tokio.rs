@@ -160,8 +160,8 @@ pub struct SpawnedGroup {
     pub stderr: Option<ChildStderr>,
     /// The sync group; `None` only once it was handed to the reaper.
     group: Option<crate::SpawnedGroup>,
-    /// Copies of the descriptors that become readable when the leader exits (its pidfd) or
-    /// its supervisor goes (the status pipe), registered with the runtime.
+    /// A copy of the leader's pidfd, readable once it exits (in every tier), registered
+    /// with the runtime.
     exit: Vec<AsyncFd<OwnedFd>>,
     pgid: Pgid,
     pid: u32,
@@ -332,8 +332,7 @@ impl SpawnedGroup {
 
     /// Waits for the leader to exit and returns its status; the group stays pinned until
     /// teardown, and other members may still be running. The task sleeps until the
-    /// runtime's reactor sees the leader's pidfd (or its supervisor's status pipe) become
-    /// readable.
+    /// runtime's reactor sees the leader's pidfd become readable (in every tier).
     ///
     /// As tokio's `Child::wait`, it first closes the leader's [`stdin`](SpawnedGroup::stdin)
     /// if the group still holds it, so that a leader that reads its input to the end sees

@@ -144,16 +144,31 @@ fn sigchld_ignored_role(_logs: support::Logs<'_>) -> i32 {
     0
 }
 
+/// With the supervisor program (created with no exit signal, so the kernel does not reap it)
+/// and with the forked supervisor (std's child, which the kernel reaps at once: its last
+/// record tells how its teardown went).
 #[rstest]
 fn sigchld_ignored_by_the_test_binary(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
+    #[values("on", "off")] program: &str,
 ) {
     if support::tier_unavailable(tier) {
         return;
     }
     let marker = support::marker("sigchld-ign");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
-    let out = run_role("sigchld-ignored", &marker, tier, &[]);
+    let out = run_role(
+        "sigchld-ignored",
+        &marker,
+        tier,
+        &[("PGROUP_SUPERVISOR_PROGRAM", program)],
+    );
+    // The probe, too, works with SIGCHLD ignored.
+    let unavailable = out
+        .lines
+        .iter()
+        .any(|l| l.contains("supervisor_program_unavailable"));
+    assert!(!unavailable, "{:?}", out.lines);
     assert_eq!(out.one("STARTED"), "started", "{:?}", out.lines);
     assert_eq!(out.one("STATUS"), "Some(3)", "{:?}", out.lines);
     assert_eq!(out.one("SIGNAL"), "true", "{:?}", out.lines);

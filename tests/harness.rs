@@ -389,8 +389,8 @@ fn a_group_is_send_and_sync() {
 
 /// Several threads wait at once on one `Arc<SpawnedGroup>`, through `&self`: each sees the
 /// exit. In the supervised tiers only one of them can read the supervisor's report from
-/// the status pipe; the others must still wake (they watch the leader's pidfd, whose
-/// readiness is the leader's state, not a message).
+/// its socket; the others must still wake (they watch the leader's pidfd, whose readiness
+/// is the leader's state, not a message).
 #[rstest]
 fn concurrent_waits_through_an_arc_all_see_the_exit(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]

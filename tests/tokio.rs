@@ -301,9 +301,8 @@ async fn teardowns_run_side_by_side(flavor: &str) {
 }
 both_runtimes!(side_by_side_teardowns, teardowns_run_side_by_side);
 
-/// `wait` wakes when the leader exits, in every tier (the pidfd in `Group`, the
-/// supervisor's status pipe in the others), and not before: `wait_timeout` says "running"
-/// while the leader blocks on its stdin.
+/// `wait` wakes when the leader exits, in every tier (the leader's pidfd), and not before:
+/// `wait_timeout` says "running" while the leader blocks on its stdin.
 async fn waits_wake_on_exit(flavor: &str) {
     for tier in [
         Containment::Group,

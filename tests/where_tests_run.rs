@@ -705,8 +705,8 @@ fn forker_role(_logs: support::Logs<'_>) -> i32 {
 
 /// Forks of the test binary that never exec (and so keep copies of whatever descriptors
 /// were open when they were made, the supervisor's socket ends included) do not hold up
-/// teardown: every teardown succeeds. Before, such a copy of the status pipe's write end
-/// made teardown wait ten seconds, burning CPU, and fail.
+/// teardown: every teardown succeeds (teardown waits for the supervisor's exit, not for
+/// the end of its socket).
 #[test]
 fn forks_that_keep_descriptors_do_not_hold_up_teardown() {
     if !supervised_available() {

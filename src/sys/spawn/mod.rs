@@ -16,6 +16,45 @@
 //!    to its default action (ignored, the kernel would reap the leader at once), and sets
 //!    the handlers of the test binary to their default actions (`CLONE_CLEAR_SIGHAND`, or
 //!    one by one where `clone3` is refused);
+//! 2. asks for [`PARENT_DEATH_SIGNAL`] when the calling thread dies. The calling thread
+//!    cannot end while it is suspended, unless the whole test binary dies: then the handler
+//!    kills and reaps what the spawner started, and exits. So the spawner never outlives
+//!    the test binary while it runs std's code, whose locks (the environment lock, the
+//!    allocator's) a thread of the dead test binary may still hold;
+//! 3. asks the scheduler for short slices (`sched_setattr`, reset in its children) and
+//!    runs on the calling thread's CPU, so that the suspended caller does not wait behind
+//!    the leader it is starting;
+//! 4. runs std's `Command::spawn` with the calling thread's signal mask, which std passes
+//!    on to the leader: every setting of the `Command` (stdio, environment, `env_clear`,
+//!    working directory, `arg0`, uid and gid, `pre_exec` hooks, which run in the leader)
+//!    is applied by std, with `posix_spawn` where it can, as in the `Group` tier;
+//! 5. sends the leader's pid, a pidfd on it and the parent ends of its stdio pipes to the
+//!    test binary ([`TAG_SPAWNED`], `SCM_RIGHTS` on a `SOCK_SEQPACKET` socket pair), and
+//!    execs the supervisor program (`supervisor/main.rs`, built by `build.rs`, a few KiB
+//!    with no C library and no dynamic loader) from a sealed `memfd` (`execveat`, or its
+//!    `/proc/self/fd` path where that is refused): from then on the supervisor has memory,
+//!    descriptors and signal handlers of its own, and the calling thread resumes.
+//!
+//! Nothing is written into the test binary's memory that the calling thread reads: every
+//! answer comes through the socket, so that the same code also works where the kernel (or
+//! valgrind, which turns `CLONE_VM | CLONE_VFORK` into a plain fork) gives the spawner a copy.
+//!
+//! A test binary that ignores SIGCHLD has the supervisor reaped by the kernel when it
+//! exits, and its exit status with it: its last record ([`TAG_DONE`], or the ones for a
+//! failure) says the same. (Creating it with no exit signal would not help: an exec gives
+//! it SIGCHLD again.)
+//!
+//! # The forked supervisor
+//!
+//! Where the supervisor program cannot be executed (not built: see `build.rs`; a system
+//! that refuses executable `memfd`s, `vm.memfd_noexec = 2`; a seccomp profile that denies
+//! `memfd_create` or `execveat`; `PGROUP_SUPERVISOR_PROGRAM=off`), the supervisor is a fork
+//! of the test binary instead: std forks the child for the `Command` with a `pre_exec` hook
+//! that forks once more; the grandchild is the leader, which std execs, and the child runs
+//! the same supervisor loop (`supervisor/run.rs`) in its copy of the test binary. The
+//! guarantees are the same; the fork copies the test binary's page tables, so its cost
+//! grows with the test binary's memory, and `pre_exec` hooks of the `Command` run in the
+//! supervisor's copy before the leader is forked.
 
 mod forked;
 mod namespace;
@@ -31,6 +70,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use nix::libc::{self, c_int, c_void};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+#[cfg(doc)]
+use super::supervisor::protocol::TAG_DONE;
 use super::supervisor::protocol::{ARGV0, TAG_SPAWNED};
 use super::supervisor::raw;
 use super::supervisor::run::{self, write_decimal};

@@ -3,14 +3,14 @@
 
 use std::ffi::{CString, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::ptr;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use nix::libc::{self, c_int, c_void};
 
-use crate::sys::supervisor::protocol::{ARGV0, PROBE};
+use crate::sys::supervisor::protocol::{ARGV0, PROBE, PROBE_OK};
 use crate::sys::supervisor::raw;
 
 /// The spawner's stack: std's `spawn` runs on it, and so do `pre_exec` hooks (std forks the
@@ -117,13 +117,28 @@ fn load_program() -> Result<Program, String> {
 }
 
 /// Runs the program once with `--probe` (a `vfork` and an exec, about 60 µs), so that a
-/// system that refuses to execute it is known before any leader is spawned.
+/// system that refuses to execute it is known before any leader is spawned. The outcome
+/// comes through a pipe, not the probe's exit status, which a test binary that ignores
+/// SIGCHLD never sees: the program writes [`PROBE_OK`] to it, or the probe the errno of its
+/// failed exec; nothing at all means the program was killed (a seccomp profile, a CPU
+/// feature it lacks).
 fn probe(program: &Program) -> Result<(), String> {
-    let argv: [*const u8; 3] = [ARGV0.as_ptr(), PROBE.as_ptr(), ptr::null()];
+    let (reader, writer) = crate::sys::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let mut channel = *b"channel=\0\0\0\0\0\0\0\0\0\0\0";
+    let digits = u64::try_from(writer.as_raw_fd()).unwrap_or(0);
+    let len = crate::sys::supervisor::run::write_decimal(&mut channel[8..18], digits);
+    channel[8 + len] = 0;
+    let argv: [*const u8; 4] = [
+        ARGV0.as_ptr(),
+        PROBE.as_ptr(),
+        channel.as_ptr(),
+        ptr::null(),
+    ];
     let envp: [*const u8; 1] = [ptr::null()];
     let mut stack = Stack::take().map_err(|e| format!("mmap: {e}"))?;
     let mut job = ProbeJob {
         program,
+        writer: writer.as_raw_fd(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
     };
@@ -139,18 +154,51 @@ fn probe(program: &Program) -> Result<(), String> {
         )
     };
     stack.release();
+    drop(writer);
     if pid <= 0 {
         return Err(format!("clone: {}", io::Error::last_os_error()));
     }
-    match crate::sys::reap_pid_status(pid) {
-        Some(0) => Ok(()),
-        Some(code) => Err(io::Error::from_raw_os_error(code).to_string()),
-        None => Err("the probe was killed".to_owned()),
+    let said = read_probe(&reader);
+    // Reaps it (`ECHILD` where the kernel already did, SIGCHLD being ignored).
+    let status = crate::sys::reap_pid_status(pid);
+    match said.as_slice() {
+        PROBE_OK => Ok(()),
+        &[a, b, c, d] => {
+            Err(io::Error::from_raw_os_error(i32::from_le_bytes([a, b, c, d])).to_string())
+        }
+        _ => Err(match status {
+            Some(code) => format!("the probe exited with {code} and said nothing"),
+            None => "the probe was killed".to_owned(),
+        }),
     }
+}
+
+/// Reads what the probe wrote, until it exits (the pipe's end of file) or 5 s pass.
+fn read_probe(reader: &OwnedFd) -> Vec<u8> {
+    let mut said = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match crate::sys::poll_readable(&[reader.as_fd()], Some(left)) {
+            Ok(ready) if ready.first() == Some(&true) => {}
+            Ok(_) => break,
+            Err(_) => break,
+        }
+        let mut buf = [0_u8; 8];
+        match rustix::io::read(reader, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    said
 }
 
 struct ProbeJob<'a> {
     program: &'a Program,
+    /// The pipe's write end, kept open across the exec in the probe (its own descriptor
+    /// table: `CLONE_VM` without `CLONE_FILES`).
+    writer: RawFd,
     argv: *const *const u8,
     envp: *const *const u8,
 }
@@ -158,8 +206,12 @@ struct ProbeJob<'a> {
 extern "C" fn probe_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `ProbeJob` that `probe` passed, alive while we run.
     let job = unsafe { &*arg.cast::<ProbeJob<'_>>() };
-    // SAFETY: the job's arrays are null-terminated arrays of NUL-terminated strings.
-    let errno = unsafe { job.program.exec(job.argv, job.envp) };
+    let errno = match raw::keep_on_exec(job.writer) {
+        // SAFETY: the job's arrays are null-terminated arrays of NUL-terminated strings.
+        Ok(_) => unsafe { job.program.exec(job.argv, job.envp) },
+        Err(errno) => errno,
+    };
+    let _ = raw::write(job.writer, &errno.to_le_bytes());
     raw::exit_group(errno)
 }
 

@@ -1,11 +1,11 @@
 //! The supervisor program: a freestanding Linux executable (no C library, no dynamic
 //! loader, a few KiB) that the library builds with `build.rs`, embeds, and executes from
 //! memory (`memfd_create`, `execveat`) as the supervisor of each group of the supervised
-//! tiers. See `run.rs` for what it does, and `spawn.rs` in the library for how it starts.
+//! tiers. See `run.rs` for what it does, and `spawn/mod.rs` in the library for how it starts.
 //!
 //! Its arguments, after `argv[0]` (`pgroup-supervisor`): `leader=<pid>`,
-//! `channel=<fd>`, `parent=<fd>`, as `ps -f` shows them; or `--probe`, which exits at once
-//! with status 0.
+//! `channel=<fd>`, `parent=<fd>`, as `ps -f` shows them; or `--probe channel=<fd>`, which
+//! writes `ok` to that descriptor and exits at once with status 0.
 
 #![no_std]
 #![no_main]
@@ -87,6 +87,9 @@ extern "C" fn start(sp: *const usize) -> ! {
     };
     let given = args.get(1..count).unwrap_or(&[]);
     if given.first() == Some(&&protocol::PROBE[..protocol::PROBE.len() - 1]) {
+        if let Some(channel) = arg(given, b"channel") {
+            let _ = raw::write(channel, protocol::PROBE_OK);
+        }
         raw::exit_group(0);
     }
     match (

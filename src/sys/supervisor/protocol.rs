@@ -9,8 +9,10 @@
 //!   [`TAG_STATUS`], the leader's raw wait status when it exits; [`TAG_ESCAPEE`], each
 //!   process that had left the group and was killed at teardown; [`TAG_STUCK`], the number
 //!   of processes that did not die within the teardown bound; [`TAG_FAILED`], an errno when
-//!   its own set-up failed (it has then killed and reaped the leader). Then it exits, with
-//!   [`EXIT_DONE`] once everything is reaped, or [`EXIT_STUCK`].
+//!   its own set-up failed (it has then killed and reaped the leader); [`TAG_DONE`] once
+//!   everything is reaped. Then it exits, with [`EXIT_DONE`], [`EXIT_STUCK`] or
+//!   [`EXIT_FAILED`]: the records tell the same where its exit status is lost (someone
+//!   else reaped it).
 //! - From the test binary: [`CMD_TEARDOWN`], one byte, once it has sent the group its final
 //!   SIGKILL.
 
@@ -34,6 +36,9 @@ pub(crate) const TAG_ESCAPEE: u8 = b'E';
 pub(crate) const TAG_FAILED: u8 = b'F';
 /// Teardown gave up at its bound; this many children were still alive.
 pub(crate) const TAG_STUCK: u8 = b'T';
+/// Teardown is complete: everything the supervisor had is reaped (the `i32` is 0). Its exit
+/// status, [`EXIT_DONE`], says the same.
+pub(crate) const TAG_DONE: u8 = b'D';
 /// The supervisor's exit code when its teardown is complete: everything it had is reaped.
 pub(crate) const EXIT_DONE: i32 = 0;
 /// The supervisor's exit code when its teardown gave up at its bound ([`TAG_STUCK`]).
@@ -55,6 +60,9 @@ pub(crate) const COMM: &[u8] = b"pgroup-supervis\0";
 /// `argv[0]` of the supervisor program (`ps -f` shows it, with the arguments).
 pub(crate) const ARGV0: &[u8] = b"pgroup-supervisor\0";
 
-/// The argument that makes the supervisor program exit at once with status 0: the library
-/// runs it once to learn that it can be executed here.
+/// The argument that makes the supervisor program write [`PROBE_OK`] to the descriptor
+/// given as `channel=<fd>` and exit at once with status 0: the library runs it once to
+/// learn that it can be executed here.
 pub(crate) const PROBE: &[u8] = b"--probe\0";
+/// What the probe writes.
+pub(crate) const PROBE_OK: &[u8] = b"ok";

@@ -29,8 +29,8 @@
 use core::ptr;
 
 use super::protocol::{
-    CMD_TEARDOWN, COMM, EXIT_DONE, EXIT_FAILED, EXIT_STUCK, MSG_LEN, TAG_ESCAPEE, TAG_FAILED,
-    TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
+    CMD_TEARDOWN, COMM, EXIT_DONE, EXIT_FAILED, EXIT_STUCK, MSG_LEN, TAG_DONE, TAG_ESCAPEE,
+    TAG_FAILED, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
 };
 use super::raw::{self, PollFd, SigInfo};
 
@@ -420,7 +420,11 @@ fn teardown(
                     }
                 }
                 Err(raw::EINTR) => {}
-                Err(raw::ECHILD) => raw::exit_group(if failed { EXIT_FAILED } else { EXIT_DONE }),
+                Err(raw::ECHILD) if failed => raw::exit_group(EXIT_FAILED),
+                Err(raw::ECHILD) => {
+                    send(args.channel, TAG_DONE, 0, Some(deadline));
+                    raw::exit_group(EXIT_DONE)
+                }
                 _ => break,
             }
         }
