@@ -100,11 +100,12 @@
 /// It works wherever `Group` works (the table above), and catches what `Group` cannot: the
 /// processes that leave the group, and every death of the test binary. What it costs is the
 /// start of one small program and the wake-ups between three processes instead of two: on
-/// the 2-core virtual machine of the benchmarks, 150–220 µs more per spawn and teardown
-/// than `Group` (1.6–2.2×), the same at 2, 64 and 256 MiB of resident memory (see the
-/// repository's BENCHMARKS.md, `cargo run --release -p pgroup-benches --example report`).
-/// The supervisor that shared the test binary's memory cost 1.2–1.5× and broke under gdb,
-/// valgrind and Docker's seccomp profile, and with the OOM killer.
+/// the 2-core virtual machine of the benchmarks, 100–220 µs more per spawn and teardown
+/// than `Group` (1.45–2.2×), the same at 2, 64 and 256 MiB of resident memory (BENCHMARKS.md
+/// in the package, made by `cargo run --release -p pgroup-benches --example report` in the
+/// repository). A supervisor that shares the test binary's memory instead of executing a
+/// program would cost less (1.2–1.5×), and breaks under gdb, valgrind and Docker's seccomp
+/// profile, and with the OOM killer: robustness comes first in a crate for test suites.
 ///
 /// # Bounds
 ///
