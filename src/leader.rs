@@ -661,7 +661,7 @@ impl Supervised {
         // Its last records are in the socket once it has exited.
         self.pump()?;
         let phase = std::mem::replace(&mut self.phase, Phase::Reaped);
-        let status = sys::reap_supervisor(self.supervisor, self.channel.as_fd(), exit.get());
+        let status = sys::reap_now_or_later(self.supervisor, self.channel.as_fd(), exit.get());
         if let Phase::Finishing(Err(error)) = phase {
             return Err(error);
         }
@@ -744,7 +744,7 @@ impl Drop for Supervised {
         if matches!(self.phase, Phase::Running) {
             let _ = sys::write_byte(self.channel.as_fd(), CMD_TEARDOWN);
         }
-        let _ = sys::reap_supervisor(self.supervisor, self.channel.as_fd(), self.exit_fd());
+        let _ = sys::reap_now_or_later(self.supervisor, self.channel.as_fd(), self.exit_fd());
     }
 }
 

@@ -225,24 +225,25 @@ pub(crate) fn zombie_status(_pid: u32) -> Option<ExitStatus> {
     None
 }
 
-/// Reaps the supervisor `pid` (our child), whose end of the socket `channel` is the other,
-/// now if it has exited and on a thread of its own otherwise: `Ok(Some)` with its status,
-/// `Ok(None)` while it runs, an error (`ECHILD`) where someone else reaped it.
+/// Reaps our child `pid`, which holds the other end of `peer` (a socket or a pipe, whose
+/// end it closes only by exiting: a supervisor's socket, the probe's pipe), now if it has
+/// exited and on a thread of its own otherwise: `Ok(Some)` with its status, `Ok(None)`
+/// while it runs, an error (`ECHILD`) where someone else reaped it.
 ///
-/// Its number names it while it runs (its socket is open) or is our zombie, but no longer
-/// once the kernel has reaped it (SIGCHLD ignored): then it may name another process,
-/// which is left alone. `pidfd`, opened while it ran, names it in any case.
+/// Its number names it while it runs (`peer` is open) or is our zombie, but no longer once
+/// the kernel has reaped it (SIGCHLD ignored): then it may name another process, which is
+/// left alone. `pidfd`, opened while it ran, names it in any case.
 #[cfg(pgroup_linux)]
-pub(crate) fn reap_supervisor(
+pub(crate) fn reap_now_or_later(
     pid: u32,
-    channel: BorrowedFd<'_>,
+    peer: BorrowedFd<'_>,
     pidfd: Option<&Pidfd>,
 ) -> io::Result<Option<ExitStatus>> {
     let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WALL;
     let status = match pidfd {
         Some(pidfd) => wait_status(|| wait::waitid(Id::PIDFd(pidfd.as_fd()), flags))?,
         None => {
-            let running = !hung_up(channel);
+            let running = !hung_up(peer);
             let pid =
                 libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
             let flags = WaitPidFlag::WNOHANG | WALL;
@@ -271,9 +272,9 @@ pub(crate) fn reap_supervisor(
 
 /// The supervised tiers, which have supervisors, do not exist in the portable backend.
 #[cfg(not(pgroup_linux))]
-pub(crate) fn reap_supervisor(
+pub(crate) fn reap_now_or_later(
     _pid: u32,
-    _channel: BorrowedFd<'_>,
+    _peer: BorrowedFd<'_>,
     _pidfd: Option<&Pidfd>,
 ) -> io::Result<Option<ExitStatus>> {
     Err(io::ErrorKind::Unsupported.into())

@@ -378,7 +378,17 @@ impl Run<'_> {
             }
             Op::Exit(code) => {
                 if self.command(group, &format!("exit {code}"))? {
-                    self.model.alive = false;
+                    // The acknowledgement comes just before the exit: wait for the exit
+                    // itself, or a SIGSTOP sent next could stop the leader before it exits,
+                    // and a `wait` would never return.
+                    let status = group
+                        .wait_timeout(ACK_BOUND)
+                        .map_err(|e| format!("wait_timeout after exit: {e}"))?
+                        .ok_or_else(|| format!("the leader acknowledged `exit {code}` but did not exit within {ACK_BOUND:?}"))?;
+                    if status.code() != Some(code) {
+                        return Err(format!("`exit {code}` ended the leader with {status}"));
+                    }
+                    self.observe(Some(status), "wait_timeout after exit")?;
                 }
             }
             Op::TryWait => {

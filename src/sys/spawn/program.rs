@@ -159,21 +159,32 @@ fn probe(program: &Program) -> Result<(), String> {
         return Err(format!("clone: {}", io::Error::last_os_error()));
     }
     let said = read_probe(&reader);
-    // Reaps it (`ECHILD` where the kernel already did, SIGCHLD being ignored).
-    let status = crate::sys::reap_pid_status(pid);
+    if said == PROBE_OK || said.len() == 4 {
+        // It exits right after writing: reaped here (`ECHILD` where the kernel already did,
+        // SIGCHLD being ignored).
+        let _ = crate::sys::reap_pid_status(pid);
+    }
     match said.as_slice() {
         PROBE_OK => Ok(()),
         &[a, b, c, d] => {
             Err(io::Error::from_raw_os_error(i32::from_le_bytes([a, b, c, d])).to_string())
         }
-        _ => Err(match status {
-            Some(code) => format!("the probe exited with {code} and said nothing"),
-            None => "the probe was killed".to_owned(),
-        }),
+        _ => {
+            let pid = u32::try_from(pid).unwrap_or(0);
+            Err(
+                match crate::sys::reap_now_or_later(pid, reader.as_fd(), None) {
+                    Ok(Some(status)) => format!("the probe said nothing and ended ({status})"),
+                    Ok(None) => "the probe said nothing within 5 s".to_owned(),
+                    Err(e) => format!("the probe said nothing and was reaped elsewhere: {e}"),
+                },
+            )
+        }
     }
 }
 
-/// Reads what the probe wrote, until it exits (the pipe's end of file) or 5 s pass.
+/// Reads what the probe wrote: [`PROBE_OK`] or an errno, or nothing until it exits (the
+/// pipe's end of file, which a copy of the write end in a process forked meanwhile may
+/// hold back) or 5 s pass.
 fn read_probe(reader: &OwnedFd) -> Vec<u8> {
     let mut said = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -186,7 +197,12 @@ fn read_probe(reader: &OwnedFd) -> Vec<u8> {
         let mut buf = [0_u8; 8];
         match rustix::io::read(reader, &mut buf) {
             Ok(0) => break,
-            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                said.extend_from_slice(&buf[..n]);
+                if said == PROBE_OK || said.len() >= 4 {
+                    break;
+                }
+            }
             Err(rustix::io::Errno::INTR) => {}
             Err(_) => break,
         }

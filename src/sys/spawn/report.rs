@@ -63,7 +63,7 @@ impl Step {
 /// and reap everything (the leader is its child), and it is reaped whenever it exits.
 pub(super) fn abandon(channel: &OwnedFd, supervisor: u32) {
     let _ = crate::sys::write_byte(channel.as_fd(), CMD_TEARDOWN);
-    let _ = crate::sys::reap_supervisor(supervisor, channel.as_fd(), None);
+    let _ = crate::sys::reap_now_or_later(supervisor, channel.as_fd(), None);
 }
 
 /// What the spawner reported.
