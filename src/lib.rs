@@ -39,48 +39,6 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
-//! # Anatomy
-//!
-//! - [`Pgid`], [`InvalidPgid`]: the id type; [`TryFrom<i32>`] and [`TryFrom<u32>`] refuse
-//!   what is not a possible group (at or below 1, at or above [`PID_MAX_LIMIT`]).
-//! - [`check_pgid`], [`safe_killpg`], [`Delivery`], [`Refusal`], [`GUARD_RULES`]: the guard.
-//!   Every refusal emits a WARN tracing event `killpg_guard_refused` with the fields
-//!   `reason`, `pgid`, `signal` and `context`; every delivery a DEBUG event
-//!   `killpg_delivered`. The caller's own group, session, parent and parent's group are
-//!   read on every call, and so is the group of each ancestor above the parent (one
-//!   `getpgid` each; session leaders are skipped, their group never changes); the chain of
-//!   ancestor pids is read from /proc at most every [`ANCESTOR_REFRESH`]. A
-//!   [`SpawnedGroup`] signals its own group through the leader's pidfd
-//!   (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9) with the guard's rules that need no /proc, so
-//!   teardown works without /proc or a free descriptor.
-//! - [`SpawnedGroup`], [`Builder`], [`Teardown`]: the RAII group. Waiting is driven by the
-//!   leader's pidfd; the leader is observed with `waitid(WNOWAIT)` and reaped only at the end
-//!   of teardown, with `waitpid` on its own pid, never `waitpid(-1)`. Teardown emits DEBUG
-//!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
-//!   `group_teardown_failed`.
-//! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
-//!   `Supervised` (the default) adds a supervisor, the leader's parent: a program of a few
-//!   KiB of its own, which shares nothing with the test binary, reaps orphans as a child
-//!   subreaper, and watches the test binary through a pidfd, so that it catches what leaves
-//!   the group and what outlives the test binary; `Namespace` makes the supervisor init of
-//!   a PID namespace.
-//! - [`Builder::capture_output`], [`SpawnedGroup::wait_for_line`],
-//!   [`SpawnedGroup::wait_for_tcp`], [`NotReady`], [`Stream`]: readiness and captured output
-//!   for test harnesses, in memory of fixed size; the waits of a group take `&self`, so a
-//!   shared (`Arc`, rstest `#[once]`) group can be asked from every test. The README's
-//!   recipes show each in a test.
-//! - [`Run`], [`Builder::output`], [`Incomplete`]: a CLI run to completion in a group of its
-//!   own, with its complete output (std's `Command::output`, with input, a timeout and a
-//!   limit), which returns when the leader exits even if a process it started holds the
-//!   pipes, and leaves nothing running.
-//! - [`LeaderStdin`]: the leader's stdin in the group, which [`SpawnedGroup::wait`] closes
-//!   as `Child::wait` does.
-//! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
-//!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
-//! - All unsafe code and raw syscalls live in one private module, `sys`: the spawner, the
-//!   supervisor (whose files the supervisor program is built from) and the lifeline's
-//!   async-signal-safe code in its submodules.
-//!
 //! # What Drop guarantees, and what it cannot
 //!
 //! Like `tempfile`'s temporary files, a [`SpawnedGroup`] is cleaned up by its destructor, and
@@ -132,7 +90,63 @@
 //! off (`without_the_lifeline_the_group_tier_leaks` in lifeline.rs): there the groups survive.
 //! The lifeline yields to a signal handler of the program's own (see [`lifeline`] for the
 //! rules, and for the opt-out `PGROUP_LIFELINE=off`).
-
+//!
+//! # Anatomy
+//!
+//! - [`Pgid`], [`InvalidPgid`]: the id type; [`TryFrom<i32>`] and [`TryFrom<u32>`] refuse
+//!   what is not a possible group (at or below 1, at or above [`PID_MAX_LIMIT`]).
+//! - [`check_pgid`], [`safe_killpg`], [`Delivery`], [`Refusal`], [`GUARD_RULES`]: the guard.
+//!   Every refusal emits a WARN tracing event `killpg_guard_refused` with the fields
+//!   `reason`, `pgid`, `signal` and `context`; every delivery a DEBUG event
+//!   `killpg_delivered`. The caller's own group, session, parent and parent's group are
+//!   read on every call, and so is the group of each ancestor above the parent (one
+//!   `getpgid` each; session leaders are skipped, their group never changes); the chain of
+//!   ancestor pids is read from /proc at most every [`ANCESTOR_REFRESH`]. A
+//!   [`SpawnedGroup`] signals its own group through the leader's pidfd
+//!   (`PIDFD_SIGNAL_PROCESS_GROUP`, Linux 6.9) with the guard's rules that need no /proc, so
+//!   teardown works without /proc or a free descriptor.
+//! - [`SpawnedGroup`], [`Builder`], [`Teardown`]: the RAII group. Waiting is driven by the
+//!   leader's pidfd; the leader is observed with `waitid(WNOWAIT)` and reaped only at the end
+//!   of teardown, with `waitpid` on its own pid, never `waitpid(-1)`. Teardown emits DEBUG
+//!   events `group_torn_down` and `leader_reaped`; Drop's failures a WARN event
+//!   `group_teardown_failed`.
+//! - [`Containment`]: how tightly the group is held. `Group` is a plain process group;
+//!   `Supervised` (the default) adds a supervisor, the leader's parent: a program of a few
+//!   KiB of its own, which shares nothing with the test binary, reaps orphans as a child
+//!   subreaper, and watches the test binary through a pidfd, so that it catches what leaves
+//!   the group and what outlives the test binary; `Namespace` makes the supervisor init of
+//!   a PID namespace.
+//! - [`Builder::capture_output`], [`SpawnedGroup::wait_for_line`],
+//!   [`SpawnedGroup::wait_for_tcp`], [`NotReady`], [`Stream`]: readiness and captured output
+//!   for test harnesses, in memory of fixed size; the waits of a group take `&self`, so a
+//!   shared (`Arc`, rstest `#[once]`) group can be asked from every test. The
+//!   [`recipes`] show each in a test.
+//! - [`Run`], [`Builder::output`], [`Incomplete`]: a CLI run to completion in a group of its
+//!   own, with its complete output (std's `Command::output`, with input, a timeout and a
+//!   limit), which returns when the leader exits even if a process it started holds the
+//!   pipes, and leaves nothing running.
+//! - [`LeaderStdin`]: the leader's stdin in the group, which [`SpawnedGroup::wait`] closes
+//!   as `Child::wait` does.
+//! - [`lifeline`]: what kills the groups when the test binary dies without dropping them
+//!   (a fatal signal, `exit`, `abort`, a `static`); on by default.
+#![cfg_attr(
+    feature = "tokio",
+    doc = "- [`tokio`] (feature `tokio`): the same group for async tests, with `tokio::process`'s \
+           types, waits that are futures, and a Drop that hands teardown to a thread of its \
+           own so that it never blocks the runtime."
+)]
+#![cfg_attr(
+    not(feature = "tokio"),
+    doc = "- `pgroup::tokio` (feature `tokio`): the same group for async tests, with \
+           `tokio::process`'s types, waits that are futures, and a Drop that hands teardown \
+           to a thread of its own so that it never blocks the runtime."
+)]
+//! - [`recipes`]: the crate in test suites (a server waited for, an rstest fixture, a
+//!   `#[once]` server shared by every test, a CLI, an async test), as doctests.
+//! - All unsafe code and raw syscalls live in one private module, `sys`: the spawner, the
+//!   supervisor (whose files the supervisor program is built from) and the lifeline's
+//!   async-signal-safe code in its submodules.
+//!
 //! # Platform
 //!
 //! Linux 5.3 or later gets the Linux backend (`pidfd_open`; `close_range` from 5.9 and
