@@ -19,7 +19,7 @@ use procfs::process::Process;
 
 use crate::group::time_left;
 use crate::sys::supervisor::protocol::{
-    CMD_TEARDOWN, EXIT_DONE, EXIT_STUCK, MSG_LEN, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
+    value_of, CMD_TEARDOWN, EXIT_DONE, EXIT_STUCK, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
     TAG_SETUP_FAILED, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,
 };
 use crate::{sys, Containment, Escapee};
@@ -592,9 +592,7 @@ impl Supervised {
         }
         let reports = &mut self.reports;
         let closed = sys::read_records(self.channel.as_fd(), |record| {
-            let value = record
-                .get(1..MSG_LEN)
-                .map_or(0, |v| i32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+            let value = value_of(record);
             match record.first().copied() {
                 Some(TAG_STATUS) => reports.exit = Some(ExitStatus::from_raw(value)),
                 Some(TAG_ESCAPEE) => reports.escapees.extend(u32::try_from(value).ok()),

@@ -70,8 +70,34 @@ use ::tokio::sync::oneshot;
 
 use crate::group::CAPTURE_DRAIN_BOUND;
 use crate::output::{self, LineCursor, NotReadyReason, Stream};
-pub use crate::stdin::async_stdin::LeaderStdin;
 use crate::{reaper, sys, Builder, Delivery, Pgid, Signal, Teardown};
+
+/// The write end of the leader's stdin pipe, in
+/// [`pgroup::tokio::SpawnedGroup::stdin`](crate::tokio::SpawnedGroup::stdin) when the
+/// `Command` piped it: tokio's [`ChildStdin`] (`AsyncWrite`), which
+/// [`wait`](crate::tokio::SpawnedGroup::wait) closes before it waits if the group still
+/// holds it, as tokio's `Child::wait` does: [`crate::LeaderStdin`] with tokio's pipe.
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Stdio;
+/// use tokio::io::AsyncWriteExt;
+/// use tokio::process::Command;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> std::io::Result<()> {
+/// let mut group = pgroup::Builder::new()
+///     .capture_output(true)
+///     .spawn_tokio(Command::new("cat").stdin(Stdio::piped()))?;
+/// group.stdin.as_mut().expect("piped").write_all(b"hello\n").await?;
+/// // `wait` closes the stdin still held, so `cat` sees end of file and exits.
+/// assert!(group.wait().await?.success());
+/// assert_eq!(group.shutdown().await?.stdout.as_deref(), Some("hello\n"));
+/// # Ok(())
+/// # }
+/// ```
+pub type LeaderStdin = crate::LeaderStdin<ChildStdin>;
 
 impl Builder {
     /// Spawns `cmd` as the leader of a new process group, as [`Builder::spawn`] does (with

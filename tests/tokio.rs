@@ -650,10 +650,7 @@ fn a_panic_in_a_tokio_test_leaves_nothing() {
 /// thread is in that grace period.
 fn exit_during_teardown_role(_logs: support::Logs<'_>) -> i32 {
     let marker = std::env::var(support::MARKER_VAR).expect("marker");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread_runtime();
     runtime.block_on(async {
         let group = stubborn(&marker, Duration::from_secs(60)).await;
         println!("LEADER {}", group.id());
@@ -719,10 +716,7 @@ fn negative_control_without_the_lifeline_the_exit_leaks_the_group() {
 fn dropped_outside_its_runtime() {
     let marker = support::marker("tokio-outside");
     let _cleanup = support::KillMarkedOnDrop(marker.clone());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread_runtime();
     let group = runtime.block_on(stubborn(&marker, Duration::from_millis(100)));
     drop(runtime);
     drop(group);
@@ -773,10 +767,7 @@ fn set_nofile_soft(soft: u64) -> u64 {
 /// runs after each drop (`AFTER_FAILURE`, `AFTER_RETRY`).
 fn reaper_retry_role(_logs: support::Logs<'_>) -> i32 {
     let marker = std::env::var(support::MARKER_VAR).expect("marker");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = current_thread_runtime();
     runtime.block_on(async {
         let spawn = || {
             Builder::new()
@@ -830,4 +821,13 @@ fn the_reaper_thread_start_is_retried() {
     assert_eq!(out.one("AFTER_FAILURE"), "false", "{:#?}", out.lines);
     assert_eq!(out.one("AFTER_RETRY"), "true", "{:#?}", out.lines);
     support::assert_no_leaks(&marker);
+}
+
+/// A current-thread runtime with every driver, for the roles and the tests that drive one by
+/// hand.
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

@@ -269,6 +269,17 @@ pub fn sandbox_mode() -> SandboxMode {
     SandboxMode::Reduced
 }
 
+/// `out`, the output of a sandboxed role; where there was no sandbox (`None`), says on
+/// stderr that the check named `what` did not run, which `PGROUP_REQUIRE_SANDBOX=1` (CI)
+/// makes a failure.
+pub fn ran_in_sandbox(out: Option<RoleOutput>, what: &str) -> Option<RoleOutput> {
+    if out.is_none() {
+        eprintln!("REDUCED: no sandbox, the {what} check did not run");
+        assert_ne!(env::var(REQUIRE_SANDBOX_VAR).as_deref(), Ok("1"));
+    }
+    out
+}
+
 /// Runs this test binary again as `role`, as PID 1 of a fresh PID namespace with its own
 /// /proc, and returns what it printed. The sandbox itself is a `SpawnedGroup` (unshare and
 /// the namespace's init), so it is torn down even if the test fails, and when its init dies

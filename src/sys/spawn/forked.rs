@@ -11,11 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::libc;
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use super::namespace::{self, mount_proc, Ids};
 use super::program::self_pidfd;
-use super::report::{abandon, outer_pid, read_report, setup_failed, Step};
+use super::report::{read_started, setup_failed, Step};
 use crate::sys::supervisor::protocol::TAG_SPAWNED;
 use crate::sys::supervisor::raw;
 use crate::sys::supervisor::run::{self, Args, EXEC_MARKER};
@@ -27,14 +26,7 @@ pub(super) fn spawn_forked(
     namespace: bool,
     new_session: bool,
 ) -> io::Result<Started> {
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
-    let ours = crate::sys::above_stdio(ours)?;
-    let theirs = crate::sys::above_stdio(theirs)?;
+    let (ours, theirs) = super::channel()?;
     let plan = Plan {
         channel: theirs.as_raw_fd(),
         ours: ours.as_raw_fd(),
@@ -82,18 +74,7 @@ pub(super) fn spawn_forked(
     let stderr = child.stderr.take();
     // Waited on by pid from here on (std's handle owns nothing else).
     drop(child);
-    let report = match read_report(&ours, i32::try_from(supervisor).unwrap_or(-1)) {
-        Ok(report) => report,
-        Err(e) => {
-            abandon(&ours, supervisor);
-            return Err(e);
-        }
-    };
-    let leader = if namespace {
-        outer_pid(&report.pidfd)?
-    } else {
-        u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
-    };
+    let (report, leader) = read_started(&ours, supervisor, namespace)?;
     let namespace_init = if namespace {
         Some(crate::sys::parent_of(leader)?)
     } else {

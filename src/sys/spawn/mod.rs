@@ -62,7 +62,7 @@ mod program;
 mod report;
 
 use std::io;
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -81,7 +81,7 @@ use namespace::Ids;
 use program::{
     program, program_switch, self_pidfd, Environment, Program, Stack, GUARD_LEN, STACK_LEN,
 };
-use report::{abandon, outer_pid, read_report, send_spawn_error, setup_failed, Step};
+use report::{read_started, send_spawn_error, setup_failed, Step};
 
 /// The signal the spawner asks for when the calling thread dies (`PR_SET_PDEATHSIG`).
 /// glibc's and musl's `sigprocmask` refuse to block it (it is their internal `SIGSETXID`),
@@ -248,16 +248,21 @@ unsafe fn clone_spawner(stack: &mut Stack, flags: c_int, ctx: &mut Context<'_>) 
     Ok(pid)
 }
 
-/// The supervisor program's path: see the module documentation.
-fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Result<Started> {
+/// The socket pair between the test binary and a supervisor (`SOCK_SEQPACKET`, both ends
+/// close-on-exec and non-blocking, above stdio): the test binary's end, then the other.
+fn channel() -> io::Result<(OwnedFd, OwnedFd)> {
     let (ours, theirs) = rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         None,
     )?;
-    let ours = super::above_stdio(ours)?;
-    let theirs = super::above_stdio(theirs)?;
+    Ok((super::above_stdio(ours)?, super::above_stdio(theirs)?))
+}
+
+/// The supervisor program's path: see the module documentation.
+fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Result<Started> {
+    let (ours, theirs) = channel()?;
     let parent = self_pidfd()?;
     let environment = Environment::capture();
     let ids = namespace.then(Ids::of_caller);
@@ -325,18 +330,7 @@ fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Resu
         }
     })?;
     let supervisor = u32::try_from(pid).map_err(|_| io::Error::other("negative pid"))?;
-    let report = match read_report(&ours, pid) {
-        Ok(report) => report,
-        Err(e) => {
-            abandon(&ours, supervisor);
-            return Err(e);
-        }
-    };
-    let leader = if namespace {
-        outer_pid(&report.pidfd)?
-    } else {
-        u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
-    };
+    let (report, leader) = read_started(&ours, supervisor, namespace)?;
     Ok(Started {
         supervisor,
         leader,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
 
 use crate::sys::supervisor::protocol::{
-    CMD_TEARDOWN, TAG_SETUP_FAILED, TAG_SPAWNED, TAG_SPAWN_FAILED,
+    value_of, CMD_TEARDOWN, TAG_SETUP_FAILED, TAG_SPAWNED, TAG_SPAWN_FAILED,
 };
 use crate::sys::supervisor::raw;
 
@@ -75,6 +75,28 @@ pub(super) struct Report {
     pub(super) stderr: Option<OwnedFd>,
 }
 
+/// The spawner's report ([`read_report`]), and the leader's pid as the test binary sees
+/// it; where the report fails, the supervisor is abandoned.
+pub(super) fn read_started(
+    channel: &OwnedFd,
+    supervisor: u32,
+    namespace: bool,
+) -> io::Result<(Report, u32)> {
+    let report = match read_report(channel, i32::try_from(supervisor).unwrap_or(-1)) {
+        Ok(report) => report,
+        Err(e) => {
+            abandon(channel, supervisor);
+            return Err(e);
+        }
+    };
+    let leader = if namespace {
+        outer_pid(&report.pidfd)?
+    } else {
+        u32::try_from(report.pid).map_err(|_| io::Error::other("negative leader pid"))?
+    };
+    Ok((report, leader))
+}
+
 /// Reads the spawner's records: [`TAG_SPAWNED`] with its descriptors, then, if it exited
 /// because the exec of the supervisor failed, [`TAG_SETUP_FAILED`]; or a failure alone.
 /// The records are there when the spawner has exec'd or exited, which the kernel waited
@@ -90,9 +112,7 @@ pub(super) fn read_report(channel: &OwnedFd, spawner: i32) -> io::Result<Report>
         match recv_record(channel)? {
             Some((record, fds)) => {
                 let tag = record.first().copied();
-                let value = record
-                    .get(1..5)
-                    .map_or(0, |v| i32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                let value = value_of(&record);
                 match tag {
                     Some(TAG_SPAWNED) => {
                         let mask = record.get(5).copied().unwrap_or(0);
@@ -140,9 +160,7 @@ pub(super) fn read_report(channel: &OwnedFd, spawner: i32) -> io::Result<Report>
                     // Its last words may have arrived after the look above.
                     if let Some((record, _)) = recv_record(channel)? {
                         if record.first() == Some(&TAG_SPAWN_FAILED) {
-                            let value = record
-                                .get(1..5)
-                                .map_or(0, |v| i32::from_le_bytes([v[0], v[1], v[2], v[3]]));
+                            let value = value_of(&record);
                             return Err(decode_spawn_error(&record, value));
                         }
                     }

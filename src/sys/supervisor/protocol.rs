@@ -18,6 +18,14 @@
 
 /// Length of one supervisor record: a tag byte and an `i32`.
 pub(crate) const MSG_LEN: usize = 5;
+
+/// The `i32` after a record's tag (0 in a record too short to have one).
+pub(crate) fn value_of(record: &[u8]) -> i32 {
+    match record.get(1..MSG_LEN) {
+        Some(&[a, b, c, d]) => i32::from_le_bytes([a, b, c, d]),
+        _ => 0,
+    }
+}
 /// The leader was spawned: its pid as the spawner sees it (`i32`), then a byte whose bits
 /// 0, 1 and 2 say which of stdin, stdout and stderr were piped; the descriptors passed are
 /// the leader's pidfd, then those pipes in that order.
