@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 #[cfg(target_os = "linux")]
 use procfs::process::Process;
 
-use crate::group::time_left;
+use crate::deadline::time_left;
 use crate::sys::supervisor::protocol::{
     value_of, CMD_TEARDOWN, EXIT_DONE, EXIT_STUCK, TAG_DONE, TAG_ESCAPEE, TAG_FAILED,
     TAG_SETUP_FAILED, TAG_STATUS, TAG_STUCK, TEARDOWN_BOUND_MS,

@@ -213,6 +213,7 @@ compile_error!(
 );
 
 mod containment;
+mod deadline;
 mod group;
 mod guard;
 mod leader;

@@ -41,7 +41,7 @@ use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::group::time_left;
+use crate::deadline::time_left;
 use crate::sys;
 
 /// How much of each captured stream is kept: its last 64 KiB.

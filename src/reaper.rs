@@ -23,7 +23,8 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
-use crate::group::{time_left, TeardownSteps};
+use crate::deadline::time_left;
+use crate::group::TeardownSteps;
 use crate::{sys, SpawnedGroup, Teardown};
 
 /// What to do with the outcome of a teardown, called on the reaper thread.

@@ -26,7 +26,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::group::{time_left, CAPTURE_DRAIN_BOUND};
+use crate::deadline::time_left;
+use crate::group::CAPTURE_DRAIN_BOUND;
 use crate::output::{write_tails, StatusText, Stream, PIPE_MAX, READ_CHUNK};
 use crate::{sys, Builder};
 
