@@ -5,11 +5,8 @@ use std::io;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-#[cfg(pgroup_linux)]
-use procfs::process::Process;
-
 use crate::{sys, Pgid, Signal};
+use nix::errno::Errno;
 
 /// One rule of the guard: what it refuses, the `reason` it reports, and why it exists.
 ///
@@ -432,27 +429,19 @@ fn first_in_group(ancestors: &[Ancestor], pgid: i32) -> Option<i32> {
         .map(|a| a.pid)
 }
 
-/// What the ancestor rule reads of one process: its parent, its group, and whether it leads
-/// its session.
-pub(crate) struct AncestorInfo {
-    pub(crate) ppid: i32,
-    pub(crate) pgid: i32,
-    pub(crate) session_leader: bool,
-}
-
 /// Reads the chain of ancestors above the parent with the backend's reader, checking first
 /// that the reader's pids are the caller's (a /proc of another PID namespace names other
 /// processes). Any process it cannot read makes the guard refuse (fail closed).
 ///
 /// The loop is the same on every backend; only the reader differs: /proc through procfs on
-/// Linux (below), and the portable backend's in `sys/portable.rs` (`proc_pidinfo` on macOS,
-/// `sysctl(KERN_PROC_PID)` on FreeBSD, /proc on Linux under `--cfg pgroup_portable`).
+/// Linux, and the portable backend's (`proc_pidinfo` on macOS, `sysctl(KERN_PROC_PID)` on
+/// FreeBSD, /proc on Linux under `--cfg pgroup_portable`).
 fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
-    check_reader(me)?;
+    sys::check_reader(me)?;
     let mut ancestors = Vec::new();
     // The parent's own group is the parent rule's; the chain starts above it.
     let mut next = if parent > 1 {
-        read_ancestor(parent)?.ppid
+        sys::read_ancestor(parent)?.ppid
     } else {
         0
     };
@@ -463,7 +452,7 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
                 errno: 0,
             });
         }
-        let info = read_ancestor(next)?;
+        let info = sys::read_ancestor(next)?;
         ancestors.push(Ancestor {
             pid: next,
             pgid: info.pgid,
@@ -472,48 +461,6 @@ fn walk_ancestors(me: i32, parent: i32) -> Result<Vec<Ancestor>, Refusal> {
         next = info.ppid;
     }
     Ok(ancestors)
-}
-
-#[cfg(not(pgroup_linux))]
-use crate::sys::{check_reader, read_ancestor};
-
-/// The refusal for a /proc read that failed.
-#[cfg(pgroup_linux)]
-fn proc_refusal(what: &'static str, e: procfs::ProcError) -> Refusal {
-    let errno = match e {
-        procfs::ProcError::NotFound(_) => Errno::ESRCH,
-        procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
-        _ => Errno::EIO,
-    };
-    unverifiable(what, errno)
-}
-
-/// The Linux backend's check that /proc describes the caller's PID namespace: /proc/self
-/// names the caller by its pid in the namespace /proc belongs to, so only when that is `me`
-/// do the pids read from it mean what they say.
-#[cfg(pgroup_linux)]
-fn check_reader(me: i32) -> Result<(), Refusal> {
-    let own = Process::myself().map_err(|e| proc_refusal("/proc (is it mounted?)", e))?;
-    if own.pid != me {
-        return Err(Refusal::Unverifiable {
-            what: "ancestors: /proc belongs to another PID namespace",
-            errno: 0,
-        });
-    }
-    Ok(())
-}
-
-/// The Linux backend's reader: `/proc/<pid>/stat` through procfs.
-#[cfg(pgroup_linux)]
-fn read_ancestor(pid: i32) -> Result<AncestorInfo, Refusal> {
-    let stat = Process::new(pid)
-        .and_then(|p| p.stat())
-        .map_err(|e| proc_refusal("an ancestor in /proc", e))?;
-    Ok(AncestorInfo {
-        ppid: stat.ppid,
-        pgid: stat.pgrp,
-        session_leader: stat.session == stat.pid,
-    })
 }
 
 /// Sends `signal` to the process group `pgid`, unless the guard refuses.
@@ -658,4 +605,13 @@ fn deliver(
         }
     }
     Ok(delivery)
+}
+
+impl From<sys::Unreadable> for Refusal {
+    fn from(e: sys::Unreadable) -> Refusal {
+        Refusal::Unverifiable {
+            what: e.what,
+            errno: e.errno,
+        }
+    }
 }

@@ -7,15 +7,11 @@
 //! whatever happened to its parent.
 
 use std::io;
-use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-#[cfg(target_os = "linux")]
-use procfs::process::Process;
 
 use crate::deadline::time_left;
 use crate::sys::supervisor::protocol::{
@@ -618,7 +614,7 @@ impl Supervised {
         if let Some(namespace) = &mut self.namespace {
             // The escapees are alive until the supervisor kills them: read their pids here
             // while /proc still has them.
-            namespace.pids = namespace_pids(namespace.init);
+            namespace.pids = sys::namespace_pids(namespace.init);
         }
         self.phase = Phase::Finishing(sys::write_byte(self.channel.as_fd(), CMD_TEARDOWN));
     }
@@ -823,99 +819,4 @@ fn reaped_elsewhere_error() -> io::Error {
          SIG_IGN, or a waitpid(-1) or waitpid(-pgid) elsewhere): its exit status is lost, and \
          its pid is no longer pinned",
     )
-}
-
-#[cfg(target_os = "linux")]
-/// The innermost pid (`NSpid`'s last) of the process `pid` of this namespace.
-fn innermost_pid(pid: u32) -> Option<i32> {
-    let pid = i32::try_from(pid).ok()?;
-    Process::new(pid)
-        .and_then(|p| p.status())
-        .ok()
-        .and_then(|s| s.nspid)
-        .and_then(|ids| ids.last().copied())
-}
-
-/// `(pid in the namespace, pid here)` of every process under the namespace's `init` (every
-/// process of a PID namespace descends from its init: orphans are re-parented to it). A
-/// bounded walk of /proc's `children` lists, so its cost grows with the namespace, not with
-/// the machine. Processes that exit meanwhile are skipped.
-fn namespace_pids(init: u32) -> Vec<(u32, u32)> {
-    const MAX: usize = 65_536;
-    let mut found = Vec::new();
-    walk_descendants(init, |child| {
-        if found.len() >= MAX {
-            return ControlFlow::Break(());
-        }
-        if let Some(inner) = innermost_pid(child).and_then(|p| u32::try_from(p).ok()) {
-            found.push((inner, child));
-        }
-        ControlFlow::Continue(true)
-    });
-    found
-}
-
-#[cfg(target_os = "linux")]
-/// Calls `visit` on every process below `root`, found through
-/// `/proc/<pid>/task/<tid>/children`, so the cost grows with the tree and never with the
-/// number of processes on the machine. `visit` answers whether to go on below that process,
-/// or to stop the walk. Processes that exit meanwhile are skipped.
-///
-/// Teardown runs this before SIGTERM, so it is read directly rather than through procfs's
-/// `Process::tasks`/`Task::children` (issue 14: 16 syscalls per process there, 8 here: the
-/// task directory's open, two `getdents64` and close, then per thread an open, two reads
-/// and a close). The `children` file is a list of decimal pids separated by spaces, which
-/// needs no parser.
-pub(crate) fn walk_descendants(root: u32, mut visit: impl FnMut(u32) -> ControlFlow<(), bool>) {
-    let mut queue = vec![root];
-    let mut list = Vec::new();
-    while let Some(pid) = queue.pop() {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-            continue;
-        };
-        for task in tasks.flatten() {
-            if read_children(&task.path().join("children"), &mut list).is_err() {
-                continue;
-            }
-            let children = list
-                .split(u8::is_ascii_whitespace)
-                .filter_map(|pid| std::str::from_utf8(pid).ok()?.parse::<u32>().ok());
-            for child in children {
-                match visit(child) {
-                    ControlFlow::Break(()) => return,
-                    ControlFlow::Continue(true) => queue.push(child),
-                    ControlFlow::Continue(false) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Reads a `children` file of /proc into `list` (cleared first) with plain reads into a
-/// buffer on the stack: no `fstat` or `lseek` for a size hint, which /proc cannot give.
-#[cfg(target_os = "linux")]
-fn read_children(path: &std::path::Path, list: &mut Vec<u8>) -> io::Result<()> {
-    use std::io::Read;
-    list.clear();
-    let mut file = std::fs::File::open(path)?;
-    let mut chunk = [0u8; 4096];
-    loop {
-        match file.read(&mut chunk) {
-            Ok(0) => return Ok(()),
-            Ok(n) => list.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// The descendants' walk needs /proc: elsewhere it finds nothing, and teardown waits for
-/// the group's members instead (see `live_members` in `group.rs`).
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn walk_descendants(_root: u32, _visit: impl FnMut(u32) -> ControlFlow<(), bool>) {}
-
-/// Only the `Namespace` tier (Linux) asks for namespaced pids.
-#[cfg(not(target_os = "linux"))]
-fn innermost_pid(_pid: u32) -> Option<i32> {
-    None
 }

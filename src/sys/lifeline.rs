@@ -51,10 +51,6 @@ pub(crate) const SIGNALS: [c_int; 5] = [
     libc::SIGABRT,
 ];
 
-/// `pidfd_send_signal` flag (Linux 6.9): signal the process group of the pidfd's process.
-#[cfg(pgroup_linux)]
-const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
-
 /// A slot's "someone is signalling from me" bit.
 const CLAIMED: u64 = 1 << 63;
 
@@ -223,8 +219,7 @@ impl Drop for Slot {
 /// The portable backend keeps no descriptor in the slot (its exit notifications are no
 /// pidfds): its handler pins the group by the leader's pid, which is the group's id.
 pub(crate) fn register(pgid: Pgid, pidfd: Option<BorrowedFd<'_>>) -> Slot {
-    #[cfg(not(pgroup_linux))]
-    let pidfd: Option<BorrowedFd<'_>> = pidfd.and(None);
+    let pidfd = pidfd.filter(|_| super::REGISTERS_PIDFDS);
     let value = encode(pgid, pidfd.map(|fd| fd.as_raw_fd()));
     let mut block: &'static Block = &FIRST;
     loop {
@@ -477,52 +472,12 @@ fn kill_slot(slot: &AtomicU64) {
     }
 }
 
-/// SIGKILL to one pinned group: through the leader's pidfd where the kernel can (the group
-/// of that very process, never a recycled number), else `kill(-pgid)`, refusing the ids
-/// that the guard's cheap rules refuse.
-///
-/// The portable backend registers no pidfd: it signals `kill(-pgid)` only while the leader,
-/// whose pid is `pgid`, is our unreaped child (`waitid(P_PID, WNOWAIT)`).
+/// SIGKILL to one pinned group: through the leader's pidfd where the backend has one (the
+/// group of that very process, never a recycled number), else `kill(-pgid)` while the
+/// number is pinned, refusing the ids that the guard's cheap rules refuse.
 fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
-    #[cfg(not(pgroup_linux))]
-    if pidfd.is_none() && !leader_unreaped_by_pid(pgid) {
+    if !super::lifeline_kill_by_handle(pgid, pidfd) {
         return;
-    }
-    #[cfg(pgroup_linux)]
-    if let Some(fd) = pidfd {
-        // SAFETY: pidfd_send_signal(2) with a descriptor that stays open while the slot is
-        // claimed (teardown waits for the claim before it closes it), a null siginfo and a
-        // flags word. It touches no memory of ours.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd,
-                libc::SIGKILL,
-                ptr::null::<libc::siginfo_t>(),
-                PIDFD_SIGNAL_PROCESS_GROUP,
-            )
-        };
-        let group_errno = Errno::last();
-        // The leader itself, also if it has left its group.
-        // SAFETY: as above, without the group flag.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                fd,
-                libc::SIGKILL,
-                ptr::null::<libc::siginfo_t>(),
-                0_u32,
-            );
-        }
-        if ret == 0 || group_errno != Errno::EINVAL {
-            return;
-        }
-        // EINVAL: a kernel before 6.9, without the group flag. The number is safe to signal
-        // only while the leader is unreaped; someone else may have reaped it (SIGCHLD
-        // ignored, a `waitpid(-1)` elsewhere), which waitid(WNOWAIT) on the pidfd tells.
-        if !leader_unreaped(fd) {
-            return;
-        }
     }
     // SAFETY: getpgrp(2) cannot fail; kill(2) with a negative id signals that group. The id
     // is greater than 1 (never `kill(0)` or `kill(-1)`) and not the caller's own group, and
@@ -530,45 +485,6 @@ fn kill_group(pgid: i32, pidfd: Option<RawFd>) {
     unsafe {
         if pgid > 1 && pgid != libc::getpgrp() {
             libc::kill(-pgid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Whether our child `pid` (a group's leader) is still unreaped: `waitid(P_PID, WEXITED |
-/// WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it (and for a pid that
-/// is not our child).
-#[cfg(not(pgroup_linux))]
-fn leader_unreaped_by_pid(pid: i32) -> bool {
-    // (`id_t` is 32 bits wide on some platforms, 64 on others.)
-    libc::id_t::try_from(pid).is_ok_and(|id| unreaped(libc::P_PID, id))
-}
-
-/// Whether the leader behind `pidfd` (our child) is still unreaped: `waitid(P_PIDFD,
-/// WEXITED | WNOWAIT | WNOHANG)` fails with `ECHILD` once someone has reaped it.
-#[cfg(pgroup_linux)]
-fn leader_unreaped(pidfd: RawFd) -> bool {
-    libc::id_t::try_from(pidfd).is_ok_and(|id| unreaped(libc::P_PIDFD, id))
-}
-
-/// `waitid(idtype, id, WEXITED | WNOWAIT | WNOHANG)` succeeds: the child it names has not
-/// been reaped (it may have exited). Retried on `EINTR`; async-signal-safe.
-fn unreaped(idtype: libc::idtype_t, id: libc::id_t) -> bool {
-    loop {
-        // SAFETY: waitid(2) writes one siginfo_t on our stack and reaps nothing (WNOWAIT).
-        let ret = unsafe {
-            let mut info: libc::siginfo_t = std::mem::zeroed();
-            libc::waitid(
-                idtype,
-                id,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
-            )
-        };
-        if ret == 0 {
-            return true;
-        }
-        if Errno::last() != Errno::EINTR {
-            return false;
         }
     }
 }

@@ -71,11 +71,11 @@ use nix::libc::{self, c_int, c_void};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 #[cfg(doc)]
-use super::supervisor::protocol::TAG_DONE;
-use super::supervisor::protocol::{ARGV0, TAG_SPAWNED};
-use super::supervisor::raw;
-use super::supervisor::run::{self, write_decimal};
-use super::Started;
+use crate::sys::supervisor::protocol::TAG_DONE;
+use crate::sys::supervisor::protocol::{ARGV0, TAG_SPAWNED};
+use crate::sys::supervisor::raw;
+use crate::sys::supervisor::run::{self, write_decimal};
+use crate::sys::Started;
 use forked::spawn_forked;
 use namespace::Ids;
 use program::{
@@ -271,7 +271,7 @@ fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Resu
         cmd,
         channel: theirs.as_raw_fd(),
         parent,
-        parent_pid: super::getpid(),
+        parent_pid: crate::sys::getpid(),
         program,
         envp: environment.pointers.as_ptr(),
         // SAFETY: sigset_t is plain data; filled in below, before the spawner runs.

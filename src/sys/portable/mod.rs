@@ -19,8 +19,8 @@
 //!
 //! # The per-platform readers (the only code of this backend that CI does not run)
 //!
-//! [`proc_info`] (a process's parent, group and whether it is a zombie) and
-//! [`group_members`] (the pids in a process group):
+//! `proc_info` (a process's parent, group and whether it is a zombie) and
+//! `group_members` (the pids in a process group), in `proc.rs`:
 //!
 //! - Linux (under `pgroup_portable`): `/proc/<pid>/stat` through `procfs`, as the Linux
 //!   backend does (run by CI);
@@ -36,6 +36,12 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::libc;
 use nix::sys::signal::Signal;
+
+use super::{unsupported_tier, Started};
+
+mod proc;
+use proc::proc_info;
+pub(crate) use proc::{each_possible_member, read_ancestor};
 
 /// The exit notification of one process: a descriptor that becomes readable (hung up) once
 /// the process has exited, and stays so. See the module documentation.
@@ -178,7 +184,7 @@ const LONGEST_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Makes the watcher poll at its shortest interval again: something (a signal, a spawn) is
 /// likely to make a watched process exit soon.
-pub(crate) fn kick() {
+pub(crate) fn exit_watch_kick() {
     let mut watcher = WATCHER.lock().unwrap_or_else(PoisonError::into_inner);
     if !watcher.watched.is_empty() {
         watcher.kicked = true;
@@ -192,7 +198,7 @@ fn watch_loop() {
     loop {
         watcher.watched.retain(|w| {
             // Dropping the entry closes the write end: the `Pidfd` becomes readable.
-            w.alive.strong_count() > 0 && !has_exited(w.pid, w.child, &w.ident)
+            w.alive.strong_count() > 0 && !exited(w.pid, w.child, &w.ident)
         });
         if watcher.kicked {
             watcher.kicked = false;
@@ -213,7 +219,7 @@ fn watch_loop() {
 
 /// Whether the process has exited: for our child, `waitid(WNOWAIT)` sees its exit or says
 /// it was reaped (`ECHILD`); for another process, it is gone or a zombie.
-fn has_exited(pid: libc::pid_t, child: bool, ident: &Identity) -> bool {
+fn exited(pid: libc::pid_t, child: bool, ident: &Identity) -> bool {
     if child {
         !matches!(peek_child(pid, ident), Ok(None))
     } else {
@@ -265,48 +271,10 @@ pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
     })
 }
 
-/// `waitid(P_PID, pid, WEXITED | WNOWAIT | WNOHANG)`: the exit status of our child `pid`
-/// without reaping it, `None` while it runs.
+/// [`super::waitid_peek`] of our child `pid`.
 fn waitid_peek(pid: libc::pid_t) -> Result<Option<ExitStatus>, Errno> {
-    use std::os::unix::process::ExitStatusExt;
-    const CLD_EXITED: libc::c_int = 1;
-    const CLD_KILLED: libc::c_int = 2;
-    const CLD_DUMPED: libc::c_int = 3;
     let id = libc::id_t::try_from(pid).map_err(|_| Errno::EINVAL)?;
-    loop {
-        // SAFETY: an all-zero siginfo_t is a valid value (plain integers and pointers that
-        // are never dereferenced here).
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: waitid(2) writes one siginfo_t into `info`, which lives on our stack for
-        // the call; WNOWAIT leaves the child unreaped.
-        let ret = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                id,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
-            )
-        };
-        if ret != 0 {
-            match Errno::last() {
-                Errno::EINTR => continue,
-                e => return Err(e),
-            }
-        }
-        // SAFETY: the kernel filled `info` for a child's state change (or left it zeroed,
-        // still running); si_pid and si_status read the fields of that union member.
-        let (si_pid, status) = unsafe { (info.si_pid(), info.si_status()) };
-        if si_pid == 0 {
-            return Ok(None);
-        }
-        return Ok(Some(match info.si_code {
-            CLD_EXITED => ExitStatus::from_raw((status & 0xff) << 8),
-            CLD_KILLED => ExitStatus::from_raw(status & 0x7f),
-            CLD_DUMPED => ExitStatus::from_raw((status & 0x7f) | 0x80),
-            // Stopped or continued: not an exit (WEXITED alone should not report these).
-            _ => return Ok(None),
-        }));
-    }
+    super::waitid_peek(libc::P_PID, id, 0)
 }
 
 /// The exit status of the process behind `pidfd` without reaping it; `ECHILD` when it is
@@ -333,228 +301,67 @@ pub(crate) fn pidfd_send_signal(
     if !pidfd.child || peek_child(pidfd.pid, &pidfd.ident).is_err() {
         return Err(Errno::ESRCH);
     }
-    kick();
+    exit_watch_kick();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pidfd.pid), signal)
 }
 
-/// Whether the reader's pids are the caller's: on Linux, /proc may belong to another PID
-/// namespace, whose `/proc/self` is then not the caller's pid `me`. Elsewhere there is one
-/// namespace of pids.
-#[cfg(target_os = "linux")]
-pub(crate) fn reader_sees(me: i32) -> Result<bool, Errno> {
-    let own = procfs::process::Process::myself().map_err(proc_errno)?;
-    Ok(own.pid == me)
+/// The portable backend's exit notifications are not moved (the supervised tiers, which
+/// ask for it, do not exist there).
+pub(crate) fn pidfd_above_stdio(pidfd: Pidfd) -> io::Result<Pidfd> {
+    Ok(pidfd)
 }
 
-/// The portable backend's side of the guard's ancestor rule (see `guard::walk_ancestors`,
-/// whose loop is shared): the check that the reader's pids are the caller's.
-pub(crate) fn check_reader(me: i32) -> Result<(), crate::Refusal> {
-    match reader_sees(me) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(crate::Refusal::Unverifiable {
-            what: "ancestors: the process reader (/proc) belongs to another PID namespace",
-            errno: 0,
-        }),
-        Err(e) => Err(crate::Refusal::Unverifiable {
-            what: "the process reader (is /proc mounted?)",
-            errno: e as i32,
-        }),
-    }
+/// Only supervisors are asked about, and the portable backend has none.
+pub(crate) fn has_exited(_pid: i32) -> bool {
+    true
 }
 
-/// The portable backend's reader for the guard's ancestor rule: the platform's
-/// [`proc_info`]. No ancestor counts as a session leader here (the readers do not give the
-/// session), so each one's group is asked afresh on every call.
-pub(crate) fn read_ancestor(pid: i32) -> Result<crate::guard::AncestorInfo, crate::Refusal> {
-    let info = proc_info(pid).map_err(|e| crate::Refusal::Unverifiable {
-        what: "an ancestor",
-        errno: e as i32,
-    })?;
-    Ok(crate::guard::AncestorInfo {
-        ppid: info.ppid,
-        pgid: info.pgid,
-        session_leader: false,
-    })
+/// Without /proc there is no other way to read it: the supervised tiers, which ask, do not
+/// exist in the portable backend.
+pub(crate) fn zombie_status(_pid: u32) -> Option<ExitStatus> {
+    None
 }
 
-/// See the Linux version: always true here.
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn reader_sees(_me: i32) -> Result<bool, Errno> {
-    Ok(true)
+/// The supervised tiers, which have supervisors, do not exist in the portable backend.
+pub(crate) fn reap_now_or_later(
+    _pid: u32,
+    _peer: BorrowedFd<'_>,
+    _pidfd: Option<&Pidfd>,
+) -> io::Result<Option<ExitStatus>> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
-/// The errno a `procfs` error stands for.
-#[cfg(target_os = "linux")]
-fn proc_errno(e: procfs::ProcError) -> Errno {
-    match e {
-        procfs::ProcError::NotFound(_) => Errno::ESRCH,
-        procfs::ProcError::PermissionDenied(_) => Errno::EACCES,
-        _ => Errno::EIO,
-    }
+/// The lifeline registers no handle here: [`lifeline_kill_by_handle`] decides by number.
+pub(crate) const REGISTERS_PIDFDS: bool = false;
+
+/// Whether the lifeline's handler may signal group `pgid` by its number: only while the
+/// leader, whose pid is `pgid`, is our unreaped child (async-signal-safe).
+pub(crate) fn lifeline_kill_by_handle(pgid: i32, _pidfd: Option<std::os::fd::RawFd>) -> bool {
+    libc::id_t::try_from(pgid).is_ok_and(|id| super::waitid_peek(libc::P_PID, id, 0).is_ok())
 }
 
-/// What the per-platform reader tells about a process.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ProcInfo {
-    pub ppid: i32,
-    pub pgid: i32,
-    pub zombie: bool,
-    /// When it started, in the platform's unit (ticks since boot, or microseconds since
-    /// the epoch): with the pid, it names one process.
-    #[cfg_attr(target_os = "linux", allow(dead_code))] // Linux uses the /proc directory
-    pub start: u64,
+/// The supervised tiers do not exist in this backend: `Leader::spawn` refuses them before
+/// it gets here.
+pub(crate) fn spawn_supervised(
+    _cmd: &mut std::process::Command,
+    namespace: bool,
+    _new_session: bool,
+) -> io::Result<Started> {
+    Err(unsupported_tier(if namespace {
+        "Namespace"
+    } else {
+        "Supervised"
+    }))
 }
 
-/// A process's parent, group and state, from `/proc/<pid>/stat` (Linux under
-/// `pgroup_portable`, as the Linux backend reads it). `ESRCH` when it does not exist.
-#[cfg(target_os = "linux")]
-pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
-    let stat = procfs::process::Process::new(pid)
-        .and_then(|p| p.stat())
-        .map_err(proc_errno)?;
-    Ok(ProcInfo {
-        ppid: stat.ppid,
-        pgid: stat.pgrp,
-        zombie: stat.state == 'Z',
-        start: stat.starttime,
-    })
-}
-
-/// A process's parent, group and state: `proc_pidinfo(PROC_PIDTBSDINFO)` (macOS; not run by
-/// CI). `ESRCH` when it does not exist.
-#[cfg(target_os = "macos")]
-pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
-    // SAFETY: an all-zero proc_bsdinfo is a valid value (integers and byte arrays).
-    let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
-    let size = libc::c_int::try_from(std::mem::size_of::<libc::proc_bsdinfo>())
-        .map_err(|_| Errno::EINVAL)?;
-    // SAFETY: proc_pidinfo writes at most `size` bytes into `info`, which is that large and
-    // lives on our stack for the call.
-    let written = unsafe {
-        libc::proc_pidinfo(
-            pid,
-            libc::PROC_PIDTBSDINFO,
-            0,
-            std::ptr::addr_of_mut!(info).cast(),
-            size,
-        )
-    };
-    if written != size {
-        let errno = Errno::last();
-        return Err(if written <= 0 && errno != Errno::UnknownErrno {
-            errno
-        } else {
-            Errno::ESRCH
-        });
-    }
-    Ok(ProcInfo {
-        ppid: i32::try_from(info.pbi_ppid).map_err(|_| Errno::EINVAL)?,
-        pgid: i32::try_from(info.pbi_pgid).map_err(|_| Errno::EINVAL)?,
-        zombie: info.pbi_status == libc::SZOMB,
-        start: info
-            .pbi_start_tvsec
-            .saturating_mul(1_000_000)
-            .saturating_add(info.pbi_start_tvusec),
-    })
-}
-
-/// A process's parent, group and state: `sysctl(KERN_PROC_PID)` (FreeBSD; not run by CI).
-/// `ESRCH` when it does not exist.
-#[cfg(target_os = "freebsd")]
-pub(crate) fn proc_info(pid: i32) -> Result<ProcInfo, Errno> {
-    let procs = kinfo_procs(libc::KERN_PROC_PID, pid)?;
-    let info = procs.first().ok_or(Errno::ESRCH)?;
-    Ok(ProcInfo {
-        ppid: info.ki_ppid,
-        pgid: info.ki_pgid,
-        zombie: info.ki_stat == libc::SZOMB,
-        start: u64::try_from(info.ki_start.tv_sec)
-            .unwrap_or(0)
-            .saturating_mul(1_000_000)
-            .saturating_add(u64::try_from(info.ki_start.tv_usec).unwrap_or(0)),
-    })
-}
-
-/// `sysctl(CTL_KERN, KERN_PROC, what, arg)`: the `kinfo_proc` records it returns.
-#[cfg(target_os = "freebsd")]
-fn kinfo_procs(what: libc::c_int, arg: i32) -> Result<Vec<libc::kinfo_proc>, Errno> {
-    let mib = [libc::CTL_KERN, libc::KERN_PROC, what, arg];
-    let record = std::mem::size_of::<libc::kinfo_proc>();
-    // Room for a group of this many members; a larger group is a failure (EINVAL below).
-    let mut procs: Vec<libc::kinfo_proc> =
-        Vec::with_capacity(if what == libc::KERN_PROC_PID { 1 } else { 4096 });
-    let mut len: libc::size_t = procs.capacity() * record;
-    // SAFETY: sysctl(3) writes at most `len` bytes into the vector's spare capacity, which is
-    // that large, and sets `len` to what it wrote; `mib` lives for the call.
-    let ret = unsafe {
-        libc::sysctl(
-            mib.as_ptr(),
-            4,
-            procs.as_mut_ptr().cast(),
-            &mut len,
-            std::ptr::null(),
-            0,
-        )
-    };
-    if ret != 0 {
-        return Err(Errno::last());
-    }
-    if len % record != 0 {
-        return Err(Errno::EINVAL);
-    }
-    // SAFETY: the kernel wrote `len / record` whole records into the spare capacity.
-    unsafe { procs.set_len(len / record) };
-    Ok(procs)
-}
-
-/// The pids in process group `pgid`, by the per-platform reader.
-#[cfg(target_os = "linux")]
-pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if super::getpgid(pid) == Ok(pgid) {
-            found.extend(u32::try_from(pid).ok());
-        }
-    }
-    Ok(found)
-}
-
-/// The pids in process group `pgid`: `proc_listpgrppids` (macOS; not run by CI).
-#[cfg(target_os = "macos")]
-pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
-    let mut pids: Vec<libc::pid_t> = vec![0; 4096];
-    let size = libc::c_int::try_from(pids.len() * std::mem::size_of::<libc::pid_t>())
-        .map_err(|_| io::Error::from(Errno::EINVAL))?;
-    // SAFETY: proc_listpgrppids writes at most `size` bytes of pids into the vector, which
-    // is that large, and returns how many it wrote.
-    let count = unsafe { libc::proc_listpgrppids(pgid, pids.as_mut_ptr().cast(), size) };
-    let count = usize::try_from(count).map_err(|_| io::Error::last_os_error())?;
-    pids.truncate(count);
-    Ok(pids
-        .into_iter()
-        .filter_map(|p| u32::try_from(p).ok())
-        .filter(|&p| p != 0)
-        .collect())
-}
-
-/// The pids in process group `pgid`: `sysctl(KERN_PROC_PGRP)` (FreeBSD; not run by CI).
-#[cfg(target_os = "freebsd")]
-pub(crate) fn group_members(pgid: i32) -> io::Result<Vec<u32>> {
-    Ok(kinfo_procs(libc::KERN_PROC_PGRP, pgid)?
-        .iter()
-        .filter_map(|p| u32::try_from(p.ki_pid).ok())
-        .collect())
+/// Without the supervised tiers there is no supervisor to fork.
+pub(crate) fn supervisor_forks() -> bool {
+    false
 }
 
 #[cfg(test)]
 mod tests {
+    use super::proc::group_members;
     use super::*;
     use std::os::unix::process::ExitStatusExt;
     use std::process::Command;
