@@ -14,9 +14,11 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const SOURCES: [&str; 4] = [
+const SOURCES: [&str; 6] = [
     "src/sys/supervisor/main.rs",
-    "src/sys/supervisor/raw.rs",
+    "src/sys/supervisor/raw/mod.rs",
+    "src/sys/supervisor/raw/msg.rs",
+    "src/sys/supervisor/raw/signal.rs",
     "src/sys/supervisor/run.rs",
     "src/sys/supervisor/protocol.rs",
 ];

@@ -225,6 +225,7 @@ mod reaper;
 pub mod recipes;
 mod run;
 mod stdin;
+mod supervised;
 mod sys;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]

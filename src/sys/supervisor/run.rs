@@ -69,8 +69,8 @@ pub(crate) fn run(args: Args) -> ! {
     // binary's end is watched through `parent`, whatever thread spawned us.
     let _ = raw::prctl(raw::PR_SET_PDEATHSIG, 0);
     let _ = raw::prctl(raw::PR_SET_NAME, COMM.as_ptr() as usize);
-    raw::set_sigmask(u64::MAX);
-    let sfd = raw::signalfd(raw::sigbit(raw::SIGCHLD)).unwrap_or(-1);
+    raw::signal::set_sigmask(u64::MAX);
+    let sfd = raw::signal::signalfd(raw::signal::sigbit(raw::SIGCHLD)).unwrap_or(-1);
     let _ = raw::set_nonblocking(args.channel);
     let pidfd = match raw::pidfd_open(args.leader) {
         Ok(fd) => fd,

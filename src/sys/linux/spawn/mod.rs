@@ -56,6 +56,7 @@
 //! grows with the test binary's memory, and `pre_exec` hooks of the `Command` run in the
 //! supervisor's copy before the leader is forked.
 
+mod clone;
 mod forked;
 mod namespace;
 mod program;
@@ -65,7 +66,6 @@ use std::io;
 use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use std::ptr;
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use nix::libc::{self, c_int, c_void};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -76,11 +76,10 @@ use crate::sys::supervisor::protocol::{ARGV0, TAG_SPAWNED};
 use crate::sys::supervisor::raw;
 use crate::sys::supervisor::run::{self, write_decimal};
 use crate::sys::Started;
+use clone::clone_spawner;
 use forked::spawn_forked;
 use namespace::Ids;
-use program::{
-    program, program_switch, self_pidfd, Environment, Program, Stack, GUARD_LEN, STACK_LEN,
-};
+use program::{program, program_switch, self_pidfd, Environment, Program, Stack};
 use report::{read_started, send_spawn_error, setup_failed, Step};
 
 /// The signal the spawner asks for when the calling thread dies (`PR_SET_PDEATHSIG`).
@@ -127,125 +126,6 @@ struct Context<'a> {
     /// thread blocks it.
     death_signal: c_int,
     namespace: Option<Ids>,
-}
-
-/// `clone3`'s arguments (Linux 5.3; `CLONE_CLEAR_SIGHAND` 5.5).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-}
-
-const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
-
-// `pgroup_clone3(args, size, f, arg)`: `clone3`, after which the child calls `f(arg)` on its
-// new stack (it never returns); the parent gets the child's pid or `-errno`.
-#[cfg(target_arch = "x86_64")]
-std::arch::global_asm!(
-    ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
-    ".globl pgroup_clone3",
-    ".hidden pgroup_clone3",
-    ".type pgroup_clone3,@function",
-    "pgroup_clone3:",
-    "mov r8, rdx",
-    "mov r9, rcx",
-    "mov eax, 435",
-    "syscall",
-    "test rax, rax",
-    "jnz 2f",
-    "xor ebp, ebp",
-    "mov rdi, r9",
-    "call r8",
-    "ud2",
-    "2:",
-    "ret",
-    ".size pgroup_clone3, . - pgroup_clone3",
-    ".popsection",
-);
-
-#[cfg(target_arch = "aarch64")]
-std::arch::global_asm!(
-    ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
-    ".globl pgroup_clone3",
-    ".hidden pgroup_clone3",
-    ".type pgroup_clone3,@function",
-    "pgroup_clone3:",
-    "mov x8, #435",
-    "svc #0",
-    "cbnz x0, 2f",
-    "mov x29, xzr",
-    "mov x30, xzr",
-    "mov x0, x3",
-    "blr x2",
-    "brk #0",
-    "2:",
-    "ret",
-    ".size pgroup_clone3, . - pgroup_clone3",
-    ".popsection",
-);
-
-extern "C" {
-    fn pgroup_clone3(
-        args: *mut CloneArgs,
-        size: usize,
-        f: extern "C" fn(*mut c_void) -> c_int,
-        arg: *mut c_void,
-    ) -> isize;
-}
-
-/// Whether `clone3` with `CLONE_CLEAR_SIGHAND` works here: unknown, yes, no (seccomp
-/// profiles that answer `ENOSYS`, as Docker's does, valgrind, kernels before 5.5).
-static CLONE3: AtomicU8 = AtomicU8::new(0);
-
-/// Creates the spawner on `stack` with `flags` (`CLONE_VM | CLONE_VFORK` and namespace
-/// flags), running [`spawner_main`] with `ctx`; returns its pid. Where `clone3` cannot reset
-/// the spawner's signal handlers, `ctx.reset_handlers` tells the spawner to.
-///
-/// # Safety
-///
-/// `ctx` must stay valid until the spawner has exec'd or exited.
-unsafe fn clone_spawner(stack: &mut Stack, flags: c_int, ctx: &mut Context<'_>) -> io::Result<i32> {
-    let f: extern "C" fn(*mut c_void) -> c_int = spawner_main;
-    if CLONE3.load(Ordering::Relaxed) != 2 {
-        ctx.reset_handlers = false;
-        let arg: *mut c_void = ptr::from_mut(ctx).cast();
-        let mut args = CloneArgs {
-            flags: u64::from(flags.unsigned_abs()) | CLONE_CLEAR_SIGHAND,
-            exit_signal: u64::from(libc::SIGCHLD.unsigned_abs()),
-            stack: stack.base as u64 + GUARD_LEN as u64,
-            stack_size: STACK_LEN as u64,
-            ..CloneArgs::default()
-        };
-        // SAFETY: `args` is a valid `clone_args` of the size given; the stack is ours and
-        // unused, and the caller vouches for `ctx`.
-        let ret = unsafe { pgroup_clone3(&mut args, std::mem::size_of::<CloneArgs>(), f, arg) };
-        if ret > 0 {
-            CLONE3.store(1, Ordering::Relaxed);
-            return Ok(i32::try_from(ret).unwrap_or(-1));
-        }
-        let errno = i32::try_from(-ret).unwrap_or(libc::EINVAL);
-        if errno != libc::ENOSYS && errno != libc::EINVAL && errno != libc::EPERM {
-            return Err(io::Error::from_raw_os_error(errno));
-        }
-        if errno != libc::EPERM {
-            CLONE3.store(2, Ordering::Relaxed);
-        }
-    }
-    ctx.reset_handlers = true;
-    let arg: *mut c_void = ptr::from_mut(ctx).cast();
-    // SAFETY: as above, with glibc's clone, which switches to the stack and calls `f`.
-    let pid = unsafe { libc::clone(f, stack.top(), flags | libc::SIGCHLD, arg) };
-    if pid <= 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(pid)
 }
 
 /// The socket pair between the test binary and a supervisor (`SOCK_SEQPACKET`, both ends
@@ -296,12 +176,12 @@ fn spawn_exec(cmd: &mut Command, program: &Program, namespace: bool) -> io::Resu
             ctx.death_signal = libc::SIGKILL;
         }
     }
-    let old = raw::set_sigmask(u64::MAX);
+    let old = raw::signal::set_sigmask(u64::MAX);
     // SAFETY: `spawner_main` runs on its own stack with `ctx`, which outlives it: this
     // thread is suspended until the spawner has exec'd or exited, and the spawner reads
     // `ctx` and the `Command` only (see the module documentation).
     let cloned = unsafe { clone_spawner(&mut stack, flags, &mut ctx) };
-    raw::set_sigmask(old);
+    raw::signal::set_sigmask(old);
     // SAFETY: restores the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &ctx.mask, ptr::null_mut()) };
     stack.release();
@@ -361,7 +241,7 @@ extern "C" fn spawner_main(arg: *mut c_void) -> c_int {
         libc::sigdelset(&mut mask, PARENT_DEATH_SIGNAL);
         libc::sigprocmask(libc::SIG_SETMASK, &mask, ptr::null_mut());
         let spawned = ctx.cmd.spawn();
-        raw::set_sigmask(u64::MAX);
+        raw::signal::set_sigmask(u64::MAX);
         spawned
     };
     let mut child = match spawned {
@@ -474,13 +354,14 @@ fn prepare(ctx: &Context<'_>) -> Result<(), (Step, i32)> {
     // The parent-death handler, with the kernel's call: libc refuses the signal, which it
     // keeps for itself. The handler never returns, so the restorer (which x86_64 requires)
     // never runs; it ends the process should it ever be reached.
-    let action = raw::KernelSigaction {
+    let action = raw::signal::KernelSigaction {
         handler: on_parent_death as extern "C" fn(c_int) as usize,
         flags: SA_RESTORER,
         restorer: never_returned_to as extern "C" fn() as usize,
         mask: u64::MAX,
     };
-    raw::sigaction(PARENT_DEATH_SIGNAL, Some(&action), None).map_err(|e| (Step::Signals, e))?;
+    raw::signal::sigaction(PARENT_DEATH_SIGNAL, Some(&action), None)
+        .map_err(|e| (Step::Signals, e))?;
     let death = usize::try_from(ctx.death_signal).unwrap_or(0);
     raw::prctl(raw::PR_SET_PDEATHSIG, death).map_err(|e| (Step::Signals, e))?;
     if parent_died(ctx) {
@@ -592,12 +473,12 @@ fn reset_handlers() {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        let mut old = raw::KernelSigaction::DFL;
-        if raw::sigaction(sig, None, Some(&mut old)).is_ok()
-            && old.handler != raw::SIG_DFL
-            && old.handler != raw::SIG_IGN
+        let mut old = raw::signal::KernelSigaction::DFL;
+        if raw::signal::sigaction(sig, None, Some(&mut old)).is_ok()
+            && old.handler != raw::signal::SIG_DFL
+            && old.handler != raw::signal::SIG_IGN
         {
-            let _ = raw::sigaction(sig, Some(&raw::KernelSigaction::DFL), None);
+            let _ = raw::signal::sigaction(sig, Some(&raw::signal::KernelSigaction::DFL), None);
         }
     }
 }

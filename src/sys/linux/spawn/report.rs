@@ -177,7 +177,7 @@ pub(super) fn read_report(channel: &OwnedFd, spawner: i32) -> io::Result<Report>
 /// One record and its descriptors; `None` when none is waiting.
 pub(super) fn recv_record(channel: &OwnedFd) -> io::Result<Option<(Vec<u8>, Vec<OwnedFd>)>> {
     let mut data = [0_u8; 512];
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(raw::MAX_FDS))];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(raw::msg::MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
     let received = loop {
         match rustix::net::recvmsg(

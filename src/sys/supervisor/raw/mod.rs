@@ -9,6 +9,10 @@
 
 use core::ptr;
 
+pub(crate) mod msg;
+pub(crate) mod signal;
+pub(crate) use msg::send_with_fds;
+
 /// A kernel answer: the value, or the error number.
 pub(crate) type Ret = Result<usize, i32>;
 
@@ -247,29 +251,6 @@ impl SigInfo {
     }
 }
 
-/// The kernel's `struct sigaction` (x86_64 and aarch64 alike: both have `sa_restorer`).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct KernelSigaction {
-    pub handler: usize,
-    pub flags: u64,
-    pub restorer: usize,
-    pub mask: u64,
-}
-
-/// `SIG_DFL`, `SIG_IGN`.
-pub(crate) const SIG_DFL: usize = 0;
-pub(crate) const SIG_IGN: usize = 1;
-
-impl KernelSigaction {
-    pub(crate) const DFL: KernelSigaction = KernelSigaction {
-        handler: SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-}
-
 pub(crate) fn read(fd: i32, buf: &mut [u8]) -> Ret {
     // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`.
     unsafe {
@@ -478,61 +459,6 @@ pub(crate) fn monotonic_ms() -> i64 {
         .saturating_add(ts.nsec / 1_000_000)
 }
 
-/// `rt_sigaction`; `new` and `old` optional.
-pub(crate) fn sigaction(
-    sig: i32,
-    new: Option<&KernelSigaction>,
-    old: Option<&mut KernelSigaction>,
-) -> Ret {
-    let new = new.map_or(0, |n| ptr::from_ref(n) as usize);
-    let old = old.map_or(0, |o| ptr::from_mut(o) as usize);
-    // SAFETY: both pointers are null or point to a kernel sigaction of the right size.
-    unsafe { syscall6(nr::RT_SIGACTION, int(sig), new, old, 8, 0, 0) }
-}
-
-/// A kernel signal set: bit `n - 1` for signal `n`.
-pub(crate) fn sigbit(sig: i32) -> u64 {
-    u32::try_from(sig - 1)
-        .ok()
-        .filter(|b| *b < 64)
-        .map_or(0, |b| 1 << b)
-}
-
-/// `rt_sigprocmask(SIG_SETMASK)`; returns the old mask.
-pub(crate) fn set_sigmask(mask: u64) -> u64 {
-    let mut old: u64 = 0;
-    // SAFETY: both sets are 8-byte kernel sets on our stack.
-    let _ = unsafe {
-        syscall6(
-            nr::RT_SIGPROCMASK,
-            SIG_SETMASK,
-            ptr::from_ref(&mask) as usize,
-            ptr::from_mut(&mut old) as usize,
-            8,
-            0,
-            0,
-        )
-    };
-    old
-}
-
-/// A non-blocking, close-on-exec `signalfd` for the signals in `mask`.
-pub(crate) fn signalfd(mask: u64) -> Result<i32, i32> {
-    // SAFETY: an 8-byte kernel set on our stack.
-    unsafe {
-        syscall6(
-            nr::SIGNALFD4,
-            int(-1),
-            ptr::from_ref(&mask) as usize,
-            8,
-            SFD_NONBLOCK_CLOEXEC,
-            0,
-            0,
-        )
-    }
-    .map(fd_of)
-}
-
 /// An anonymous private mapping of `len` bytes, reserving no swap.
 pub(crate) fn mmap_anonymous(len: usize) -> Result<*mut u8, i32> {
     const PROT_READ_WRITE: usize = 0x1 | 0x2;
@@ -550,88 +476,6 @@ pub(crate) fn mmap_anonymous(len: usize) -> Result<*mut u8, i32> {
         )
     }
     .map(|addr| addr as *mut u8)
-}
-
-/// `struct iovec`.
-#[repr(C)]
-struct IoVec {
-    base: *const u8,
-    len: usize,
-}
-
-/// `struct msghdr`.
-#[repr(C)]
-struct MsgHdr {
-    name: *const u8,
-    namelen: u32,
-    iov: *const IoVec,
-    iovlen: usize,
-    control: *const u8,
-    controllen: usize,
-    flags: i32,
-}
-
-/// The most descriptors one [`send_with_fds`] passes.
-pub(crate) const MAX_FDS: usize = 4;
-
-/// A control message of `SCM_RIGHTS` with room for [`MAX_FDS`] descriptors: `struct
-/// cmsghdr` (a `usize` length, then level and type), then the descriptors.
-#[repr(C, align(8))]
-struct Rights {
-    len: usize,
-    level: i32,
-    kind: i32,
-    fds: [i32; MAX_FDS],
-}
-
-/// Sends `data` as one record on the socket `fd`, with `fds` (at most [`MAX_FDS`]) passed
-/// along, without blocking and without SIGPIPE.
-pub(crate) fn send_with_fds(fd: i32, data: &[u8], fds: &[i32]) -> Ret {
-    let count = fds.len().min(MAX_FDS);
-    let mut rights = Rights {
-        len: 16 + 4 * count,
-        level: SOL_SOCKET,
-        kind: SCM_RIGHTS,
-        fds: [-1; MAX_FDS],
-    };
-    for (slot, fd) in rights.fds.iter_mut().zip(fds) {
-        *slot = *fd;
-    }
-    let iov = IoVec {
-        base: data.as_ptr(),
-        len: data.len(),
-    };
-    let msg = MsgHdr {
-        name: ptr::null(),
-        namelen: 0,
-        iov: ptr::from_ref(&iov),
-        iovlen: 1,
-        control: if count == 0 {
-            ptr::null()
-        } else {
-            ptr::from_ref(&rights).cast()
-        },
-        // CMSG_SPACE: the header and the descriptors, rounded up to 8 bytes.
-        controllen: if count == 0 {
-            0
-        } else {
-            (16 + 4 * count).next_multiple_of(8)
-        },
-        flags: 0,
-    };
-    // SAFETY: every pointer in `msg` points to data on this stack frame that outlives the
-    // call, with the lengths given; the kernel only reads it.
-    unsafe {
-        syscall6(
-            nr::SENDMSG,
-            int(fd),
-            ptr::from_ref(&msg) as usize,
-            MSG_DONTWAIT | MSG_NOSIGNAL,
-            0,
-            0,
-            0,
-        )
-    }
 }
 
 /// `execveat(dirfd, "", argv, envp, AT_EMPTY_PATH)`: runs the file open as `dirfd`.
