@@ -189,28 +189,21 @@ pub(crate) fn parent_of(pid: u32) -> io::Result<u32> {
 /// `pidfd_open(2)` (Linux 5.3): a file descriptor that refers to this process and no other,
 /// even after its number is recycled. It becomes readable when the process exits.
 pub(crate) fn pidfd_open(pid: u32) -> io::Result<Pidfd> {
-    let pid = libc::pid_t::try_from(pid)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid above i32::MAX"))?;
-    let flags: libc::c_uint = 0;
-    // SAFETY: pidfd_open takes a pid and a flags word by value and returns a new descriptor
-    // or -1 with errno set. No memory is shared with the kernel.
-    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, flags) };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOSYS) {
-            return Err(io::Error::new(
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map_err(|e| {
+        if e == rustix::io::Errno::NOSYS {
+            io::Error::new(
                 io::ErrorKind::Unsupported,
                 "pidfd_open(2) is not available: pgroup needs Linux 5.3 or later (valgrind \
                  before 3.21 does not know the call either)",
-            ));
+            )
+        } else {
+            e.into()
         }
-        return Err(e);
-    }
-    let fd = RawFd::try_from(ret)
-        .map_err(|_| io::Error::other("pidfd_open returned a descriptor out of range"))?;
-    // SAFETY: the kernel has just handed us this descriptor; nothing else in the process owns
-    // it, so OwnedFd may take ownership and close it exactly once.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    })
 }
 
 /// The exit status of the process behind `pidfd`, without reaping it (`waitid` with

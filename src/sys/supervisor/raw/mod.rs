@@ -6,6 +6,12 @@
 //! no allocation), and into the supervisor program (see `main.rs`), a freestanding
 //! executable with no C library at all. Every call returns the kernel's answer as it is: a
 //! value, or the error number.
+//!
+//! These are the crate's only hand-written system calls, and why: the program is built by
+//! `build.rs` with `rustc` alone, linking no crate (rustix's `linux_raw` backend makes the
+//! same calls, but would have to be built for it), and the spawner runs in the test
+//! binary's memory in place of a suspended thread, where libc's `errno` and locks are that
+//! thread's. Everything else goes through std, nix and rustix.
 
 use core::ptr;
 
