@@ -307,9 +307,7 @@ fn a_failing_test_shows_the_captured_output(#[values(false, true)] nocapture: bo
 }
 
 /// `new_session(true)` with a `Command` that has a `process_group` of its own: an error
-/// that names the conflict, before anything starts, in every tier (it used to be a bare
-/// `EPERM` from the spawn in `Group`; the supervised tiers applied the setting to their
-/// supervisor, which the exec'd supervisor no longer is).
+/// that names the conflict and the program, in every tier, and nothing left running.
 #[rstest]
 fn new_session_and_a_process_group_are_named_as_a_conflict(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]

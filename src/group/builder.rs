@@ -199,11 +199,11 @@ impl Builder {
     ///   is killing its groups. Nothing is started.
     /// - [`new_session`](Builder::new_session) was asked for a `Command` that has a
     ///   [`process_group`](std::os::unix::process::CommandExt::process_group) of its own
-    ///   (`setsid` cannot make a group leader a session leader): kind
-    ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both, before anything starts.
-    ///   (Std has no getter for the setting, and this reads it from the alternate `Debug`
-    ///   form of the `Command`; should a version of std not show it there, the spawn's
-    ///   `EPERM` is returned with a note that names the likely conflict.)
+    ///   (`setsid` fails with `EPERM` in a process that already leads a group): kind
+    ///   [`InvalidInput`](io::ErrorKind::InvalidInput), naming both; the child never ran
+    ///   the program. (Std has no getter for the setting: an `EPERM` from a spawn with a new
+    ///   session is reported so, with the other setting that can cause it, a `uid` or `gid`
+    ///   the caller may not take.)
     /// - With [`capture_output`](Builder::capture_output), the reader thread cannot be
     ///   started: the group is torn down and the error returned.
     ///
@@ -233,26 +233,14 @@ impl Builder {
         } else {
             None
         };
-        if self.new_session && has_process_group(cmd) {
-            return Err(session_conflict(&what));
-        }
         if self.capture {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
         let mut spawned =
             Leader::spawn(cmd, self.containment, self.new_session, &what).map_err(|e| {
-                // setsid in a process that std already made a group leader.
-                if self.new_session && e.raw_os_error() == Some(nix::libc::EPERM) {
-                    // Only where std's `Debug` did not show the group (checked above): say
-                    // what may be the cause, keeping the error.
-                    io::Error::new(
-                        e.kind(),
-                        format!(
-                            "{e} (if the Command has a process_group of its own: \
-                             Builder::new_session(true) cannot be combined with it, since \
-                             setsid fails with EPERM in a process that leads a group)"
-                        ),
-                    )
+                // EPERM (with the spawn's context).
+                if self.new_session && e.kind() == io::ErrorKind::PermissionDenied {
+                    session_conflict(&e)
                 } else {
                     e
                 }
@@ -312,23 +300,16 @@ impl Builder {
     }
 }
 
-/// Whether std's `Debug` of `cmd` (its alternate form, which lists the settings) shows a
-/// `process_group`. Std has no getter for it; where the form does not show it, the spawn's
-/// `EPERM` is mapped instead.
-fn has_process_group(cmd: &Command) -> bool {
-    format!("{cmd:#?}")
-        .lines()
-        .any(|line| line.trim_start().starts_with("pgroup: Some("))
-}
-
-fn session_conflict(what: &str) -> io::Error {
+/// The error of a spawn with a new session that failed with `EPERM`: `setsid` in a child
+/// that std already made a group leader, or a `uid`/`gid` setting the caller may not take.
+fn session_conflict(e: &io::Error) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
         format!(
-            "pgroup: cannot spawn {what}: Builder::new_session(true) and a Command with a \
+            "{e}: Builder::new_session(true) and a Command with a \
              process_group of its own conflict (setsid fails in a process that already leads \
-             a group, with EPERM): drop the process_group, the new session makes a new group \
-             anyway"
+             a group): drop the process_group, the new session makes a new group anyway (or \
+             the Command's uid or gid may not be taken)"
         ),
     )
 }
