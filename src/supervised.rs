@@ -24,14 +24,28 @@ const SUPERVISOR_REPORT_BOUND: Duration = Duration::from_secs(5);
 struct Reports {
     exit: Option<ExitStatus>,
     escapees: Vec<u32>,
-    /// Its own set-up failed (with this errno); it killed and reaped the leader.
-    failed: Option<i32>,
-    /// Its teardown gave up on this many processes.
-    stuck: Option<i32>,
-    /// Its teardown is complete: everything it had is reaped.
-    done: bool,
+    /// How its work ended, once it says so.
+    end: Option<End>,
     /// Every copy of its end is closed.
     closed: bool,
+}
+
+impl Reports {
+    /// Whether its own set-up failed (it killed and reaped the leader).
+    fn failed(&self) -> bool {
+        matches!(self.end, Some(End::Failed(_)))
+    }
+}
+
+/// How a supervisor's work ended, by its last record.
+#[derive(Clone, Copy)]
+enum End {
+    /// Its own set-up failed with this errno; it killed and reaped the leader.
+    Failed(i32),
+    /// Its teardown gave up on this many processes.
+    Stuck(i32),
+    /// Its teardown is complete: everything it had is reaped.
+    Done,
 }
 
 /// How often teardown reads the supervisor's records while it waits for its exit: it sends
@@ -127,9 +141,7 @@ impl Supervised {
     /// Whether the supervisor holds the leader unreaped: it runs, and has not been told to
     /// finish (nor given up at its start).
     pub(crate) fn pins_the_leader(&self) -> bool {
-        matches!(self.phase, Phase::Running)
-            && self.reports.failed.is_none()
-            && self.supervisor_alive()
+        matches!(self.phase, Phase::Running) && !self.reports.failed() && self.supervisor_alive()
     }
 
     /// Whether the leader exited and its status will never come: the supervisor is gone
@@ -138,7 +150,7 @@ impl Supervised {
         let _ = self.pump();
         self.reports.exit.is_none()
             && self.leader_has_exited()
-            && (self.reports.failed.is_some()
+            && (self.reports.failed()
                 || (!self.supervisor_alive() && {
                     // Its last records are in the socket once it has exited.
                     let _ = self.pump();
@@ -197,7 +209,7 @@ impl Supervised {
     fn await_status(&mut self, deadline: Instant) -> io::Result<()> {
         loop {
             self.pump()?;
-            if self.reports.exit.is_some() || self.reports.failed.is_some() {
+            if self.reports.exit.is_some() || self.reports.failed() {
                 return Ok(());
             }
             let Some(exit) = self.exit_fd() else {
@@ -228,9 +240,9 @@ impl Supervised {
                 Some(TAG_ESCAPEE) => reports.escapees.extend(u32::try_from(value).ok()),
                 // The supervisor's own start failed (the spawner's exec, or the program's
                 // set-up): it killed and reaped the leader.
-                Some(TAG_FAILED | TAG_SETUP_FAILED) => reports.failed = Some(value),
-                Some(TAG_STUCK) => reports.stuck = Some(value),
-                Some(TAG_DONE) => reports.done = true,
+                Some(TAG_FAILED | TAG_SETUP_FAILED) => reports.end = Some(End::Failed(value)),
+                Some(TAG_STUCK) => reports.end = Some(End::Stuck(value)),
+                Some(TAG_DONE) => reports.end = Some(End::Done),
                 _ => {}
             }
         })?;
@@ -268,7 +280,7 @@ impl Supervised {
     /// waits for it), and says how its teardown went.
     pub(crate) fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         // A supervisor that gave up is no longer worth waiting for.
-        let deadline = if self.reports.stuck.is_some() {
+        let deadline = if matches!(self.reports.end, Some(End::Stuck(_))) {
             Instant::now()
         } else {
             deadline
@@ -293,7 +305,7 @@ impl Supervised {
         if let Phase::Finishing(Err(error)) = phase {
             return Err(error);
         }
-        if let Some(stuck) = self.reports.stuck {
+        if let Some(End::Stuck(stuck)) = self.reports.end {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
@@ -303,7 +315,7 @@ impl Supervised {
                 ),
             ));
         }
-        if let Some(errno) = self.reports.failed {
+        if let Some(End::Failed(errno)) = self.reports.end {
             return Err(io::Error::other(format!(
                 "the supervisor failed to start ({}), and killed the leader",
                 io::Error::from_raw_os_error(errno)
@@ -330,7 +342,7 @@ impl Supervised {
             }
             // Someone else reaped it (a `waitid(P_ALL, __WALL)` elsewhere, or the forked
             // supervisor with SIGCHLD ignored): its last record tells the same.
-            Err(_) if self.reports.done => {}
+            Err(_) if matches!(self.reports.end, Some(End::Done)) => {}
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
