@@ -172,9 +172,5 @@ fn advance(job: &mut Job) -> Option<io::Result<Teardown>> {
             Err(e) => return Some(Err(e)),
         },
     };
-    match job.group.teardown_advance(steps) {
-        Ok(Some(outcome)) => Some(outcome),
-        Ok(None) => None,
-        Err(e) => Some(Err(e)),
-    }
+    job.group.teardown_advance(steps).transpose()
 }

@@ -134,8 +134,8 @@ impl SpawnedGroup {
     pub(crate) fn teardown(&mut self) -> io::Result<Teardown> {
         let mut steps = self.teardown_begin()?;
         loop {
-            if let Some(outcome) = self.teardown_advance(&mut steps)? {
-                return outcome;
+            if let Some(report) = self.teardown_advance(&mut steps)? {
+                return Ok(report);
             }
             let (watched, deadline) = self.teardown_watch(&steps);
             // `None`: the deadline has passed; the next step sees it.
@@ -199,8 +199,8 @@ impl SpawnedGroup {
         };
     }
 
-    /// Takes every step of teardown that needs no wait: `Some` with the outcome once it is
-    /// over, `None` while it waits for [`SpawnedGroup::teardown_watch`]'s descriptors or
+    /// Takes every step of teardown that needs no wait: `Some` with the report once it is
+    /// over (an error ends it too), `None` while it waits for [`SpawnedGroup::teardown_watch`]'s descriptors or
     /// deadline.
     ///
     /// The grace period is event-driven: it waits on the pidfds of the leader and of the
@@ -213,7 +213,7 @@ impl SpawnedGroup {
     pub(crate) fn teardown_advance(
         &mut self,
         steps: &mut TeardownSteps,
-    ) -> io::Result<Option<io::Result<Teardown>>> {
+    ) -> io::Result<Option<Teardown>> {
         if let Phase::Grace {
             pending,
             leader_exited,
@@ -245,7 +245,7 @@ impl SpawnedGroup {
             if time_left(Some(deadline)).is_some() && self.leader_mut().finish_pending()? {
                 return Ok(None);
             }
-            return Ok(Some(self.teardown_report(steps, status, deadline)));
+            return self.teardown_report(steps, status, deadline).map(Some);
         }
         let Phase::Kill { deadline } = steps.phase else {
             return Ok(None);
@@ -256,19 +256,17 @@ impl SpawnedGroup {
             }
             // Leave the leader unreaped: its id stays reserved, and we never signal again.
             self.torn_down = true;
-            return Ok(Some(Err(io::Error::new(
+            return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!(
                     "{}: the leader did not die within {KILL_WAIT_BOUND:?} of SIGKILL \
                      (uninterruptible sleep?); it was left unreaped",
                     self.context
                 ),
-            ))));
+            ));
         }
-        match self.teardown_reap(steps, deadline) {
-            Ok(()) => self.teardown_advance(steps),
-            Err(e) => Ok(Some(Err(e))),
-        }
+        self.teardown_reap(steps, deadline)?;
+        self.teardown_advance(steps)
     }
 
     /// The descriptors the current step of teardown waits on, and until when.
