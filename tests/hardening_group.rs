@@ -1,4 +1,4 @@
-//! Issue 10, the `Group` tier and teardown under hostile conditions: a leader reaped by
+//! The `Group` tier and teardown under hostile conditions: a leader reaped by
 //! someone else (SIGCHLD ignored, a `waitpid(-1)` thread), pid reuse, an orphaned member
 //! that needs its grace period, no free descriptor, and a leader that leaves its group.
 //!

@@ -1,6 +1,6 @@
-//! Issue 10, the supervisor's part: the supervised tiers under hostile conditions. Each test
-//! reproduces a defect of the supervisor (or of the test binary's side of it) and checks
-//! the behaviour that must hold instead. Conditions that would disturb other tests (SIGCHLD
+//! The supervised tiers under hostile conditions. Each test sets up a condition that a
+//! supervisor (or the test binary's side of it) must survive, and checks the behaviour that
+//! must hold. Conditions that would disturb other tests (SIGCHLD
 //! ignored, closed stdio, a fork that never execs, a test binary that dies) are set up in a
 //! re-executed copy of this binary (a "role").
 
@@ -179,8 +179,8 @@ fn sigchld_ignored_by_the_test_binary(
 // ---- item 4: orphans are reaped, and teardown is bounded whatever their number ----------
 
 /// Orphans re-parented to the supervisor are reaped as they exit, while the group lives: the
-/// supervisor's only child is the leader again once they are gone (before, each stayed a
-/// zombie until teardown).
+/// supervisor's only child is the leader again once they are gone (none stays a zombie
+/// until teardown).
 #[rstest]
 fn orphans_are_reaped_while_the_group_lives(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,
@@ -211,8 +211,8 @@ fn orphans_are_reaped_while_the_group_lives(
     support::assert_no_leaks(&marker);
 }
 
-/// Many escapees (more than the 1024 the supervisor used to remember): each is killed and
-/// reported exactly once, and teardown stays within its bound.
+/// Many escapees (more than 1024): each is killed and reported exactly once, and teardown
+/// stays within its bound.
 #[rstest]
 fn many_escapees_are_each_reported_once(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,

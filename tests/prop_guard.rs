@@ -1649,7 +1649,7 @@ fn the_ancestor_chain_is_trusted_for_the_refresh_window_then_read_again() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Issue 10, item 5: an ancestor that joins another existing group while the chain is cached.
+// An ancestor that joins another existing group while the chain is cached.
 // ---------------------------------------------------------------------------------------------
 
 /// PID 1 -> ancestor A (a group of its own, with a canary `sleep` in a second group G of the
@@ -1748,8 +1748,8 @@ fn join_caller(_logs: Logs<'_>) -> i32 {
 
 /// An ancestor above the parent joins another existing group G (`setpgid(0, G)`) while the
 /// guard's reading of the chain is fresh: the guard asks each ancestor's group afresh, so G
-/// is refused at once and the ancestor survives. (Before issue 10 the cached groups were
-/// trusted for `ANCESTOR_REFRESH`, and SIGKILL to G was allowed and killed the ancestor.)
+/// is refused at once and the ancestor survives (a guard that trusted the cached groups
+/// for `ANCESTOR_REFRESH` would let SIGKILL to G through, and kill the ancestor).
 #[test]
 fn an_ancestor_joining_another_group_is_seen_at_once() {
     let marker = support::marker("join");

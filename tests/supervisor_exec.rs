@@ -220,9 +220,9 @@ fn no_handler_of_the_test_binary_runs_in_the_supervisor() {
 }
 
 /// The leader starts with the spawning thread's signal mask and the process's ignored
-/// signals, in `Supervised` as in `Group` (the exec'd supervisor's spawner blocks every
-/// signal while it runs; before, the leader inherited that: all blocked, so a `sh` that
-/// waits for SIGCHLD hung).
+/// signals, in `Supervised` as in `Group`: the spawner blocks every signal while it runs,
+/// and a leader that inherited that mask (all blocked) would hang in a `sh` that waits for
+/// SIGCHLD.
 #[test]
 fn the_leader_gets_the_callers_signal_mask() {
     if support::tier_unavailable(Containment::Supervised) {
@@ -265,7 +265,7 @@ fn the_leader_gets_the_callers_signal_mask() {
 }
 
 /// A `pre_exec` hook of the `Command` runs in the leader, before its exec, in `Supervised`
-/// as in `Group` (before, it ran in the supervisor: another process).
+/// as in `Group` (not in the supervisor, another process).
 #[rstest]
 fn a_pre_exec_hook_runs_in_the_leader(
     #[values(Containment::Group, Containment::Supervised)] tier: Containment,
