@@ -26,9 +26,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::capture::{write_tails, StatusText, Stream, PIPE_MAX, READ_CHUNK};
 use crate::deadline::time_left;
 use crate::group::CAPTURE_DRAIN_BOUND;
-use crate::output::{write_tails, StatusText, Stream, PIPE_MAX, READ_CHUNK};
 use crate::{sys, Builder};
 
 /// How many bytes of each stream [`Run::output`] keeps unless told otherwise: 16 MiB.
@@ -614,7 +614,7 @@ mod async_output {
     use ::tokio::time::{sleep, sleep_until, Instant, Sleep};
 
     use super::{Collected, Run, CAPTURE_DRAIN_BOUND};
-    use crate::output::READ_CHUNK;
+    use crate::capture::READ_CHUNK;
     use crate::tokio::LeaderStdin;
     use crate::Builder;
 

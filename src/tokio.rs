@@ -68,8 +68,8 @@ use ::tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use ::tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use ::tokio::sync::oneshot;
 
+use crate::capture::{self, LineCursor, NotReadyReason, Stream};
 use crate::group::CAPTURE_DRAIN_BOUND;
-use crate::output::{self, LineCursor, NotReadyReason, Stream};
 use crate::{reaper, sys, Builder, Delivery, Pgid, Signal, Teardown};
 
 /// The write end of the leader's stdin pipe, in
@@ -654,7 +654,7 @@ impl SpawnedGroup {
             self.group()
                 .not_ready(awaited.clone(), NotReadyReason::LeaderExited, Some(status))
         };
-        let mut backoff = output::TCP_BACKOFF_MIN;
+        let mut backoff = capture::TCP_BACKOFF_MIN;
         loop {
             if let Some(status) = self.try_wait()? {
                 return Err(exited(status));
@@ -678,7 +678,7 @@ impl SpawnedGroup {
             if let Some(status) = self.wait_timeout(pause).await? {
                 return Err(exited(status));
             }
-            backoff = (backoff * 2).min(output::TCP_BACKOFF_MAX);
+            backoff = (backoff * 2).min(capture::TCP_BACKOFF_MAX);
         }
     }
 }

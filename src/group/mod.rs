@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::capture::Reader;
 use crate::guard::deliver_to_own_group;
 use crate::leader::{ExitWatch, Leader};
-use crate::output::Reader;
 use crate::stdin::LeaderStdin;
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 

@@ -5,8 +5,8 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use crate::capture::{self, NotReady, NotReadyReason, Reader, Stream};
 use crate::leader::ExitWatch;
-use crate::output::{self, NotReady, NotReadyReason, Reader, Stream};
 
 use super::SpawnedGroup;
 use crate::deadline::time_left;
@@ -157,7 +157,7 @@ impl SpawnedGroup {
             [one] => format!("{one} accepted a connection"),
             many => format!("one of {many:?} accepted a connection"),
         };
-        let mut backoff = output::TCP_BACKOFF_MIN;
+        let mut backoff = capture::TCP_BACKOFF_MIN;
         loop {
             if let Some(status) = self.try_wait()? {
                 return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
@@ -179,7 +179,7 @@ impl SpawnedGroup {
             if let Some(status) = self.wait_timeout(pause)? {
                 return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
             }
-            backoff = (backoff * 2).min(output::TCP_BACKOFF_MAX);
+            backoff = (backoff * 2).min(capture::TCP_BACKOFF_MAX);
         }
     }
 
@@ -194,7 +194,7 @@ impl SpawnedGroup {
 
     /// The captured output, for the async front end (`Capture::next_lines`).
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async front end's
-    pub(crate) fn capture(&self) -> Option<&output::Capture> {
+    pub(crate) fn capture(&self) -> Option<&capture::Capture> {
         self.capture.as_ref().map(Reader::capture)
     }
 
@@ -250,7 +250,7 @@ impl SpawnedGroup {
         if let Some(reader) = &self.capture {
             eprintln!(
                 "{}",
-                output::failure_report(&self.context, status, reader.capture())
+                capture::failure_report(&self.context, status, reader.capture())
             );
         }
     }
