@@ -52,7 +52,7 @@ use tail::{decode, find_line_break, offset, Tail};
 
 pub(crate) use not_ready::{failure_report, write_tails, StatusText};
 pub use not_ready::{NotReady, NotReadyReason};
-pub(crate) use reader::Reader;
+pub(crate) use reader::{read_pipe, Reader};
 
 /// How much of each captured stream is kept: its last 64 KiB.
 ///

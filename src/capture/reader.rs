@@ -148,8 +148,7 @@ fn read_loop(
 }
 
 /// Reads from `pipe` into the tail of `stream`, a chunk at a time (the lock is held for one
-/// chunk's copy), until the pipe is empty, reaches end of file (it is then closed and the
-/// tail ended), fails (the same), or `budget` bytes were read.
+/// chunk's copy), as [`read_pipe`]; a pipe closed there ends the tail.
 fn read_into(
     capture: &Capture,
     pipe: &mut Option<File>,
@@ -157,31 +156,42 @@ fn read_into(
     buf: &mut [u8],
     budget: usize,
 ) {
+    read_pipe(pipe, buf, budget, |chunk| {
+        let mut state = capture.lock();
+        let tail = state.tail_mut(stream);
+        match chunk {
+            Some(chunk) => tail.push(chunk),
+            None => tail.ended = true,
+        }
+        capture.notify(state);
+    });
+}
+
+/// Reads from a non-blocking `pipe` into `buf`, handing each chunk to `sink`, until the pipe
+/// is empty or `budget` bytes were read; at end of file, or when reading fails, the pipe is
+/// closed (set to `None`) and `sink` gets `None`.
+pub(crate) fn read_pipe(
+    pipe: &mut Option<File>,
+    buf: &mut [u8],
+    budget: usize,
+    mut sink: impl FnMut(Option<&[u8]>),
+) {
     let mut read = 0;
     while let Some(file) = pipe {
         if read >= budget {
             return;
         }
         match file.read(buf) {
-            Ok(0) => {
-                *pipe = None;
-                let mut state = capture.lock();
-                state.tail_mut(stream).ended = true;
-                capture.notify(state);
-            }
-            Ok(n) => {
+            Ok(n) if n > 0 => {
                 read += n;
-                let mut state = capture.lock();
-                state.tail_mut(stream).push(&buf[..n]);
-                capture.notify(state);
+                sink(Some(&buf[..n]));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(_) => {
+            // End of file, or a pipe that cannot be read.
+            _ => {
                 *pipe = None;
-                let mut state = capture.lock();
-                state.tail_mut(stream).ended = true;
-                capture.notify(state);
+                sink(None);
             }
         }
     }

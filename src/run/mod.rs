@@ -18,21 +18,28 @@
 //! that every writer in the group is gone, or for [`CAPTURE_DRAIN_BOUND`] at most (a process
 //! that left the group may hold them). A timeout tears the group down the same way, and the
 //! error carries what was read.
+//!
+//! Both forms keep what they read, and decide when the reading ends, with the one
+//! `Reading` of this module, and build their outcome with `Run::finish`; `tokio` holds
+//! what only the async form does (the future that drives tokio's pipes), and `incomplete`
+//! the error type.
 
-use std::fmt;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::capture::{write_tails, StatusText, Stream, PIPE_MAX, READ_CHUNK};
+use crate::capture::{read_pipe, Stream, PIPE_MAX, READ_CHUNK};
 use crate::deadline::time_left;
 use crate::group::CAPTURE_DRAIN_BOUND;
 use crate::{sys, Builder};
 
+mod incomplete;
 #[cfg(feature = "tokio")]
 mod tokio;
+
+pub use incomplete::{Incomplete, IncompleteReason};
 
 /// How many bytes of each stream [`Run::output`] keeps unless told otherwise: 16 MiB.
 ///
@@ -263,10 +270,8 @@ impl Run {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn output(&self, cmd: &mut Command) -> io::Result<Output> {
-        let program = cmd.get_program().to_owned();
         let mut group = self.prepare(cmd).spawn(cmd)?;
-        let name = format!("{program:?} (leader pid {})", group.id());
-        let deadline = self.timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut reading = self.reading(cmd, group.id());
         if let (Some(stdin), Some(input)) = (group.stdin.take(), &self.input) {
             if let Some(mut pipe) = stdin.into_inner() {
                 let input = input.clone();
@@ -287,28 +292,20 @@ impl Run {
         for pipe in pipes.iter().flatten() {
             sys::set_nonblocking(pipe.as_fd())?;
         }
-        let mut streams = [Collected::new(self.limit), Collected::new(self.limit)];
-        let mut buf = vec![0_u8; READ_CHUNK];
-        let mut exited_at: Option<Instant> = None;
         let timed_out = loop {
-            if exited_at.is_none() && group.try_wait()?.is_some() {
-                exited_at = Some(Instant::now());
+            if reading.leader_running() && group.try_wait()?.is_some() {
+                reading.leader_exited();
             }
             let open = pipes.iter().any(Option::is_some);
-            let until = match exited_at {
-                Some(_) if !open => break false,
-                Some(at) => at.checked_add(self.wait_delay),
-                None => deadline,
+            let Some(left) = reading.until(open).and_then(time_left) else {
+                break reading.timed_out();
             };
-            let Some(left) = time_left(until) else {
-                break exited_at.is_none();
+            let exit = if reading.leader_running() {
+                group.exit_watch().fds()
+            } else {
+                Vec::new()
             };
-            let mut fds: Vec<BorrowedFd<'_>> = pipes.iter().flatten().map(AsFd::as_fd).collect();
-            if exited_at.is_none() {
-                fds.extend(group.exit_watch().fds());
-            }
-            sys::poll_readable(&fds, left)?;
-            read_pipes(&mut pipes, &mut streams, &mut buf, 16 * READ_CHUNK);
+            reading.read_ready(&mut pipes, &exit, left, CHUNKS_PER_TURN * READ_CHUNK)?;
         };
         let report = group.shutdown();
         // Every writer in the group is gone: the pipes reach end of file at once, unless a
@@ -316,11 +313,9 @@ impl Run {
         let until = Instant::now().checked_add(CAPTURE_DRAIN_BOUND);
         while pipes.iter().any(Option::is_some) {
             let Some(left) = time_left(until) else { break };
-            let fds: Vec<BorrowedFd<'_>> = pipes.iter().flatten().map(AsFd::as_fd).collect();
-            sys::poll_readable(&fds, left)?;
-            read_pipes(&mut pipes, &mut streams, &mut buf, PIPE_MAX);
+            reading.read_ready(&mut pipes, &[], left, PIPE_MAX)?;
         }
-        self.finish(name, &report?.status, timed_out, streams)
+        self.finish(&report?.status, timed_out, reading)
     }
 
     /// The `Command` with its stdio set, and the builder to spawn it with.
@@ -336,14 +331,21 @@ impl Run {
         builder
     }
 
+    /// The reading of a run whose leader was just spawned from `cmd`.
+    fn reading(&self, cmd: &Command, pid: u32) -> Reading {
+        Reading {
+            group: format!("{:?} (leader pid {pid})", cmd.get_program()),
+            streams: [Collected::new(self.limit), Collected::new(self.limit)],
+            buf: vec![0_u8; READ_CHUNK],
+            deadline: self.timeout.and_then(|t| Instant::now().checked_add(t)),
+            wait_delay: self.wait_delay,
+            exited_at: None,
+        }
+    }
+
     /// The outcome: the output, or the error that carries it.
-    fn finish(
-        &self,
-        group: String,
-        status: &ExitStatus,
-        timed_out: bool,
-        [stdout, stderr]: [Collected; 2],
-    ) -> io::Result<Output> {
+    fn finish(&self, status: &ExitStatus, timed_out: bool, reading: Reading) -> io::Result<Output> {
+        let [stdout, stderr] = reading.streams;
         let reason = if timed_out {
             IncompleteReason::TimedOut(self.timeout.unwrap_or_default())
         } else if stdout.exceeded() {
@@ -364,7 +366,7 @@ impl Run {
             });
         };
         Err(Incomplete {
-            group,
+            group: reading.group,
             reason,
             stdout_written: stdout.written,
             stderr_written: stderr.written,
@@ -403,30 +405,73 @@ impl Builder {
     }
 }
 
-/// Reads what each open pipe holds, up to `budget` bytes each; closes those at end of file.
-fn read_pipes(
-    pipes: &mut [Option<File>; 2],
-    streams: &mut [Collected; 2],
-    buf: &mut [u8],
-    budget: usize,
-) {
-    for (pipe, stream) in pipes.iter_mut().zip(streams.iter_mut()) {
-        let mut read = 0;
-        while let Some(file) = pipe {
-            if read >= budget {
-                break;
-            }
-            match file.read(buf) {
-                Ok(0) => *pipe = None,
-                Ok(n) => {
-                    read += n;
-                    stream.push(&buf[..n]);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => *pipe = None,
-            }
+/// How many chunks a turn of the reading takes from each pipe before it looks at the leader
+/// and the clock again.
+const CHUNKS_PER_TURN: usize = 16;
+
+/// What a run has read before its teardown, and when that reading ends: at the timeout
+/// while the leader runs; once it has exited, when every pipe is closed or the wait delay
+/// has passed, whichever comes first. The blocking and the async form share it.
+struct Reading {
+    /// The group, as its errors name it.
+    group: String,
+    /// What stdout and stderr wrote.
+    streams: [Collected; 2],
+    /// The one read buffer.
+    buf: Vec<u8>,
+    /// When the timeout passes (`None`: never).
+    deadline: Option<Instant>,
+    wait_delay: Duration,
+    /// When the leader's exit was seen.
+    exited_at: Option<Instant>,
+}
+
+impl Reading {
+    fn leader_running(&self) -> bool {
+        self.exited_at.is_none()
+    }
+
+    /// Records that the leader has exited: from now on the wait delay applies, not the
+    /// timeout.
+    fn leader_exited(&mut self) {
+        self.exited_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Until when to read (`Some(None)`: without bound), or `None` once the reading is over
+    /// because the leader exited and `pipes_open` says no pipe is left.
+    fn until(&self, pipes_open: bool) -> Option<Option<Instant>> {
+        match self.exited_at {
+            Some(_) if !pipes_open => None,
+            Some(at) => Some(at.checked_add(self.wait_delay)),
+            None => Some(self.deadline),
         }
+    }
+
+    /// Whether a reading that is over ended at the timeout: the leader still ran.
+    fn timed_out(&self) -> bool {
+        self.leader_running()
+    }
+
+    /// Waits up to `left` for one of the open `pipes` (or of `also`) to become readable, then
+    /// reads what each pipe holds, up to `budget` bytes each; a pipe at end of file is closed.
+    fn read_ready(
+        &mut self,
+        pipes: &mut [Option<File>; 2],
+        also: &[BorrowedFd<'_>],
+        left: Option<Duration>,
+        budget: usize,
+    ) -> io::Result<()> {
+        let mut fds: Vec<BorrowedFd<'_>> = pipes.iter().flatten().map(AsFd::as_fd).collect();
+        fds.extend_from_slice(also);
+        sys::poll_readable(&fds, left)?;
+        for (pipe, stream) in pipes.iter_mut().zip(&mut self.streams) {
+            read_pipe(pipe, &mut self.buf, budget, |chunk| {
+                if let Some(chunk) = chunk {
+                    stream.push(chunk);
+                }
+            });
+        }
+        Ok(())
     }
 }
 
@@ -459,146 +504,3 @@ impl Collected {
         self.written > u64::try_from(self.limit).unwrap_or(u64::MAX)
     }
 }
-
-/// Why [`Run::output`] has no complete output: the payload of its `io::Error`, reachable
-/// with [`io::Error::get_ref`] and `downcast_ref`, with what was read.
-///
-/// Its `Display` and `Debug` (what `unwrap` and `expect` print) are the same text: the
-/// command, what happened, the leader's status, and the last 4 KiB of each stream on lines
-/// of their own. The alternate `Debug` (`{:#?}`) shows the fields.
-///
-/// # Examples
-///
-/// ```
-/// use std::process::Command;
-/// use std::time::Duration;
-/// use pgroup::{Incomplete, IncompleteReason};
-///
-/// let err = pgroup::Run::new()
-///     .timeout(Duration::from_millis(200))
-///     .output(Command::new("sh").args(["-c", "echo 'step 1 done'; sleep 300"]))
-///     .unwrap_err();
-/// let incomplete = err.get_ref().and_then(|e| e.downcast_ref::<Incomplete>()).unwrap();
-/// assert_eq!(incomplete.reason, IncompleteReason::TimedOut(Duration::from_millis(200)));
-/// assert_eq!(incomplete.output.stdout, b"step 1 done\n");
-/// assert!(!incomplete.output.status.success()); // torn down: SIGTERM
-/// assert!(format!("{err:?}").contains("\nstep 1 done\n"));
-/// ```
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct Incomplete {
-    /// The group, as in every error of the crate: the program and the leader's pid.
-    pub group: String,
-    /// What happened.
-    pub reason: IncompleteReason,
-    /// What was read (each stream's first bytes up to the limit), and the status the leader
-    /// ended with: its own, or the signal of the teardown after a timeout.
-    pub output: Output,
-    /// How many bytes the command wrote to stdout, kept or not.
-    pub stdout_written: u64,
-    /// How many bytes the command wrote to stderr, kept or not.
-    pub stderr_written: u64,
-}
-
-/// Why [`Run::output`] returned an [`Incomplete`].
-///
-/// # Examples
-///
-/// ```
-/// use std::io::ErrorKind;
-/// use std::time::Duration;
-/// use pgroup::IncompleteReason;
-///
-/// assert_eq!(IncompleteReason::TimedOut(Duration::from_secs(1)).kind(), ErrorKind::TimedOut);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum IncompleteReason {
-    /// The timeout passed before the leader exited; the group was torn down.
-    TimedOut(Duration),
-    /// A stream wrote more than the limit; its first `limit` bytes are kept.
-    LimitExceeded {
-        /// The stream (stdout first, if both did).
-        stream: Stream,
-        /// The limit ([`Run::output_limit`]).
-        limit: usize,
-    },
-}
-
-impl IncompleteReason {
-    /// The `io::ErrorKind` of the error that carries it: `TimedOut`, or `Other` for a
-    /// limit exceeded.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::io::ErrorKind;
-    /// use pgroup::{IncompleteReason, Stream};
-    ///
-    /// let over = IncompleteReason::LimitExceeded { stream: Stream::Stdout, limit: 10 };
-    /// assert_eq!(over.kind(), ErrorKind::Other);
-    /// ```
-    #[must_use]
-    pub fn kind(self) -> io::ErrorKind {
-        match self {
-            IncompleteReason::TimedOut(_) => io::ErrorKind::TimedOut,
-            IncompleteReason::LimitExceeded { .. } => io::ErrorKind::Other,
-        }
-    }
-}
-
-impl Incomplete {
-    fn into_io(self) -> io::Error {
-        io::Error::new(self.reason.kind(), self)
-    }
-}
-
-impl fmt::Display for Incomplete {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = StatusText(self.output.status);
-        match self.reason {
-            IncompleteReason::TimedOut(timeout) => write!(
-                f,
-                "pgroup: {} did not exit within its timeout of {timeout:?}; its group was torn \
-                 down (leader: {status})",
-                self.group
-            )?,
-            IncompleteReason::LimitExceeded { stream, limit } => {
-                let written = match stream {
-                    Stream::Stdout => self.stdout_written,
-                    Stream::Stderr => self.stderr_written,
-                };
-                write!(
-                    f,
-                    "pgroup: {} wrote {written} bytes to {stream}, more than the output limit of \
-                     {limit} (the first {limit} are kept; Run::output_limit raises it) \
-                     (leader: {status})",
-                    self.group
-                )?;
-            }
-        }
-        let stdout = String::from_utf8_lossy(&self.output.stdout);
-        let stderr = String::from_utf8_lossy(&self.output.stderr);
-        write_tails(f, Some(&stdout), Some(&stderr))
-    }
-}
-
-impl fmt::Debug for Incomplete {
-    /// The same text as `Display`; `{:#?}` shows the fields.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !f.alternate() {
-            return fmt::Display::fmt(self, f);
-        }
-        f.debug_struct("Incomplete")
-            .field("group", &self.group)
-            .field("reason", &self.reason)
-            .field("status", &StatusText(self.output.status))
-            .field("stdout", &String::from_utf8_lossy(&self.output.stdout))
-            .field("stderr", &String::from_utf8_lossy(&self.output.stderr))
-            .field("stdout_written", &self.stdout_written)
-            .field("stderr_written", &self.stderr_written)
-            .finish()
-    }
-}
-
-impl std::error::Error for Incomplete {}

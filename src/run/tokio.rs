@@ -9,10 +9,9 @@ use std::task::{Context, Poll};
 
 use ::tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use ::tokio::process::{ChildStdin, Command};
-use ::tokio::time::{sleep, sleep_until, Instant, Sleep};
+use ::tokio::time::{sleep_until, Instant, Sleep};
 
-use super::{Collected, Run, CAPTURE_DRAIN_BOUND};
-use crate::capture::READ_CHUNK;
+use super::{Reading, Run, CAPTURE_DRAIN_BOUND, CHUNKS_PER_TURN};
 use crate::tokio::LeaderStdin;
 use crate::Builder;
 
@@ -57,10 +56,8 @@ impl Run {
     /// # }
     /// ```
     pub async fn output_tokio(&self, cmd: &mut Command) -> io::Result<Output> {
-        let program = cmd.as_std().get_program().to_owned();
         let mut group = self.prepare(cmd.as_std_mut()).spawn_tokio(cmd)?;
-        let name = format!("{program:?} (leader pid {})", group.id());
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let mut reading = self.reading(cmd.as_std(), group.id());
         let mut input = group
             .stdin
             .take()
@@ -70,35 +67,31 @@ impl Run {
             group.stdout.take().map(|p| Box::new(p) as _),
             group.stderr.take().map(|p| Box::new(p) as _),
         ];
-        let mut streams = [Collected::new(self.limit), Collected::new(self.limit)];
-        let mut buf = vec![0_u8; READ_CHUNK];
         let timed_out = {
             let mut exit = pin!(group.wait_exit());
-            let mut exited = false;
-            let mut delay: Option<Pin<Box<Sleep>>> = None;
-            let mut timeout = deadline.map(|d| Box::pin(sleep_until(d)));
-            poll_fn(|cx| {
+            // The timer of the reading's end: the timeout, then the wait delay.
+            let mut timer: Option<Pin<Box<Sleep>>> = None;
+            poll_fn(|cx| -> Poll<io::Result<bool>> {
                 write_input(cx, &mut input);
-                let more = read_pipes(cx, &mut pipes, &mut streams, &mut buf, 16);
-                if !exited {
+                let more = read_pipes(cx, &mut pipes, &mut reading);
+                if reading.leader_running() {
                     if let Poll::Ready(status) = exit.as_mut().poll(cx) {
-                        if let Err(e) = status {
-                            return Poll::Ready(Err(e));
-                        }
-                        exited = true;
-                        delay = Some(Box::pin(sleep(self.wait_delay)));
+                        status?;
+                        reading.leader_exited();
                     }
                 }
-                if exited && pipes.iter().all(Option::is_none) {
-                    return Poll::Ready(Ok(false));
-                }
-                if let Some(delay) = &mut delay {
-                    if delay.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Ok(false));
+                let Some(until) = reading.until(pipes.iter().any(Option::is_some)) else {
+                    return Poll::Ready(Ok(reading.timed_out()));
+                };
+                if let Some(until) = until.map(Instant::from_std) {
+                    if timer.as_ref().is_none_or(|t| t.deadline() != until) {
+                        timer = Some(Box::pin(sleep_until(until)));
                     }
-                } else if let Some(timeout) = &mut timeout {
-                    if timeout.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Ok(true));
+                    if timer
+                        .as_mut()
+                        .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+                    {
+                        return Poll::Ready(Ok(reading.timed_out()));
                     }
                 }
                 if more {
@@ -114,7 +107,7 @@ impl Run {
         // Every writer in the group is gone: the pipes reach end of file at once, unless
         // a process outside the group holds them.
         let rest = poll_fn(|cx| {
-            if read_pipes(cx, &mut pipes, &mut streams, &mut buf, 16) {
+            if read_pipes(cx, &mut pipes, &mut reading) {
                 cx.waker().wake_by_ref();
             }
             if pipes.iter().all(Option::is_none) {
@@ -124,7 +117,7 @@ impl Run {
             }
         });
         let _ = ::tokio::time::timeout(CAPTURE_DRAIN_BOUND, rest).await;
-        self.finish(name, &report?.status, timed_out, streams)
+        self.finish(&report?.status, timed_out, reading)
     }
 }
 
@@ -179,29 +172,23 @@ fn write_input(cx: &mut Context<'_>, input: &mut Option<(ChildStdin, &[u8])>) {
     }
 }
 
-/// Reads up to `chunks` chunks from each open pipe; closes those at end of file.
-/// Whether a pipe may hold more (the count was reached).
-fn read_pipes(
-    cx: &mut Context<'_>,
-    pipes: &mut [Pipe; 2],
-    streams: &mut [Collected; 2],
-    buf: &mut [u8],
-    chunks: usize,
-) -> bool {
+/// Reads up to [`CHUNKS_PER_TURN`] chunks from each open pipe; closes those at end of
+/// file. Whether a pipe may hold more (the count was reached).
+fn read_pipes(cx: &mut Context<'_>, pipes: &mut [Pipe; 2], reading: &mut Reading) -> bool {
     let mut more = false;
-    for (pipe, stream) in pipes.iter_mut().zip(streams.iter_mut()) {
-        let mut read = 0;
+    for (pipe, stream) in pipes.iter_mut().zip(&mut reading.streams) {
+        let mut chunks = 0;
         while let Some(open) = pipe {
-            if read == chunks {
+            if chunks == CHUNKS_PER_TURN {
                 more = true;
                 break;
             }
-            let mut filled = ReadBuf::new(buf);
+            let mut filled = ReadBuf::new(&mut reading.buf);
             match Pin::new(&mut **open).poll_read(cx, &mut filled) {
                 Poll::Ready(Ok(())) if filled.filled().is_empty() => *pipe = None,
                 Poll::Ready(Ok(())) => {
                     stream.push(filled.filled());
-                    read += 1;
+                    chunks += 1;
                 }
                 Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Poll::Ready(Err(_)) => *pipe = None,
