@@ -24,6 +24,10 @@
 //! what only the async form does (the future that drives tokio's pipes), and `incomplete`
 //! the error type.
 
+mod incomplete;
+#[cfg(feature = "tokio")]
+mod tokio;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -34,10 +38,6 @@ use crate::capture::{read_pipe, Stream, PIPE_MAX, READ_CHUNK};
 use crate::deadline::time_left;
 use crate::group::CAPTURE_DRAIN_BOUND;
 use crate::{sys, Builder};
-
-mod incomplete;
-#[cfg(feature = "tokio")]
-mod tokio;
 
 pub use incomplete::{Incomplete, IncompleteReason};
 
