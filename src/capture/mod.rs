@@ -77,6 +77,11 @@ pub(crate) const READ_CHUNK: usize = 64 * 1024;
 /// writer is gone, everything it wrote has been read once this much more was read.
 pub(crate) const PIPE_MAX: usize = 1024 * 1024;
 
+/// How long the pipes of a group are read after its leader was reaped, until they reach end
+/// of file: only a process that left the group and still holds them makes a teardown or a
+/// [`Run`](crate::Run) wait that long.
+pub(crate) const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
+
 /// One of the leader's output streams.
 ///
 /// # Examples
@@ -384,12 +389,6 @@ impl Capture {
             .all(|t| !t.captured || t.ended)
     }
 }
-
-/// The shortest wait of [`SpawnedGroup::wait_for_tcp`](crate::SpawnedGroup::wait_for_tcp)
-/// between two connection attempts; it doubles up to [`TCP_BACKOFF_MAX`].
-pub(crate) const TCP_BACKOFF_MIN: Duration = Duration::from_millis(5);
-/// The longest wait between two connection attempts.
-pub(crate) const TCP_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 #[cfg(test)]
 mod tests {

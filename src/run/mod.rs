@@ -34,9 +34,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::capture::{read_pipe, Stream, PIPE_MAX, READ_CHUNK};
+use crate::capture::{read_pipe, Stream, CAPTURE_DRAIN_BOUND, PIPE_MAX, READ_CHUNK};
 use crate::deadline::time_left;
-use crate::group::CAPTURE_DRAIN_BOUND;
 use crate::{sys, Builder};
 
 pub use incomplete::{Incomplete, IncompleteReason};

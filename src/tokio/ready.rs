@@ -5,9 +5,12 @@ use std::future::poll_fn;
 use std::io;
 use std::time::Duration;
 
+use ::tokio::net::{lookup_host, TcpStream, ToSocketAddrs};
+use ::tokio::time::timeout_at;
+
 use super::SpawnedGroup;
-use crate::capture::{self, LineCursor, NotReadyReason, Stream};
-use crate::group::CAPTURE_DRAIN_BOUND;
+use crate::capture::{LineCursor, Stream};
+use crate::group::{LineWait, TcpWait};
 
 impl SpawnedGroup {
     /// The captured tail of `stream`, as [`crate::SpawnedGroup::captured`]: `None` unless
@@ -78,38 +81,30 @@ impl SpawnedGroup {
         timeout: Duration,
         mut predicate: impl FnMut(&str) -> bool,
     ) -> io::Result<String> {
-        let group = self.group();
-        let awaited = format!("a matching line on {stream}");
-        let Some(capture) = group.capture() else {
-            return Err(group.not_ready(awaited, NotReadyReason::NotCaptured, None));
-        };
-        let deadline = ::tokio::time::Instant::now() + timeout;
-        let passed = || ::tokio::time::Instant::now() >= deadline;
+        let wait = LineWait::new(self.group(), stream, timeout)?;
         let mut cursor = LineCursor::new(stream);
         // `poll_line` yields between two looks, so the timer runs, and it looks at the
         // deadline itself too: a stream that never pauses cannot outlast the timeout.
-        let search =
-            poll_fn(|cx| capture.poll_line(&mut cursor, cx.waker(), &mut predicate, &passed));
-        let ended = match ::tokio::time::timeout_at(deadline, search).await {
-            Ok(Ok(line)) => return Ok(line),
-            Ok(Err(ended)) => ended,
-            Err(_elapsed) => None,
+        let search = poll_fn(|cx| {
+            let passed = || wait.passed();
+            wait.capture()
+                .poll_line(&mut cursor, cx.waker(), &mut predicate, &passed)
+        });
+        let found = match wait.deadline() {
+            Some(deadline) => timeout_at(deadline.into(), search)
+                .await
+                .unwrap_or(Err(None)),
+            None => search.await,
         };
-        let mut reason = ended.map_or(NotReadyReason::TimedOut, NotReadyReason::from);
-        let status = match reason {
-            NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
-            NotReadyReason::LeaderExited => self.try_wait()?,
-            // An exiting leader closes its pipes a moment before the kernel reports its
-            // exit: say which it was (within the timeout).
-            _ => {
-                let left = deadline.saturating_duration_since(::tokio::time::Instant::now());
-                self.wait_timeout(CAPTURE_DRAIN_BOUND.min(left)).await?
-            }
+        let ended = match found {
+            Ok(line) => return Ok(line),
+            Err(ended) => ended,
         };
-        if status.is_some() {
-            reason = NotReadyReason::LeaderExited;
-        }
-        Err(group.not_ready(awaited, reason, status))
+        let status = match wait.status_wait(ended) {
+            Some(limit) => self.wait_timeout(limit).await?,
+            None => None,
+        };
+        Err(wait.not_ready(ended, status))
     }
 
     /// Waits until `addr` accepts TCP connections, or `timeout` passes, or the leader
@@ -146,44 +141,22 @@ impl SpawnedGroup {
     /// ```
     pub async fn wait_for_tcp(
         &self,
-        addr: impl ::tokio::net::ToSocketAddrs,
+        addr: impl ToSocketAddrs,
         timeout: Duration,
     ) -> io::Result<()> {
-        let deadline = ::tokio::time::Instant::now() + timeout;
-        let addrs: Vec<std::net::SocketAddr> = ::tokio::net::lookup_host(addr).await?.collect();
-        let awaited = match addrs.as_slice() {
-            [one] => format!("{one} accepted a connection"),
-            many => format!("one of {many:?} accepted a connection"),
-        };
-        let exited = |status| {
-            self.group()
-                .not_ready(awaited.clone(), NotReadyReason::LeaderExited, Some(status))
-        };
-        let mut backoff = capture::TCP_BACKOFF_MIN;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Err(exited(status));
-            }
-            for addr in &addrs {
-                let attempt = ::tokio::time::timeout_at(
-                    deadline.min(::tokio::time::Instant::now() + Duration::from_secs(1)),
-                    ::tokio::net::TcpStream::connect(addr),
-                );
-                if let Ok(Ok(_connected)) = attempt.await {
+        let mut wait = TcpWait::new(self.group(), timeout);
+        wait.resolved(lookup_host(addr).await?);
+        let mut exited = self.try_wait()?;
+        while exited.is_none() {
+            for (addr, limit) in wait.attempts() {
+                if let Ok(Ok(_connected)) =
+                    ::tokio::time::timeout(limit, TcpStream::connect(addr)).await
+                {
                     return Ok(());
                 }
             }
-            let now = ::tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(self
-                    .group()
-                    .not_ready(awaited, NotReadyReason::TimedOut, None));
-            }
-            let pause = backoff.min(deadline - now);
-            if let Some(status) = self.wait_timeout(pause).await? {
-                return Err(exited(status));
-            }
-            backoff = (backoff * 2).min(capture::TCP_BACKOFF_MAX);
+            exited = self.wait_timeout(wait.pause()?).await?;
         }
+        Err(wait.not_ready(exited))
     }
 }
