@@ -189,8 +189,6 @@ pub struct SpawnedGroup {
     /// A copy of the leader's pidfd, readable once it exits (in every tier), registered
     /// with the runtime.
     exit: Vec<AsyncFd<OwnedFd>>,
-    pgid: Pgid,
-    pid: u32,
 }
 
 impl SpawnedGroup {
@@ -223,8 +221,6 @@ impl SpawnedGroup {
     }
 
     fn from_sync(mut group: crate::SpawnedGroup) -> io::Result<SpawnedGroup> {
-        let pgid = group.pgid();
-        let pid = group.id();
         let stdin = group.stdin.take();
         let stdout = group.stdout.take();
         let stderr = group.stderr.take();
@@ -252,8 +248,6 @@ impl SpawnedGroup {
                 stderr,
                 group: Some(group),
                 exit,
-                pgid,
-                pid,
             }),
             Err(e) => {
                 let context = format!("{group:?}");
@@ -288,7 +282,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn pgid(&self) -> Pgid {
-        self.pgid
+        self.group().pgid()
     }
 
     /// The leader's pid, as [`tokio::process::Child::id`](::tokio::process::Child::id).
@@ -305,7 +299,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn id(&self) -> u32 {
-        self.pid
+        self.group().id()
     }
 
     /// Sends `signal` to every process in the group, through the guard, as
@@ -483,19 +477,8 @@ impl SpawnedGroup {
     /// ```
     pub async fn shutdown(mut self) -> io::Result<Teardown> {
         drop(self.stdin.take());
-        let Some(group) = self.group.take() else {
-            unreachable!("pgroup::tokio::SpawnedGroup used after its hand-over");
-        };
         let (answer, answered) = oneshot::channel();
-        let pgid = self.pgid;
-        reaper::hand_over(
-            group,
-            Box::new(move |outcome| {
-                if let Err(Err(error)) = answer.send(outcome) {
-                    warn_failed(pgid, &error);
-                }
-            }),
-        );
+        self.hand_over(Some(answer));
         answered.await.unwrap_or_else(|_| {
             Err(io::Error::other(
                 "pgroup: the teardown ended without an answer",
@@ -504,17 +487,37 @@ impl SpawnedGroup {
     }
 }
 
+impl SpawnedGroup {
+    /// Hands the group to the crate's background thread, which tears it down and sends the
+    /// outcome to `answer`; an error no one receives (no `answer`, or its receiver is gone)
+    /// goes to a WARN tracing event named `group_teardown_failed`.
+    fn hand_over(&mut self, answer: Option<oneshot::Sender<io::Result<Teardown>>>) {
+        let Some(group) = self.group.take() else {
+            return;
+        };
+        let pgid = group.pgid();
+        reaper::hand_over(
+            group,
+            Box::new(move |outcome| {
+                let unanswered = match answer {
+                    Some(answer) => answer.send(outcome).err(),
+                    None => Some(outcome),
+                };
+                if let Some(Err(error)) = unanswered {
+                    tracing::warn!(
+                        name: "group_teardown_failed",
+                        pgid = pgid.as_raw(),
+                        error = %error,
+                        "group_teardown_failed"
+                    );
+                }
+            }),
+        );
+    }
+}
+
 /// The future of [`AsyncFd::readable`] on one of the exit descriptors.
 type Readable<'a> = dyn Future<Output = io::Result<AsyncFdReadyGuard<'a, OwnedFd>>> + Send + 'a;
-
-fn warn_failed(pgid: Pgid, error: &io::Error) {
-    tracing::warn!(
-        name: "group_teardown_failed",
-        pgid = pgid.as_raw(),
-        error = %error,
-        "group_teardown_failed"
-    );
-}
 
 impl Drop for SpawnedGroup {
     /// Hands the teardown to the crate's background thread and returns at once: it does not
@@ -534,25 +537,18 @@ impl Drop for SpawnedGroup {
                 group.print_captured_output(group.try_wait().ok().flatten());
             }
         }
-        if let Some(group) = self.group.take() {
-            let pgid = self.pgid;
-            reaper::hand_over(
-                group,
-                Box::new(move |outcome| {
-                    if let Err(error) = outcome {
-                        warn_failed(pgid, &error);
-                    }
-                }),
-            );
-        }
+        self.hand_over(None);
     }
 }
 
 impl fmt::Debug for SpawnedGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("pgroup::tokio::SpawnedGroup")
-            .field("pgid", &self.pgid)
-            .field("leader", &self.pid)
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("pgroup::tokio::SpawnedGroup");
+        if let Some(group) = &self.group {
+            debug
+                .field("pgid", &group.pgid())
+                .field("leader", &group.id());
+        }
+        debug.finish_non_exhaustive()
     }
 }
