@@ -1,9 +1,9 @@
 //! Readiness and captured output: the waits for a line and a port, and the failure report.
 //!
 //! [`LineWait`] and [`TcpWait`] hold what the blocking waits here and the async ones of
-//! [`pgroup::tokio`](crate::tokio) share: the deadline, when to look at the leader's exit
-//! status, the backoff between connection attempts, and the [`NotReady`] error. The waits
-//! themselves only wait.
+//! `pgroup::tokio` share: the deadline, when to look at the leader's exit status, the
+//! backoff between connection attempts, and the [`NotReady`] error. The waits themselves
+//! only wait.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
