@@ -271,6 +271,31 @@ impl Capture {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state, locked once `ready` holds of it (woken by each change), or `None` when
+    /// `deadline` passes first (`None` deadline: no bound).
+    fn lock_when(
+        &self,
+        deadline: Option<Instant>,
+        ready: impl Fn(&State) -> bool,
+    ) -> Option<MutexGuard<'_, State>> {
+        let mut state = self.lock();
+        while !ready(&state) {
+            state = match time_left(deadline)? {
+                Some(left) => {
+                    self.changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
+        Some(state)
+    }
+
     /// Counts a change, releases the lock and wakes every waiter.
     fn notify(&self, mut state: MutexGuard<'_, State>) {
         state.changes = state.changes.wrapping_add(1);
@@ -294,24 +319,10 @@ impl Capture {
         let passed = || time_left(deadline).is_none();
         loop {
             {
-                let mut state = self.lock();
-                while cursor.seen == Some(state.changes) {
-                    let Some(left) = time_left(deadline) else {
-                        return Err(None);
-                    };
-                    state = match left {
-                        Some(left) => {
-                            self.changed
-                                .wait_timeout(state, left)
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .0
-                        }
-                        None => self
-                            .changed
-                            .wait(state)
-                            .unwrap_or_else(PoisonError::into_inner),
-                    };
-                }
+                let changed = |state: &State| cursor.seen != Some(state.changes);
+                let Some(state) = self.lock_when(deadline, changed) else {
+                    return Err(None);
+                };
                 cursor.take_copy(&state).map_err(Some)?;
             }
             // The predicate runs without the lock.
@@ -357,17 +368,9 @@ impl Capture {
     /// Waits until the reader has seen the leader exit (and so has read what the leader
     /// wrote before), or every stream ended, or `deadline` passes.
     pub(crate) fn await_leader_exit(&self, deadline: Instant) {
-        let mut state = self.lock();
-        while !state.leader_exited && !Self::all_ended(&state) {
-            let Some(Some(left)) = time_left(Some(deadline)) else {
-                return;
-            };
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
+        self.lock_when(Some(deadline), |state| {
+            state.leader_exited || Self::all_ended(state)
+        });
     }
 
     /// The tail of `stream` (`None` if it is not captured).

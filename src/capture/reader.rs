@@ -3,13 +3,12 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use super::tail::Tail;
 use super::{Capture, Stream, PIPE_MAX, READ_CHUNK};
-use crate::deadline::time_left;
 use crate::sys;
 
 /// The thread that reads a group's captured pipes into its [`Capture`].
@@ -65,19 +64,7 @@ impl Reader {
         if self.thread.is_none() {
             return;
         }
-        let mut state = self.capture.lock();
-        while !Capture::all_ended(&state) {
-            let Some(Some(left)) = time_left(Some(deadline)) else {
-                break;
-            };
-            state = self
-                .capture
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        drop(state);
+        drop(self.capture.lock_when(Some(deadline), Capture::all_ended));
         // Closing the write end wakes the thread.
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {

@@ -48,7 +48,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn captured(&self, stream: Stream) -> Option<String> {
-        self.capture.as_ref()?.capture().text(stream)
+        self.capture()?.text(stream)
     }
 
     /// Waits until a line of the captured `stream` matches `predicate`, and returns it
@@ -162,7 +162,7 @@ impl SpawnedGroup {
     }
 
     /// The leader's exit watch, for the waits that poll it with other descriptors
-    /// ([`Run`](crate::Run)): `leader_pidfd()` is readable once the leader has exited
+    /// ([`Run`](crate::Run)): its `fds()` become readable once the leader has exited
     /// (level-triggered, in every tier); then [`try_wait`](SpawnedGroup::try_wait) has the
     /// status (in the supervised tiers it waits for the supervisor's report, which follows
     /// at once).
@@ -170,9 +170,8 @@ impl SpawnedGroup {
         &self.watch
     }
 
-    /// The captured output, for the async front end (`Capture::next_lines`).
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async front end's
-    pub(crate) fn capture(&self) -> Option<&Capture> {
+    /// The captured output (`None` without [`Builder::capture_output`](crate::Builder::capture_output)).
+    fn capture(&self) -> Option<&Capture> {
         self.capture.as_ref().map(Reader::capture)
     }
 
