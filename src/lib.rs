@@ -212,13 +212,13 @@ compile_error!(
      JobObject wrapper) to tear a tree of processes down."
 );
 
+mod capture;
 mod containment;
 mod deadline;
 mod group;
 mod guard;
 mod leader;
 pub mod lifeline;
-mod output;
 mod pgid;
 #[cfg(feature = "tokio")]
 mod reaper;
@@ -231,12 +231,12 @@ mod sys;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
+pub use capture::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
 pub use containment::Containment;
 pub use group::{Builder, Escapee, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
 pub use guard::{
     check_pgid, safe_killpg, Delivery, GuardRule, Refusal, ANCESTOR_REFRESH, GUARD_RULES,
 };
-pub use output::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
 pub use pgid::{InvalidPgid, Pgid, PID_MAX_LIMIT};
 pub use run::{Incomplete, IncompleteReason, Run, DEFAULT_OUTPUT_LIMIT, DEFAULT_WAIT_DELAY};
 pub use stdin::LeaderStdin;

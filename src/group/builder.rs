@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
+use crate::capture::Reader;
 use crate::leader::Leader;
-use crate::output::Reader;
 use crate::stdin::LeaderStdin;
 use crate::{lifeline, Containment, Pgid};
 

@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use crate::capture::{Reader, CAPTURE_DRAIN_BOUND};
 use crate::guard::deliver_to_own_group;
 use crate::leader::{ExitWatch, Leader};
-use crate::output::Reader;
 use crate::stdin::LeaderStdin;
 use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 
 pub use builder::Builder;
-pub(crate) use ready::CAPTURE_DRAIN_BOUND;
+#[cfg(feature = "tokio")]
+pub(crate) use ready::{LineWait, TcpWait};
 #[cfg(feature = "tokio")]
 pub(crate) use teardown::TeardownSteps;
 pub use teardown::{Escapee, Teardown};

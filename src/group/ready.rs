@@ -1,19 +1,30 @@
 //! Readiness and captured output: the waits for a line and a port, and the failure report.
+//!
+//! [`LineWait`] and [`TcpWait`] hold what the blocking waits here and the async ones of
+//! `pgroup::tokio` share: the deadline, when to look at the leader's exit status, the
+//! backoff between connection attempts, and the [`NotReady`] error. The waits themselves
+//! only wait.
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use crate::capture::{
+    self, Capture, Ended, NotReady, NotReadyReason, Reader, Stream, CAPTURE_DRAIN_BOUND,
+};
+use crate::deadline::time_left;
 use crate::leader::ExitWatch;
-use crate::output::{self, NotReady, NotReadyReason, Reader, Stream};
 
 use super::SpawnedGroup;
-use crate::deadline::time_left;
 
-/// How long teardown waits, after the reap, for the captured pipes to reach end of file: only
-/// a process that left the group and still holds them makes it wait that long.
-pub(crate) const CAPTURE_DRAIN_BOUND: Duration = Duration::from_millis(500);
+/// The shortest wait of [`SpawnedGroup::wait_for_tcp`] between two rounds of connection
+/// attempts; it doubles up to [`TCP_BACKOFF_MAX`].
+const TCP_BACKOFF_MIN: Duration = Duration::from_millis(5);
+/// The longest wait between two rounds of connection attempts.
+const TCP_BACKOFF_MAX: Duration = Duration::from_millis(100);
+/// The longest a connection attempt may take.
+const TCP_ATTEMPT_MAX: Duration = Duration::from_secs(1);
 
 impl SpawnedGroup {
     /// The captured tail of `stream` so far (its last [`CAPTURE_LIMIT`](crate::CAPTURE_LIMIT)
@@ -37,7 +48,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn captured(&self, stream: Stream) -> Option<String> {
-        self.capture.as_ref()?.capture().text(stream)
+        self.capture()?.text(stream)
     }
 
     /// Waits until a line of the captured `stream` matches `predicate`, and returns it
@@ -91,34 +102,19 @@ impl SpawnedGroup {
         timeout: Duration,
         mut predicate: impl FnMut(&str) -> bool,
     ) -> io::Result<String> {
-        let awaited = format!("a matching line on {stream}");
-        let Some(reader) = &self.capture else {
-            return Err(self.not_ready(awaited, NotReadyReason::NotCaptured, None));
-        };
-        let deadline = Instant::now().checked_add(timeout);
-        match reader
+        let wait = LineWait::new(self, stream, timeout)?;
+        let found = wait
             .capture()
-            .wait_for_line(stream, deadline, &mut predicate)
-        {
-            Ok(line) => Ok(line),
-            Err(ended) => {
-                let mut reason = ended.map_or(NotReadyReason::TimedOut, NotReadyReason::from);
-                let status = match reason {
-                    NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
-                    NotReadyReason::LeaderExited => self.try_wait()?,
-                    // An exiting leader closes its pipes a moment before the kernel reports
-                    // its exit: say which it was (within the timeout).
-                    _ => {
-                        let bound = Instant::now() + CAPTURE_DRAIN_BOUND;
-                        self.wait_until(Some(deadline.map_or(bound, |d| d.min(bound))))?
-                    }
-                };
-                if status.is_some() {
-                    reason = NotReadyReason::LeaderExited;
-                }
-                Err(self.not_ready(awaited, reason, status))
-            }
-        }
+            .wait_for_line(stream, wait.deadline(), &mut predicate);
+        let ended = match found {
+            Ok(line) => return Ok(line),
+            Err(ended) => ended,
+        };
+        let status = match wait.status_wait(ended) {
+            Some(limit) => self.wait_timeout(limit)?,
+            None => None,
+        };
+        Err(wait.not_ready(ended, status))
     }
 
     /// Waits until `addr` accepts TCP connections (a connection is made and closed at
@@ -151,40 +147,22 @@ impl SpawnedGroup {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait_for_tcp(&self, addr: impl ToSocketAddrs, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now().checked_add(timeout);
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
-        let awaited = match addrs.as_slice() {
-            [one] => format!("{one} accepted a connection"),
-            many => format!("one of {many:?} accepted a connection"),
-        };
-        let mut backoff = output::TCP_BACKOFF_MIN;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
-            }
-            for addr in &addrs {
-                let Some(left) = time_left(deadline) else {
-                    break;
-                };
-                let attempt =
-                    left.map_or(Duration::from_secs(1), |l| l.min(Duration::from_secs(1)));
-                if TcpStream::connect_timeout(addr, attempt).is_ok() {
+        let mut wait = TcpWait::new(self, timeout);
+        wait.resolved(addr.to_socket_addrs()?);
+        let mut exited = self.try_wait()?;
+        while exited.is_none() {
+            for (addr, limit) in wait.attempts() {
+                if TcpStream::connect_timeout(addr, limit).is_ok() {
                     return Ok(());
                 }
             }
-            let Some(left) = time_left(deadline) else {
-                return Err(self.not_ready(awaited, NotReadyReason::TimedOut, None));
-            };
-            let pause = left.map_or(backoff, |l| l.min(backoff));
-            if let Some(status) = self.wait_timeout(pause)? {
-                return Err(self.not_ready(awaited, NotReadyReason::LeaderExited, Some(status)));
-            }
-            backoff = (backoff * 2).min(output::TCP_BACKOFF_MAX);
+            exited = self.wait_timeout(wait.pause()?)?;
         }
+        Err(wait.not_ready(exited))
     }
 
     /// The leader's exit watch, for the waits that poll it with other descriptors
-    /// ([`Run`](crate::Run)): `leader_pidfd()` is readable once the leader has exited
+    /// ([`Run`](crate::Run)): its `fds()` become readable once the leader has exited
     /// (level-triggered, in every tier); then [`try_wait`](SpawnedGroup::try_wait) has the
     /// status (in the supervised tiers it waits for the supervisor's report, which follows
     /// at once).
@@ -192,19 +170,24 @@ impl SpawnedGroup {
         &self.watch
     }
 
-    /// The captured output, for the async front end (`Capture::next_lines`).
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async front end's
-    pub(crate) fn capture(&self) -> Option<&output::Capture> {
+    /// The captured output (`None` without [`Builder::capture_output`](crate::Builder::capture_output)).
+    fn capture(&self) -> Option<&Capture> {
         self.capture.as_ref().map(Reader::capture)
     }
 
-    /// The error of a readiness wait, with the captured tails.
-    pub(crate) fn not_ready(
+    /// The error of a readiness wait, with the captured tails. A known exit `status` means
+    /// the leader exited, whatever else ended the wait.
+    fn not_ready(
         &self,
         awaited: String,
         reason: NotReadyReason,
         status: Option<ExitStatus>,
     ) -> io::Error {
+        let reason = if status.is_some() {
+            NotReadyReason::LeaderExited
+        } else {
+            reason
+        };
         if let (Some(_), Some(reader)) = (status, &self.capture) {
             // The leader's last words may still be in the pipes.
             reader
@@ -250,8 +233,142 @@ impl SpawnedGroup {
         if let Some(reader) = &self.capture {
             eprintln!(
                 "{}",
-                output::failure_report(&self.context, status, reader.capture())
+                capture::failure_report(&self.context, status, reader.capture())
             );
         }
+    }
+}
+
+/// A wait for a line of a captured stream, blocking or async.
+pub(crate) struct LineWait<'g> {
+    group: &'g SpawnedGroup,
+    capture: &'g Capture,
+    stream: Stream,
+    /// `None`: the timeout is too long for an `Instant`, so there is none.
+    deadline: Option<Instant>,
+}
+
+impl<'g> LineWait<'g> {
+    /// A wait of `timeout` from now; the error if the output is not captured.
+    pub(crate) fn new(
+        group: &'g SpawnedGroup,
+        stream: Stream,
+        timeout: Duration,
+    ) -> io::Result<LineWait<'g>> {
+        let deadline = Instant::now().checked_add(timeout);
+        let Some(capture) = group.capture() else {
+            return Err(group.not_ready(awaited_line(stream), NotReadyReason::NotCaptured, None));
+        };
+        Ok(LineWait {
+            group,
+            capture,
+            stream,
+            deadline,
+        })
+    }
+
+    pub(crate) fn capture(&self) -> &'g Capture {
+        self.capture
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Whether the deadline has passed.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn passed(&self) -> bool {
+        time_left(self.deadline).is_none()
+    }
+
+    /// How long to wait for the leader's exit status before the error of a wait that ended
+    /// without a line (`ended`; `None`: at its deadline): not at all after the deadline or
+    /// for a stream not captured; zero (a look) after the leader's exit; after the stream
+    /// closed, up to [`CAPTURE_DRAIN_BOUND`] within the time left, since an exiting leader
+    /// closes its pipes a moment before the kernel reports its exit, and the error is to say
+    /// which it was.
+    pub(crate) fn status_wait(&self, ended: Option<Ended>) -> Option<Duration> {
+        match ended? {
+            Ended::NotCaptured => None,
+            Ended::LeaderExited => Some(Duration::ZERO),
+            Ended::StreamClosed => Some(match time_left(self.deadline) {
+                Some(Some(left)) => left.min(CAPTURE_DRAIN_BOUND),
+                Some(None) => CAPTURE_DRAIN_BOUND,
+                None => Duration::ZERO,
+            }),
+        }
+    }
+
+    /// The error of a wait that ended without a line (`ended`, as for
+    /// [`status_wait`](LineWait::status_wait)), with the leader's `status` if known.
+    pub(crate) fn not_ready(&self, ended: Option<Ended>, status: Option<ExitStatus>) -> io::Error {
+        let reason = ended.map_or(NotReadyReason::TimedOut, NotReadyReason::from);
+        self.group
+            .not_ready(awaited_line(self.stream), reason, status)
+    }
+}
+
+fn awaited_line(stream: Stream) -> String {
+    format!("a matching line on {stream}")
+}
+
+/// A wait for a TCP port, blocking or async: rounds of connection attempts, one to each of
+/// the port's addresses, with a pause between two rounds that doubles from
+/// [`TCP_BACKOFF_MIN`] to [`TCP_BACKOFF_MAX`]. The caller watches the leader's exit during
+/// the pause.
+pub(crate) struct TcpWait<'g> {
+    group: &'g SpawnedGroup,
+    deadline: Option<Instant>,
+    addrs: Vec<SocketAddr>,
+    backoff: Duration,
+}
+
+impl<'g> TcpWait<'g> {
+    /// A wait of `timeout` from now, which also counts the resolution of the address.
+    pub(crate) fn new(group: &'g SpawnedGroup, timeout: Duration) -> TcpWait<'g> {
+        TcpWait {
+            group,
+            deadline: Instant::now().checked_add(timeout),
+            addrs: Vec::new(),
+            backoff: TCP_BACKOFF_MIN,
+        }
+    }
+
+    /// The addresses the port's address resolved to.
+    pub(crate) fn resolved(&mut self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        self.addrs = addrs.into_iter().collect();
+    }
+
+    /// The attempts of a round: each address, with how long its attempt may take (at most
+    /// [`TCP_ATTEMPT_MAX`], within the time left). The round ends early when the time is up.
+    pub(crate) fn attempts(&self) -> impl Iterator<Item = (&SocketAddr, Duration)> + '_ {
+        self.addrs.iter().map_while(|addr| {
+            let left = time_left(self.deadline)?;
+            Some((
+                addr,
+                left.map_or(TCP_ATTEMPT_MAX, |l| l.min(TCP_ATTEMPT_MAX)),
+            ))
+        })
+    }
+
+    /// The pause after a round (the backoff, within the time left), or the error once the
+    /// time is up.
+    pub(crate) fn pause(&mut self) -> io::Result<Duration> {
+        let Some(left) = time_left(self.deadline) else {
+            return Err(self.not_ready(None));
+        };
+        let pause = left.map_or(self.backoff, |l| l.min(self.backoff));
+        self.backoff = (self.backoff * 2).min(TCP_BACKOFF_MAX);
+        Ok(pause)
+    }
+
+    /// The error: the leader exited with `status`, or (`None`) the time is up.
+    pub(crate) fn not_ready(&self, status: Option<ExitStatus>) -> io::Error {
+        let awaited = match self.addrs.as_slice() {
+            [one] => format!("{one} accepted a connection"),
+            many => format!("one of {many:?} accepted a connection"),
+        };
+        self.group
+            .not_ready(awaited, NotReadyReason::TimedOut, status)
     }
 }

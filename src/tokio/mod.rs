@@ -55,6 +55,8 @@
 //! # }
 //! ```
 
+mod ready;
+
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -68,8 +70,6 @@ use ::tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use ::tokio::process::{ChildStderr, ChildStdin, ChildStdout, Command};
 use ::tokio::sync::oneshot;
 
-use crate::group::CAPTURE_DRAIN_BOUND;
-use crate::output::{self, LineCursor, NotReadyReason, Stream};
 use crate::{reaper, sys, Builder, Delivery, Pgid, Signal, Teardown};
 
 /// The write end of the leader's stdin pipe, in
@@ -189,8 +189,6 @@ pub struct SpawnedGroup {
     /// A copy of the leader's pidfd, readable once it exits (in every tier), registered
     /// with the runtime.
     exit: Vec<AsyncFd<OwnedFd>>,
-    pgid: Pgid,
-    pid: u32,
 }
 
 impl SpawnedGroup {
@@ -223,8 +221,6 @@ impl SpawnedGroup {
     }
 
     fn from_sync(mut group: crate::SpawnedGroup) -> io::Result<SpawnedGroup> {
-        let pgid = group.pgid();
-        let pid = group.id();
         let stdin = group.stdin.take();
         let stdout = group.stdout.take();
         let stderr = group.stderr.take();
@@ -252,8 +248,6 @@ impl SpawnedGroup {
                 stderr,
                 group: Some(group),
                 exit,
-                pgid,
-                pid,
             }),
             Err(e) => {
                 let context = format!("{group:?}");
@@ -288,7 +282,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn pgid(&self) -> Pgid {
-        self.pgid
+        self.group().pgid()
     }
 
     /// The leader's pid, as [`tokio::process::Child::id`](::tokio::process::Child::id).
@@ -305,7 +299,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn id(&self) -> u32 {
-        self.pid
+        self.group().id()
     }
 
     /// Sends `signal` to every process in the group, through the guard, as
@@ -483,19 +477,8 @@ impl SpawnedGroup {
     /// ```
     pub async fn shutdown(mut self) -> io::Result<Teardown> {
         drop(self.stdin.take());
-        let Some(group) = self.group.take() else {
-            unreachable!("pgroup::tokio::SpawnedGroup used after its hand-over");
-        };
         let (answer, answered) = oneshot::channel();
-        let pgid = self.pgid;
-        reaper::hand_over(
-            group,
-            Box::new(move |outcome| {
-                if let Err(Err(error)) = answer.send(outcome) {
-                    warn_failed(pgid, &error);
-                }
-            }),
-        );
+        self.hand_over(Some(answer));
         answered.await.unwrap_or_else(|_| {
             Err(io::Error::other(
                 "pgroup: the teardown ended without an answer",
@@ -505,195 +488,36 @@ impl SpawnedGroup {
 }
 
 impl SpawnedGroup {
-    /// The captured tail of `stream`, as [`crate::SpawnedGroup::captured`]: `None` unless
-    /// the group was spawned with [`Builder::capture_output`].
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use pgroup::Stream;
-    /// use tokio::process::Command;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let group = pgroup::Builder::new()
-    ///     .capture_output(true)
-    ///     .spawn_tokio(Command::new("sh").args(["-c", "echo hello; sleep 30"]))?;
-    /// group.wait_for_line(Stream::Stdout, Duration::from_secs(10), |_| true).await?;
-    /// assert_eq!(group.captured(Stream::Stdout).as_deref(), Some("hello\n"));
-    /// # Ok(())
-    /// # }
-    /// ```
-    #[must_use]
-    pub fn captured(&self, stream: Stream) -> Option<String> {
-        self.group().captured(stream)
-    }
-
-    /// Waits until a line of the captured `stream` matches `predicate`, and returns it: the
-    /// async form of [`crate::SpawnedGroup::wait_for_line`], with the same rules (every line
-    /// still in the tail first, then each new one; ends early when the leader exits or the
-    /// stream closes). The task sleeps until the reader thread sees a new line: it is woken
-    /// by it, never polls, and never blocks the runtime while it waits. (Once the leader has
-    /// exited, building the error may block for up to half a second while the reader drains
-    /// the leader's last output.)
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::SpawnedGroup::wait_for_line`]: an [`io::Error`] with a
-    /// [`NotReady`](crate::NotReady) payload, of kind `TimedOut`, `UnexpectedEof` or
-    /// `InvalidInput` (the output is not captured).
-    ///
-    /// # Panics
-    ///
-    /// In a runtime whose timer is not enabled (`#[tokio::test]` enables it).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use pgroup::Stream;
-    /// use tokio::process::Command;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// let server = pgroup::Builder::new().capture_output(true).spawn_tokio(
-    ///     Command::new("sh").args(["-c", "echo 'listening on 127.0.0.1:8123'; sleep 30"]),
-    /// )?;
-    /// let line = server
-    ///     .wait_for_line(Stream::Stdout, Duration::from_secs(10), |l| l.starts_with("listening"))
-    ///     .await?;
-    /// assert!(line.ends_with(":8123"));
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn wait_for_line(
-        &self,
-        stream: Stream,
-        timeout: Duration,
-        mut predicate: impl FnMut(&str) -> bool,
-    ) -> io::Result<String> {
-        let group = self.group();
-        let awaited = format!("a matching line on {stream}");
-        let Some(capture) = group.capture() else {
-            return Err(group.not_ready(awaited, NotReadyReason::NotCaptured, None));
+    /// Hands the group to the crate's background thread, which tears it down and sends the
+    /// outcome to `answer`; an error no one receives (no `answer`, or its receiver is gone)
+    /// goes to a WARN tracing event named `group_teardown_failed`.
+    fn hand_over(&mut self, answer: Option<oneshot::Sender<io::Result<Teardown>>>) {
+        let Some(group) = self.group.take() else {
+            return;
         };
-        let deadline = ::tokio::time::Instant::now() + timeout;
-        let passed = || ::tokio::time::Instant::now() >= deadline;
-        let mut cursor = LineCursor::new(stream);
-        // `poll_line` yields between two looks, so the timer runs, and it looks at the
-        // deadline itself too: a stream that never pauses cannot outlast the timeout.
-        let search =
-            poll_fn(|cx| capture.poll_line(&mut cursor, cx.waker(), &mut predicate, &passed));
-        let ended = match ::tokio::time::timeout_at(deadline, search).await {
-            Ok(Ok(line)) => return Ok(line),
-            Ok(Err(ended)) => ended,
-            Err(_elapsed) => None,
-        };
-        let mut reason = ended.map_or(NotReadyReason::TimedOut, NotReadyReason::from);
-        let status = match reason {
-            NotReadyReason::TimedOut | NotReadyReason::NotCaptured => None,
-            NotReadyReason::LeaderExited => self.try_wait()?,
-            // An exiting leader closes its pipes a moment before the kernel reports its
-            // exit: say which it was (within the timeout).
-            _ => {
-                let left = deadline.saturating_duration_since(::tokio::time::Instant::now());
-                self.wait_timeout(CAPTURE_DRAIN_BOUND.min(left)).await?
-            }
-        };
-        if status.is_some() {
-            reason = NotReadyReason::LeaderExited;
-        }
-        Err(group.not_ready(awaited, reason, status))
-    }
-
-    /// Waits until `addr` accepts TCP connections, or `timeout` passes, or the leader
-    /// exits: the async form of [`crate::SpawnedGroup::wait_for_tcp`], with tokio's
-    /// connect and resolver, the same backoff between attempts (5 ms doubling to 100 ms),
-    /// and the leader's exit watched between them, so that a server that dies ends the wait
-    /// at once.
-    ///
-    /// # Errors
-    ///
-    /// As [`crate::SpawnedGroup::wait_for_tcp`]: `addr` cannot be resolved; or an
-    /// [`io::Error`] with a [`NotReady`](crate::NotReady) payload, of kind `TimedOut`, or
-    /// `UnexpectedEof` when the leader exited first (with its status).
-    ///
-    /// # Panics
-    ///
-    /// In a runtime whose timer is not enabled (`#[tokio::test]` enables it).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use tokio::process::Command;
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> std::io::Result<()> {
-    /// // Nothing listens on port 1 of localhost, and this "server" exits at once.
-    /// let server = pgroup::tokio::SpawnedGroup::spawn(Command::new("sh").args(["-c", "exit 7"]))?;
-    /// let err = server.wait_for_tcp("127.0.0.1:1", Duration::from_secs(10)).await.unwrap_err();
-    /// assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
-    /// assert!(err.to_string().contains("the leader exited (exit status 7)"), "{err}");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub async fn wait_for_tcp(
-        &self,
-        addr: impl ::tokio::net::ToSocketAddrs,
-        timeout: Duration,
-    ) -> io::Result<()> {
-        let deadline = ::tokio::time::Instant::now() + timeout;
-        let addrs: Vec<std::net::SocketAddr> = ::tokio::net::lookup_host(addr).await?.collect();
-        let awaited = match addrs.as_slice() {
-            [one] => format!("{one} accepted a connection"),
-            many => format!("one of {many:?} accepted a connection"),
-        };
-        let exited = |status| {
-            self.group()
-                .not_ready(awaited.clone(), NotReadyReason::LeaderExited, Some(status))
-        };
-        let mut backoff = output::TCP_BACKOFF_MIN;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Err(exited(status));
-            }
-            for addr in &addrs {
-                let attempt = ::tokio::time::timeout_at(
-                    deadline.min(::tokio::time::Instant::now() + Duration::from_secs(1)),
-                    ::tokio::net::TcpStream::connect(addr),
-                );
-                if let Ok(Ok(_connected)) = attempt.await {
-                    return Ok(());
+        let pgid = group.pgid();
+        reaper::hand_over(
+            group,
+            Box::new(move |outcome| {
+                let unanswered = match answer {
+                    Some(answer) => answer.send(outcome).err(),
+                    None => Some(outcome),
+                };
+                if let Some(Err(error)) = unanswered {
+                    tracing::warn!(
+                        name: "group_teardown_failed",
+                        pgid = pgid.as_raw(),
+                        error = %error,
+                        "group_teardown_failed"
+                    );
                 }
-            }
-            let now = ::tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(self
-                    .group()
-                    .not_ready(awaited, NotReadyReason::TimedOut, None));
-            }
-            let pause = backoff.min(deadline - now);
-            if let Some(status) = self.wait_timeout(pause).await? {
-                return Err(exited(status));
-            }
-            backoff = (backoff * 2).min(output::TCP_BACKOFF_MAX);
-        }
+            }),
+        );
     }
 }
 
 /// The future of [`AsyncFd::readable`] on one of the exit descriptors.
 type Readable<'a> = dyn Future<Output = io::Result<AsyncFdReadyGuard<'a, OwnedFd>>> + Send + 'a;
-
-fn warn_failed(pgid: Pgid, error: &io::Error) {
-    tracing::warn!(
-        name: "group_teardown_failed",
-        pgid = pgid.as_raw(),
-        error = %error,
-        "group_teardown_failed"
-    );
-}
 
 impl Drop for SpawnedGroup {
     /// Hands the teardown to the crate's background thread and returns at once: it does not
@@ -713,25 +537,18 @@ impl Drop for SpawnedGroup {
                 group.print_captured_output(group.try_wait().ok().flatten());
             }
         }
-        if let Some(group) = self.group.take() {
-            let pgid = self.pgid;
-            reaper::hand_over(
-                group,
-                Box::new(move |outcome| {
-                    if let Err(error) = outcome {
-                        warn_failed(pgid, &error);
-                    }
-                }),
-            );
-        }
+        self.hand_over(None);
     }
 }
 
 impl fmt::Debug for SpawnedGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("pgroup::tokio::SpawnedGroup")
-            .field("pgid", &self.pgid)
-            .field("leader", &self.pid)
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("pgroup::tokio::SpawnedGroup");
+        if let Some(group) = &self.group {
+            debug
+                .field("pgid", &group.pgid())
+                .field("leader", &group.id());
+        }
+        debug.finish_non_exhaustive()
     }
 }
