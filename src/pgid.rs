@@ -108,6 +108,22 @@ impl From<Pgid> for i32 {
     }
 }
 
+/// The id as std's pids are typed ([`std::process::Child::id`]); exact, since a `Pgid` is
+/// always above 1.
+///
+/// # Examples
+///
+/// ```
+/// let pgid = pgroup::Pgid::try_from(77_i32)?;
+/// assert_eq!(u32::from(pgid), 77);
+/// # Ok::<(), pgroup::InvalidPgid>(())
+/// ```
+impl From<Pgid> for u32 {
+    fn from(pgid: Pgid) -> u32 {
+        pgid.as_raw().unsigned_abs()
+    }
+}
+
 impl fmt::Debug for Pgid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("Pgid").field(&self.as_raw()).finish()

@@ -198,8 +198,8 @@ fn run_role(role: &str, marker: &str, vars: &[(&str, &str)]) -> support::RoleOut
 
 /// A 200 MB flood, of `y\n` lines or of one line without an end, grows the test binary's
 /// peak memory by at most 1 MiB: the capture holds the tails and one read buffer, whatever
-/// the child writes. (The reader used to read into a buffer that grew with the flood: 22 to
-/// 58 MiB, once 1.86 GB.) And the reader keeps pace with the child: the flood takes about as
+/// the child writes (a buffer that grew with the flood would take 22 to 58 MiB, and up to
+/// 1.86 GB). And the reader keeps pace with the child: the flood takes about as
 /// long captured as through `cat` into /dev/null, which is what any reader of a pipe costs
 /// the writer (measured and printed, with the time into /dev/null; the bound asserted is
 /// generous, a check that the child is not held up, not a benchmark).
@@ -245,8 +245,8 @@ fn negative_control_an_unbounded_read_shows_in_the_peak_memory() {
 // ---- timeouts and Drop under a flood ------------------------------------------------------
 
 /// `wait_for_line` (on the flooded stream and on the quiet one) and `wait_for_tcp` return at
-/// their timeout while the child floods its stdout with `yes` (they used to block for
-/// seconds past it, the memory growing), and Drop is prompt afterwards.
+/// their timeout while the child floods its stdout with `yes` (a reader that drains before
+/// it looks at the clock blocks for seconds past it), and Drop is prompt afterwards.
 #[rstest]
 fn waits_end_at_their_timeout_under_a_flood(
     #[values("line on stdout", "line on stderr", "tcp")] wait: &str,
@@ -298,8 +298,8 @@ fn free_port() -> u16 {
 
 /// Drop keeps its documented bound (grace period + `KILL_WAIT_BOUND`, and the half second
 /// it gives the pipes) when a process that left the group (which the `Group` tier cannot
-/// see, by design) keeps flooding the captured pipe. It used to block for as long as the
-/// flood went on: the reader read until the pipe was empty, and it never was.
+/// see, by design) keeps flooding the captured pipe: the reader does not read until the pipe
+/// is empty, which it never is.
 #[test]
 fn drop_keeps_its_bound_with_a_flooding_escapee() {
     let marker = support::marker("flooding_escapee");
@@ -332,8 +332,7 @@ fn drop_keeps_its_bound_with_a_flooding_escapee() {
 // ---- long lines, progress updates, streams apart ------------------------------------------
 
 /// A line longer than the tail keeps its last bytes, marked as cut, and the line after it is
-/// found; the report says how much was dropped. (The whole line used to be dropped once it
-/// ended, and the tail was empty.)
+/// found; the report says how much was dropped (the tail is not left empty).
 #[test]
 fn a_long_line_keeps_its_end_marked_as_cut_and_the_next_line_is_found() {
     let marker = support::marker("long_line");
@@ -410,8 +409,7 @@ fn a_long_line_alone_keeps_its_last_64_kib(#[values("x", "json")] what: &str) {
 }
 
 /// 120 KB of `\r`-separated progress updates, then the real error: the error is a line of
-/// its own, found by its beginning (it used to be the end of a 64 KiB "line" that was then
-/// dropped).
+/// its own, found by its beginning (not the end of a 64 KiB "line" that is dropped).
 #[test]
 fn progress_updates_do_not_hide_the_next_line() {
     let marker = support::marker("progress");
@@ -466,8 +464,8 @@ fn a_flooded_stream_does_not_hold_up_the_other() {
 
 /// What `expect`, `unwrap` and a test returning `Result` print is the `Debug` form of the
 /// `io::Error`, and so of its `NotReady`: it reads as the `Display` does, the status in
-/// words and each line of the output on a line of its own (it used to be a struct with a raw
-/// wait status and escaped newlines).
+/// words and each line of the output on a line of its own (no raw wait status, no escaped
+/// newlines).
 #[test]
 fn a_readiness_error_prints_readably_in_debug() {
     let marker = support::marker("readable");
@@ -624,7 +622,7 @@ fn within<T: Send>(marker: &str, limit: Duration, wait: impl FnOnce() -> T + Sen
 }
 
 /// `wait` closes the stdin the group still holds before it waits, as `Child::wait` does: a
-/// `cat` fed through it exits (it used to wait for more input forever). The negative
+/// `cat` fed through it exits instead of waiting for more input forever. The negative
 /// control: with the stdin still held, `cat` does not exit (`wait_timeout` leaves it open).
 #[rstest]
 fn wait_closes_the_stdin_the_group_holds(
@@ -681,9 +679,8 @@ mod tokio_capture {
         TokioCommand::from(super::sh(marker, script))
     }
 
-    /// The async waits return at their timeout while the child floods (tokio's used to
-    /// return after 8.7 s for a 1 s timeout), and they do not starve the runtime: a task on
-    /// it keeps ticking.
+    /// The async waits return at their timeout while the child floods (not seconds after
+    /// it), and they do not starve the runtime: a task on it keeps ticking.
     async fn async_waits_end_at_their_timeout_under_a_flood(flavor: &str) {
         let marker = support::marker("tokio_flood_timeout");
         let group = Builder::new()

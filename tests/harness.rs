@@ -331,8 +331,8 @@ const GRACE: Duration = Duration::from_millis(300);
 
 /// The escapees of a teardown carry the pid the test binary sees (the one `/proc` and
 /// `kill` use here, and the one `id()` is), and in the `Namespace` tier also the pid inside
-/// the namespace (the one a pid file written by the process holds). They used to be the
-/// inner pids only, which in the `Namespace` tier name other processes here.
+/// the namespace (the one a pid file written by the process holds). The inner pid alone
+/// would, in the `Namespace` tier, name another process here.
 #[rstest]
 fn escapees_are_reported_with_the_pids_the_caller_sees(
     #[values(Containment::Supervised, Containment::Namespace)] tier: Containment,

@@ -809,8 +809,8 @@ fn reaper_retry_role(_logs: support::Logs<'_>) -> i32 {
 }
 
 /// A reaper thread that could not be started (no descriptor free) is started by a later
-/// hand-over: the failure is not kept. Before, it was, and every later async drop blocked
-/// its runtime for the whole teardown.
+/// hand-over: the failure is not kept (kept, it would make every later async drop block its
+/// runtime for the whole teardown).
 #[test]
 fn the_reaper_thread_start_is_retried() {
     let marker = support::marker("reaper-retry");

@@ -587,8 +587,8 @@ fn env_lock_role(_logs: support::Logs<'_>) -> i32 {
 /// A test binary SIGKILLed (as nextest does after its grace period, to the test's process
 /// group) while its threads spawn groups and another holds std's environment lock: nothing
 /// it started survives, and nothing keeps its stdout open, so a runner reading it (`cargo
-/// test | tee`) sees the end. Before, a supervisor still inside std's spawn could wait for
-/// that lock forever, holding the dead binary's stdout. Twelve kills at different moments.
+/// test | tee`) sees the end: no supervisor waits forever for that lock, holding the dead
+/// binary's stdout. Twelve kills at different moments.
 #[test]
 fn sigkill_while_another_thread_holds_the_environment_lock() {
     if !supervised_available() {
@@ -792,8 +792,8 @@ fn a_pre_exec_hook_with_a_600_kib_frame_runs() {
 
 /// `shutdown` after the supervisor was killed still ends the whole group, through the
 /// leader's pidfd (which names the leader and its group whatever happened to its parent),
-/// and says that the leader's status is lost. Before, it failed in microseconds and killed
-/// nothing. Also `signal` still reaches the group.
+/// and says that the leader's status is lost; it does not fail at once leaving the group
+/// running. Also `signal` still reaches the group.
 #[test]
 fn shutdown_after_the_supervisors_death_ends_the_group() {
     if !supervised_available() {

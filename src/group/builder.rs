@@ -279,10 +279,8 @@ impl Builder {
             watch: spawned.leader.watch(),
             leader: Mutex::new(spawned.leader),
             pgid,
-            pid,
             grace: self.grace,
             containment: self.containment,
-            program,
             context: format!("pgroup::SpawnedGroup of {what} (leader pid {pid})"),
             torn_down: false,
         };
@@ -295,7 +293,7 @@ impl Builder {
                 format!("pgroup-output-{pid}"),
             )?);
         }
-        tracing::debug!(name: "group_spawned", pgid = pid, program = ?group.program, "group_spawned");
+        tracing::debug!(name: "group_spawned", pgid = pid, program = ?program, "group_spawned");
         Ok(group)
     }
 }

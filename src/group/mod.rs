@@ -5,7 +5,6 @@ mod members;
 mod ready;
 mod teardown;
 
-use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::process::{ChildStderr, ChildStdout, Command, ExitStatus};
@@ -191,11 +190,11 @@ pub struct SpawnedGroup {
     leader: Mutex<Leader>,
     /// The descriptors a wait polls, without the lock: see [`ExitWatch`].
     watch: ExitWatch,
+    /// The group's id, which is the leader's pid.
     pgid: Pgid,
-    pid: u32,
     grace: Duration,
     containment: Containment,
-    program: OsString,
+    /// Names the group in errors and events: the program and the leader's pid.
     context: String,
     /// Set once teardown has run: after that nothing may be signalled.
     torn_down: bool,
@@ -247,7 +246,7 @@ impl SpawnedGroup {
     /// ```
     #[must_use]
     pub fn id(&self) -> u32 {
-        self.pid
+        u32::from(self.pgid)
     }
 
     /// Sends `signal` to every process in the group, after the rules of
@@ -349,12 +348,9 @@ impl SpawnedGroup {
     fn signal_leader_if_it_left(&self, signals: &[Signal]) {
         let leader = self.lock_leader();
         let pidfd = leader.pidfd();
-        let Ok(pid) = i32::try_from(self.pid) else {
-            return;
-        };
         // While the leader is unreaped its pid is its own; if it was reaped elsewhere, the
         // pidfd signal below fails with ESRCH whatever this says.
-        if sys::getpgid(pid) == Ok(self.pgid.as_raw()) {
+        if sys::getpgid(self.pgid.as_raw()) == Ok(self.pgid.as_raw()) {
             return;
         }
         for &signal in signals {
@@ -526,9 +522,8 @@ impl Drop for SpawnedGroup {
 impl fmt::Debug for SpawnedGroup {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SpawnedGroup")
-            .field("program", &self.program)
+            .field("context", &self.context)
             .field("pgid", &self.pgid)
-            .field("leader", &self.pid)
             .field("containment", &self.containment)
             .field("grace", &self.grace)
             .field("torn_down", &self.torn_down)

@@ -167,7 +167,7 @@ impl SpawnedGroup {
         } else {
             // Look at the tree before SIGTERM: once the leader exits, its children are
             // re-parented and out of sight.
-            let descendants = visible_descendants(self.pid);
+            let descendants = visible_descendants(self.id());
             steps.descendants_seen = descendants.len();
             self.signal_in_teardown(&[Signal::SIGTERM, Signal::SIGCONT], &mut steps.errors);
             self.signal_leader_if_it_left(&[Signal::SIGTERM, Signal::SIGCONT]);
@@ -226,7 +226,7 @@ impl SpawnedGroup {
             }
             let mut all_exited = false;
             if *leader_exited && pending.is_empty() && !*blind {
-                match live_members(self.pgid, self.pid) {
+                match live_members(self.pgid, self.id()) {
                     Ok(members) if members.is_empty() => all_exited = true,
                     Ok(members) => *pending = members,
                     // Blind: wait out the grace period (bounded), then SIGKILL.
