@@ -186,19 +186,32 @@ impl Containment {
     }
 }
 
-/// Reads an on/off environment variable: unset, `on`, `1`, `true` (any case) are on; `off`,
-/// `0`, `false` (any case) are off; anything else is an error that names the variable and
-/// its value.
-pub(crate) fn switch(name: &str) -> Result<bool, String> {
-    let Some(value) = std::env::var_os(name) else {
-        return Ok(true);
-    };
-    let text = value.to_string_lossy().to_ascii_lowercase();
-    match text.trim() {
-        "" | "1" | "on" | "true" => Ok(true),
-        "0" | "off" | "false" => Ok(false),
-        _ => Err(format!(
-            "pgroup: {name}={value:?} is not one of on, off, 1, 0, true, false (in any case)"
-        )),
-    }
+/// A process that had left the group and was killed by the supervisor at teardown: an entry
+/// of [`Teardown::escapees`](crate::Teardown::escapees).
+///
+/// # Examples
+///
+/// ```
+/// use std::process::Command;
+/// use pgroup::{Builder, Containment};
+///
+/// # if !Containment::Supervised.is_available() { return Ok(()); }
+/// let group = Builder::new()
+///     .containment(Containment::Supervised)
+///     .spawn(Command::new("sh").args(["-c", "setsid sleep 30 & sleep 30"]))?;
+/// for escapee in group.shutdown()?.escapees {
+///     println!("killed {:?} (in the namespace: {:?})", escapee.pid, escapee.pid_in_namespace);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Escapee {
+    /// Its pid in the caller's PID namespace: the one [`SpawnedGroup::id`](crate::SpawnedGroup::id), /proc and
+    /// `kill` use in the test binary. `None` only in the `Namespace` tier, for a process
+    /// that was started after teardown began and could not be looked up.
+    pub pid: Option<u32>,
+    /// Its pid inside the group's PID namespace, as the process saw itself (`getpid`, a pid
+    /// file it wrote): [`Containment::Namespace`] only.
+    pub pid_in_namespace: Option<u32>,
 }

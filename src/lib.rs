@@ -225,15 +225,14 @@ mod reaper;
 pub mod recipes;
 mod run;
 mod stdin;
-mod supervised;
 mod sys;
 #[cfg(feature = "tokio")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod tokio;
 
 pub use capture::{NotReady, NotReadyReason, Stream, CAPTURE_LIMIT};
-pub use containment::Containment;
-pub use group::{Builder, Escapee, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
+pub use containment::{Containment, Escapee};
+pub use group::{Builder, SpawnedGroup, Teardown, DEFAULT_GRACE_PERIOD, KILL_WAIT_BOUND};
 pub use guard::{
     check_pgid, safe_killpg, Delivery, GuardRule, Refusal, ANCESTOR_REFRESH, GUARD_RULES,
 };

@@ -136,7 +136,7 @@ static INSTALLED: OnceLock<Result<Option<Vec<Signal>>, String>> = OnceLock::new(
 
 /// Reads [`ENV_VAR`]: `Ok(true)` for on.
 fn from_env() -> Result<bool, String> {
-    crate::containment::switch(ENV_VAR)
+    crate::sys::switch(ENV_VAR)
 }
 
 /// Installs the lifeline once per process (the first spawn calls this, before it starts

@@ -21,9 +21,9 @@ use crate::{lifeline, sys, Containment, Delivery, Pgid, Signal};
 pub use builder::Builder;
 #[cfg(feature = "tokio")]
 pub(crate) use ready::{LineWait, TcpWait};
+pub use teardown::Teardown;
 #[cfg(feature = "tokio")]
 pub(crate) use teardown::TeardownSteps;
-pub use teardown::{Escapee, Teardown};
 
 use crate::deadline::time_left;
 use members::pidfd_group_signal_supported;

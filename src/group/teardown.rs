@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use crate::{sys, Containment, Delivery, Signal};
+use crate::{sys, Containment, Delivery, Escapee, Signal};
 
 use super::members::{live_members, visible_descendants};
 use super::{SpawnedGroup, KILL_WAIT_BOUND};
@@ -59,36 +59,6 @@ pub struct Teardown {
     pub stdout_dropped: u64,
     /// How many bytes of the captured stderr are not in `stderr`, as `stdout_dropped`.
     pub stderr_dropped: u64,
-}
-
-/// A process that had left the group and was killed by the supervisor at teardown: an entry
-/// of [`Teardown::escapees`].
-///
-/// # Examples
-///
-/// ```
-/// use std::process::Command;
-/// use pgroup::{Builder, Containment};
-///
-/// # if !Containment::Supervised.is_available() { return Ok(()); }
-/// let group = Builder::new()
-///     .containment(Containment::Supervised)
-///     .spawn(Command::new("sh").args(["-c", "setsid sleep 30 & sleep 30"]))?;
-/// for escapee in group.shutdown()?.escapees {
-///     println!("killed {:?} (in the namespace: {:?})", escapee.pid, escapee.pid_in_namespace);
-/// }
-/// # Ok::<(), std::io::Error>(())
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub struct Escapee {
-    /// Its pid in the caller's PID namespace: the one [`SpawnedGroup::id`], /proc and
-    /// `kill` use in the test binary. `None` only in the `Namespace` tier, for a process
-    /// that was started after teardown began and could not be looked up.
-    pub pid: Option<u32>,
-    /// Its pid inside the group's PID namespace, as the process saw itself (`getpid`, a pid
-    /// file it wrote): [`Containment::Namespace`] only.
-    pub pid_in_namespace: Option<u32>,
 }
 
 impl SpawnedGroup {

@@ -457,3 +457,20 @@ pub(crate) fn walk_descendants(_root: u32, _visit: impl FnMut(u32) -> ControlFlo
 pub(crate) fn innermost_pid(_pid: u32) -> Option<i32> {
     None
 }
+
+/// Reads an on/off environment variable: unset, `on`, `1`, `true` (any case) are on; `off`,
+/// `0`, `false` (any case) are off; anything else is an error that names the variable and
+/// its value.
+pub(crate) fn switch(name: &str) -> Result<bool, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(true);
+    };
+    let text = value.to_string_lossy().to_ascii_lowercase();
+    match text.trim() {
+        "" | "1" | "on" | "true" => Ok(true),
+        "0" | "off" | "false" => Ok(false),
+        _ => Err(format!(
+            "pgroup: {name}={value:?} is not one of on, off, 1, 0, true, false (in any case)"
+        )),
+    }
+}

@@ -27,7 +27,7 @@ pub(crate) const PROGRAM_VAR: &str = "PGROUP_SUPERVISOR_PROGRAM";
 
 /// [`PROGRAM_VAR`], read at each spawn (a lookup in the environment).
 pub(super) fn program_switch() -> io::Result<bool> {
-    crate::containment::switch(PROGRAM_VAR)
+    crate::sys::switch(PROGRAM_VAR)
         .map_err(|message| io::Error::new(io::ErrorKind::InvalidInput, message))
 }
 

@@ -50,7 +50,7 @@ enum End {
 
 /// How often teardown reads the supervisor's records while it waits for its exit: it sends
 /// one per escapee, and waits for room in the socket when there are many.
-pub(crate) const RECORDS_READ_EVERY: Duration = Duration::from_millis(5);
+pub(super) const RECORDS_READ_EVERY: Duration = Duration::from_millis(5);
 
 /// Where the conversation with the supervisor stands.
 enum Phase {
@@ -74,14 +74,14 @@ pub(crate) struct Supervised {
     supervisor: u32,
     /// The leader's pid here.
     leader: u32,
-    /// Shared with the group's [`ExitWatch`](crate::leader::ExitWatch).
-    pub(crate) channel: Arc<OwnedFd>,
-    /// A pidfd on the leader (not our child). Shared with the group's [`ExitWatch`](crate::leader::ExitWatch).
-    pub(crate) leader_pidfd: Arc<sys::Pidfd>,
+    /// Shared with the group's [`ExitWatch`](super::ExitWatch).
+    pub(super) channel: Arc<OwnedFd>,
+    /// A pidfd on the leader (not our child). Shared with the group's [`ExitWatch`](super::ExitWatch).
+    pub(super) leader_pidfd: Arc<sys::Pidfd>,
     /// A pidfd on the supervisor (our child), opened when it is needed (teardown, a wait
     /// for its report), so that a live group holds two descriptors: this socket and the
-    /// leader's pidfd. Shared with the group's [`ExitWatch`](crate::leader::ExitWatch).
-    pub(crate) exit_pidfd: Arc<OnceLock<sys::Pidfd>>,
+    /// leader's pidfd. Shared with the group's [`ExitWatch`](super::ExitWatch).
+    pub(super) exit_pidfd: Arc<OnceLock<sys::Pidfd>>,
     reports: Reports,
     namespace: Option<Namespace>,
     phase: Phase,
@@ -89,7 +89,7 @@ pub(crate) struct Supervised {
 
 impl Supervised {
     /// The supervisor just started, running.
-    pub(crate) fn new(started: sys::Started) -> Supervised {
+    pub(super) fn new(started: sys::Started) -> Supervised {
         Supervised {
             supervisor: started.supervisor,
             leader: started.leader,
@@ -140,13 +140,13 @@ impl Supervised {
 
     /// Whether the supervisor holds the leader unreaped: it runs, and has not been told to
     /// finish (nor given up at its start).
-    pub(crate) fn pins_the_leader(&self) -> bool {
+    pub(super) fn pins_the_leader(&self) -> bool {
         matches!(self.phase, Phase::Running) && !self.reports.failed() && self.supervisor_alive()
     }
 
     /// Whether the leader exited and its status will never come: the supervisor is gone
     /// (or gave up at its start) without reporting it.
-    pub(crate) fn lost(&mut self) -> bool {
+    pub(super) fn lost(&mut self) -> bool {
         let _ = self.pump();
         self.reports.exit.is_none()
             && self.leader_has_exited()
@@ -158,7 +158,7 @@ impl Supervised {
                 }))
     }
 
-    pub(crate) fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
+    pub(super) fn peek_exit(&mut self) -> io::Result<Option<ExitStatus>> {
         self.pump()?;
         if self.reports.exit.is_none() && self.leader_has_exited() {
             if let Some(status) = self.zombie_status() {
@@ -251,7 +251,7 @@ impl Supervised {
     }
 
     /// Tells the supervisor to finish. Never blocks.
-    pub(crate) fn finish_start(&mut self) {
+    pub(super) fn finish_start(&mut self) {
         if !matches!(self.phase, Phase::Running) {
             return;
         }
@@ -265,7 +265,7 @@ impl Supervised {
         self.phase = Phase::Finishing(sys::write_byte(self.channel.as_fd(), CMD_TEARDOWN));
     }
 
-    pub(crate) fn finish_pending(&mut self) -> io::Result<bool> {
+    pub(super) fn finish_pending(&mut self) -> io::Result<bool> {
         self.pump()?;
         if !matches!(self.phase, Phase::Finishing(_)) {
             return Ok(false);
@@ -278,7 +278,7 @@ impl Supervised {
 
     /// Reaps the supervisor once it has exited (or `deadline` has passed: then a thread
     /// waits for it), and says how its teardown went.
-    pub(crate) fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
+    pub(super) fn finish_complete(&mut self, deadline: Instant) -> io::Result<Vec<Escapee>> {
         // A supervisor that gave up is no longer worth waiting for.
         let deadline = if matches!(self.reports.end, Some(End::Stuck(_))) {
             Instant::now()

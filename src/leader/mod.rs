@@ -13,9 +13,11 @@ use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitSta
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+mod supervised;
+
 use crate::deadline::time_left;
-use crate::supervised::{Supervised, RECORDS_READ_EVERY};
 use crate::{sys, Containment, Escapee};
+use supervised::{Supervised, RECORDS_READ_EVERY};
 
 pub(crate) enum Leader {
     /// The leader is our own child, watched through its pidfd.
