@@ -212,6 +212,17 @@ compile_error!(
      JobObject wrapper) to tear a tree of processes down."
 );
 
+// The layers, each module using only those above it in this list:
+// - `sys`: the only door to the kernel and the only `unsafe`; the Linux backend
+//   (`sys/linux/`, with the supervisor's spawn) or the portable one (`sys/portable/`), chosen
+//   once in `sys/mod.rs`.
+// - `pgid`, `deadline`: the validated id; the time left before a deadline.
+// - `guard` (`safe_killpg`), `containment` (the tiers, `Escapee`).
+// - `lifeline` (kills the live groups when the test binary dies), `leader` (the leader, held
+//   directly or through its supervisor), `capture` (the reader thread and its tails), `stdin`.
+// - `group`: `SpawnedGroup`, `Builder`, readiness, teardown.
+// - `reaper`, `tokio`: the async type, a `SpawnedGroup` and what only async needs.
+// - `run`: a command run to completion, sync and async.
 mod capture;
 mod containment;
 mod deadline;

@@ -226,7 +226,8 @@ const PIDFD_SIGNAL_PROCESS_GROUP: libc::c_uint = 4;
 /// and a recycled number is never reached: it gets a new `struct pid`, so the call fails with
 /// `ESRCH` once the group is empty. Without `group`, only the pidfd's process is signalled,
 /// wherever it is (`ESRCH` once it has exited). `None` sends no signal (signal 0): the
-/// existence and permission check alone.
+/// existence and permission check alone. (rustix's `pidfd_send_signal` takes no flags, and
+/// the lifeline's handler needs the call on a raw descriptor: hence `libc::syscall`.)
 pub(crate) fn pidfd_send_signal(
     pidfd: &Pidfd,
     signal: Option<Signal>,
