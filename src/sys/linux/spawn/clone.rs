@@ -27,14 +27,25 @@ struct CloneArgs {
 const CLONE_CLEAR_SIGHAND: u64 = 0x1_0000_0000;
 
 // `pgroup_clone3(args, size, f, arg)`: `clone3`, after which the child calls `f(arg)` on its
-// new stack (it never returns); the parent gets the child's pid or `-errno`.
+// new stack (it never returns); the parent gets the child's pid or `-errno`. The macro wraps
+// an architecture's instructions in the function's section and symbol directives.
+macro_rules! clone3_function {
+    ($($instruction:literal),* $(,)?) => {
+        std::arch::global_asm!(
+            ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
+            ".globl pgroup_clone3",
+            ".hidden pgroup_clone3",
+            ".type pgroup_clone3,@function",
+            "pgroup_clone3:",
+            $($instruction,)*
+            ".size pgroup_clone3, . - pgroup_clone3",
+            ".popsection",
+        );
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
-std::arch::global_asm!(
-    ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
-    ".globl pgroup_clone3",
-    ".hidden pgroup_clone3",
-    ".type pgroup_clone3,@function",
-    "pgroup_clone3:",
+clone3_function!(
     "mov r8, rdx",
     "mov r9, rcx",
     "mov eax, 435",
@@ -47,17 +58,10 @@ std::arch::global_asm!(
     "ud2",
     "2:",
     "ret",
-    ".size pgroup_clone3, . - pgroup_clone3",
-    ".popsection",
 );
 
 #[cfg(target_arch = "aarch64")]
-std::arch::global_asm!(
-    ".pushsection .text.pgroup_clone3,\"ax\",@progbits",
-    ".globl pgroup_clone3",
-    ".hidden pgroup_clone3",
-    ".type pgroup_clone3,@function",
-    "pgroup_clone3:",
+clone3_function!(
     "mov x8, #435",
     "svc #0",
     "cbnz x0, 2f",
@@ -68,8 +72,6 @@ std::arch::global_asm!(
     "brk #0",
     "2:",
     "ret",
-    ".size pgroup_clone3, . - pgroup_clone3",
-    ".popsection",
 );
 
 extern "C" {
