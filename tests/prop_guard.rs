@@ -912,7 +912,7 @@ proptest! {
     }
 
     /// `Pgid::try_from(u32)` never wraps: values above i32::MAX are errors that keep their
-    /// real value.
+    /// real value; `u32::from` gives an accepted value back.
     #[test]
     fn pgid_from_u32_never_wraps(raw in edgy_u32()) {
         let valid = raw > 1 && raw < 4_194_304;
@@ -920,6 +920,7 @@ proptest! {
             Ok(pgid) => {
                 prop_assert!(valid, "{} accepted", raw);
                 prop_assert_eq!(i64::from(pgid.as_raw()), i64::from(raw));
+                prop_assert_eq!(u32::from(pgid), raw);
             }
             Err(err) => {
                 prop_assert!(!valid, "{} refused", raw);
