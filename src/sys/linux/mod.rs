@@ -20,7 +20,7 @@ mod spawn;
 pub(crate) use spawn::{forks as supervisor_forks, spawn as spawn_supervised};
 
 /// A handle on one process that becomes readable once it has exited: a pidfd on Linux, the
-/// portable backend's exit notification elsewhere (see `sys/portable.rs`).
+/// portable backend's exit notification elsewhere (see `sys/portable/mod.rs`).
 pub(crate) type Pidfd = OwnedFd;
 
 /// A pidfd moved above stdio (see [`above_stdio`]).

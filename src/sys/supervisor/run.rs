@@ -4,7 +4,7 @@
 //!
 //! Shared by the supervisor program (`main.rs`), which the library executes from memory,
 //! and the library itself, whose fallback runs this in a forked copy of the test binary.
-//! Either way: `core` only, the raw calls of `raw.rs`, data on the stack and in one mapping
+//! Either way: `core` only, the raw calls of `raw/`, data on the stack and in one mapping
 //! of its own, no allocation, no lock, no panic.
 //!
 //! # What it does not trust
