@@ -15,7 +15,6 @@ use std::env;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -594,10 +593,9 @@ fn a_fork_of_the_test_binary_does_not_keep_the_group_alive(
 // ---- item 12: a file the kernel cannot execute -----------------------------------------------
 
 /// A file without `#!` that is not ELF: `execve` fails with ENOEXEC. Every tier reports that
-/// error naming the program, and runs nothing (before, the supervised tiers ran it with
-/// `/bin/sh`, as `execvp` does; so did `Group` with a new session or a `PATH` of the
-/// `Command`'s own, where std also takes the `execvp` path). A file with `#!` runs in every
-/// tier: the control.
+/// error naming the program, and runs nothing, also where a spawn would take `execvp`'s
+/// path, which runs such a file with `/bin/sh` (a new session, a `PATH` of the `Command`'s
+/// own). A file with `#!` runs in every tier: the control.
 #[rstest]
 fn a_file_without_a_shebang_fails_in_every_tier(
     #[values(Containment::Group, Containment::Supervised, Containment::Namespace)]
@@ -613,9 +611,8 @@ fn a_file_without_a_shebang_fails_in_every_tier(
     let ran = dir.path().join("ran");
     let write_script = |name: &str, head: &str| {
         let path = dir.path().join(name);
-        let mut file = File::create(&path).expect("create");
-        write!(file, "{head}touch '{}'\nexec sleep 1000\n", ran.display()).expect("write");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let text = format!("{head}touch '{}'\nexec sleep 1000\n", ran.display());
+        support::write_executable(&marker, &path, &text);
         path
     };
     let plain = write_script("no-shebang", "");

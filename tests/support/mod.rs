@@ -69,6 +69,35 @@ pub fn marked(marker: &str, program: &str, args: &[&str]) -> Command {
     cmd
 }
 
+/// Writes `text` to a new executable file (mode 0755) at `path` through a child process, so
+/// that the test binary never holds the file open for writing. A descriptor it held would be
+/// inherited by every process another test's spawn forks meanwhile, until that process's
+/// exec, and an exec of the file would fail with `ETXTBSY` (Text file busy) for as long.
+pub fn write_executable(marker: &str, path: &std::path::Path, text: &str) {
+    use std::io::Write;
+    let mut writer = marked(
+        marker,
+        "sh",
+        &["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"],
+    );
+    let mut writer = writer
+        .arg(path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn sh to write the file");
+    let mut input = writer.stdin.take().expect("piped");
+    input
+        .write_all(text.as_bytes())
+        .expect("write the file's text");
+    drop(input);
+    let status = writer.wait().expect("wait for sh");
+    assert!(
+        status.success(),
+        "writing {} failed: {status}",
+        path.display()
+    );
+}
+
 /// A shell fixture from fixtures/, carrying the marker.
 pub fn fixture(marker: &str, name: &str, args: &[&str]) -> Command {
     let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
