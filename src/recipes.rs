@@ -5,6 +5,7 @@
 //! - [A `#[once]` server shared by every test](#a-once-server-shared-by-every-test)
 //! - [A CLI whose output is asserted](#a-cli-whose-output-is-asserted)
 //! - [An async test (tokio)](#an-async-test-tokio)
+//! - [A script the test writes, then runs](#a-script-the-test-writes-then-runs)
 //!
 //! # A server with a ready line and a port
 //!
@@ -241,3 +242,34 @@
 //! #     the_server_echoes().unwrap();
 //! # }
 //! ```
+//!
+//! # A script the test writes, then runs
+//!
+//! A file that some process holds open for writing cannot be executed: the exec fails with
+//! `ETXTBSY` ("Text file busy", [`ErrorKind::ExecutableFileBusy`]). A descriptor the test
+//! binary holds is inherited by every process that another test's spawn forks meanwhile
+//! (std's, this crate's, any crate's), until that process's own exec; so a script written
+//! with `std::fs::write` and run at once fails now and then when tests run in parallel. Keep
+//! such scripts in the repository, or write them through a child process, the only one that
+//! ever holds the file open for writing:
+//!
+//! ```
+//! use std::io::Write;
+//! use std::process::{Command, Stdio};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let script = dir.path().join("serve.sh");
+//! let mut writer = Command::new("sh")
+//!     .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+//!     .arg(&script)
+//!     .stdin(Stdio::piped())
+//!     .spawn()?;
+//! writer.stdin.take().unwrap().write_all(b"#!/bin/sh\necho ready\n")?;
+//! assert!(writer.wait()?.success()); // stdin was closed when it was dropped
+//!
+//! let output = pgroup::Run::new().output(&mut Command::new(&script))?;
+//! assert_eq!(output.stdout, b"ready\n");
+//! # Ok::<(), std::io::Error>(())
+//! ```
+//!
+//! [`ErrorKind::ExecutableFileBusy`]: std::io::ErrorKind::ExecutableFileBusy
