@@ -86,6 +86,12 @@ fn spawn_supervised_sleep(marker: &str) -> (SpawnedGroup, i32) {
 fn apart_role(_logs: support::Logs<'_>) -> i32 {
     let marker = env::var(support::MARKER_VAR).expect("marker");
     let (group, supervisor) = spawn_supervised_sleep(&marker);
+    // The spawn returns once the supervisor has been exec'd; it names itself when it has set
+    // itself up (its descriptors closed), which is the state described here.
+    let comm_path = format!("/proc/{supervisor}/comm");
+    support::wait_until("the supervisor has named itself", || {
+        std::fs::read_to_string(&comm_path).is_ok_and(|comm| comm.trim() == "pgroup-supervis")
+    });
     let exe = std::fs::read_link("/proc/self/exe").expect("exe");
     let maps = std::fs::read_to_string(format!("/proc/{supervisor}/maps")).expect("maps");
     let mapped = maps.lines().any(|l| l.ends_with(&*exe.to_string_lossy()));

@@ -286,6 +286,10 @@ extern "C" fn spawner_main(arg: *mut c_void) -> c_int {
     if let Err(errno) = raw::send_with_fds(channel, &record, &fds[..count]) {
         abandon(Step::Report, errno);
     }
+    // The supervisor starts with these two descriptors only: none of the test binary's (its
+    // stdout, where `cargo test | tee` waits for end of file) outlives the exec. Before
+    // Linux 5.11 the supervisor closes the others itself, first thing.
+    let _ = raw::cloexec_all();
     // A test binary that died since is seen by the supervisor at once (its pidfd).
     for fd in [channel, ctx.parent] {
         if let Err(errno) = raw::keep_on_exec(fd) {

@@ -445,6 +445,24 @@ pub(crate) fn close_range(first: u32, last: u32) -> Ret {
     unsafe { syscall6(nr::CLOSE_RANGE, first as usize, last as usize, 0, 0, 0, 0) }
 }
 
+/// `close_range(0, ~0, CLOSE_RANGE_CLOEXEC)` (Linux 5.11): every descriptor closes at the
+/// next exec.
+pub(crate) fn cloexec_all() -> Ret {
+    const CLOSE_RANGE_CLOEXEC: usize = 4;
+    // SAFETY: plain integers.
+    unsafe {
+        syscall6(
+            nr::CLOSE_RANGE,
+            0,
+            u32::MAX as usize,
+            CLOSE_RANGE_CLOEXEC,
+            0,
+            0,
+            0,
+        )
+    }
+}
+
 /// Milliseconds on `CLOCK_MONOTONIC` (the syscall, not the vDSO: no libc state).
 pub(crate) fn monotonic_ms() -> i64 {
     let mut ts = Timespec { sec: 0, nsec: 0 };
